@@ -1,0 +1,33 @@
+# The two commands a newcomer runs on a fresh machine:
+#   make demo   set up, fetch the default corpus, run the main job
+#   make test   set up, run cargo's and pytest's tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test setup setup-dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# The package, built in release mode by maturin through pip.
+setup: $(BIN)/python
+	$(BIN)/pip install --quiet .
+
+# Editable install with the test and benchmark tools.
+setup-dev: $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+
+demo: setup
+	$(BIN)/fastbpe demo
+
+test: setup-dev
+	cargo test --release
+	$(BIN)/python -m pytest -q
+
+bench: setup-dev
+	$(BIN)/python benches/train_bench.py
+
+clean:
+	rm -rf $(VENV) target runs

@@ -1,0 +1,3 @@
+from fastbpe.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""Byte-level BPE in plain Python: the readable definition the Rust core is tested against.
+
+Nothing here is fast; everything here is meant to be obviously right.
+
+    vocab, merges = reference.train_bpe("corpus.txt", 1000, ["<|endoftext|>"])
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+
+import regex
+
+from fastbpe import patterns
+
+
+def split_on_special_tokens(text: str, special_tokens: Iterable[str]) -> list[str]:
+    """The stretches of `text` between special tokens (longest special token first)."""
+    specials = sorted((s for s in special_tokens if s), key=len, reverse=True)
+    if not specials:
+        return [text]
+    return regex.split("|".join(regex.escape(s) for s in specials), text)
+
+
+def pretokenize(text: str, pattern: str | None = "gpt2") -> list[str]:
+    """The pieces of `text` under `pattern` (a name, a regex, or None for the whole text)."""
+    rx = patterns.resolve(pattern)
+    if rx is None:
+        return [text] if text else []
+    return regex.findall(rx, text)
+
+
+def count_pieces(texts: Iterable[str], special_tokens: Iterable[str], pattern: str | None) -> Counter:
+    """How often each piece (as UTF-8 bytes) occurs."""
+    specials = list(special_tokens)
+    counts: Counter = Counter()
+    for text in texts:
+        for segment in split_on_special_tokens(text, specials):
+            for piece in pretokenize(segment, pattern):
+                counts[piece.encode("utf-8")] += 1
+    return counts
+
+
+def merge_word(word: tuple[bytes, ...], pair: tuple[bytes, bytes]) -> tuple[bytes, ...]:
+    """Replace each occurrence of `pair` in `word` by its concatenation, left to right."""
+    out = []
+    i = 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
+def learn_merges(piece_counts: dict[bytes, int], num_merges: int) -> list[tuple[bytes, bytes]]:
+    """The BPE merge loop, recounting every pair at every step."""
+    words: Counter = Counter()
+    for piece, count in piece_counts.items():
+        words[tuple(bytes([b]) for b in piece)] += count
+    merges: list[tuple[bytes, bytes]] = []
+    for _ in range(num_merges):
+        pair_counts: Counter = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:]):
+                pair_counts[pair] += count
+        if not pair_counts:
+            break
+        # Highest count; ties go to the lexicographically greatest (left bytes, right bytes).
+        best = max(pair_counts, key=lambda p: (pair_counts[p], p))
+        merges.append(best)
+        merged: Counter = Counter()
+        for word, count in words.items():
+            merged[merge_word(word, best)] += count
+        words = merged
+    return merges
+
+
+def build_vocab(merges: list[tuple[bytes, bytes]], special_tokens: Iterable[str]) -> dict[int, bytes]:
+    """Ids 0-255: single bytes; then one id per merge; then the special tokens."""
+    vocab = {i: bytes([i]) for i in range(256)}
+    for left, right in merges:
+        vocab[len(vocab)] = left + right
+    for s in special_tokens:
+        vocab[len(vocab)] = s.encode("utf-8")
+    return vocab
+
+
+def train_bpe_from_texts(
+    texts: Iterable[str],
+    vocab_size: int,
+    special_tokens: Iterable[str] = ("<|endoftext|>",),
+    pattern: str | None = "gpt2",
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Train on texts (each text on its own: pieces never span two texts)."""
+    specials = list(special_tokens)
+    num_merges = vocab_size - 256 - len(specials)
+    if num_merges < 0:
+        raise ValueError(f"vocab_size must be at least {256 + len(specials)}")
+    merges = learn_merges(count_pieces(texts, specials, pattern), num_merges)
+    if len(merges) < num_merges:
+        warnings.warn(f"no pair left to merge after {len(merges)} merges", stacklevel=2)
+    return build_vocab(merges, specials), merges
+
+
+def train_bpe(
+    input_path: str | os.PathLike,
+    vocab_size: int,
+    special_tokens: Iterable[str] = ("<|endoftext|>",),
+    pattern: str | None = "gpt2",
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Train on one UTF-8 file; the CS336 assignment-1 signature."""
+    with open(input_path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    return train_bpe_from_texts([text], vocab_size, special_tokens, pattern)

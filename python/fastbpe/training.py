@@ -1,0 +1,223 @@
+"""`train()` and `train_bpe()`: learn a byte-level BPE tokenizer from files or texts."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Union
+
+import regex
+
+from fastbpe import _core, _progress, patterns
+from fastbpe.tokenizer import Tokenizer
+
+PathLike = Union[str, os.PathLike]
+
+# Texts are handed to Rust in batches of about this many characters.
+_TEXT_BATCH_CHARS = 8 << 20
+# Custom patterns read files in blocks of this many bytes (cut after special tokens).
+_CUSTOM_BLOCK = 4 << 20
+
+
+def _check_special_tokens(special_tokens: Iterable[str] | None) -> list[str]:
+    if special_tokens is None:
+        return []
+    if isinstance(special_tokens, str):
+        raise TypeError(f"special_tokens must be a list of strings, not one string: use [{special_tokens!r}]")
+    specials = list(special_tokens)
+    for s in specials:
+        if not isinstance(s, str):
+            raise TypeError(f"special tokens must be strings, got {s!r}")
+        if not s:
+            raise ValueError("special tokens must not be empty strings")
+    seen = set()
+    for s in specials:
+        if s in seen:
+            raise ValueError(f"special token {s!r} is given twice")
+        seen.add(s)
+    return specials
+
+
+def _inputs(input) -> tuple[list[str], Iterable[str] | None]:
+    """(paths, texts): a path or a list/tuple of paths, or any other iterable of texts."""
+    if isinstance(input, (str, os.PathLike)):
+        return [os.fspath(input)], None
+    if isinstance(input, (list, tuple)) and all(isinstance(p, (str, os.PathLike)) for p in input):
+        return [os.fspath(p) for p in input], None
+    if isinstance(input, (bytes, bytearray)):
+        raise TypeError("input must be a path, a list of paths, or an iterable of str (not bytes)")
+    if isinstance(input, Iterable):
+        return [], input
+    raise TypeError(f"input must be a path, a list of paths, or an iterable of str, not {type(input).__name__}")
+
+
+def _batches(texts: Iterable[str]) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"texts must be str, got {type(t).__name__}")
+        batch.append(t)
+        size += len(t)
+        if size >= _TEXT_BATCH_CHARS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _count_custom_text(text: str, rx, special_rx, counts: Counter) -> None:
+    segments = special_rx.split(text) if special_rx is not None else [text]
+    for seg in segments:
+        for m in rx.finditer(seg):
+            counts[m.group().encode("utf-8")] += 1
+
+
+def _count_custom_file(path: str, rx, special_tokens: list[str], counts: Counter, bar) -> None:
+    """Custom regex patterns: read the file in blocks cut after special tokens."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"'{path}' is a directory; give the text files inside it")
+    special_rx = _special_regex(special_tokens)
+    special_bytes_rx = _special_regex(special_tokens, as_bytes=True)
+    longest = max((len(s.encode("utf-8")) for s in special_tokens), default=0)
+    done = 0
+    buf = b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_CUSTOM_BLOCK)
+            buf += block
+            if block:
+                # Cut after the last special token that no longer one could extend past the end.
+                cut = 0
+                if special_bytes_rx is not None:
+                    for m in special_bytes_rx.finditer(buf):
+                        if m.start() + longest <= len(buf):
+                            cut = m.end()
+                if cut == 0:
+                    continue
+                chunk, buf = buf[:cut], buf[cut:]
+            else:
+                chunk, buf = buf, b""
+            try:
+                text = chunk.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"'{path}' is not valid UTF-8: invalid byte sequence at byte offset {done + e.start}; "
+                    "re-encode the file as UTF-8 (for example with iconv)"
+                ) from None
+            _count_custom_text(text, rx, special_rx, counts)
+            done += len(chunk)
+            if bar:
+                bar(done)
+            if not block:
+                return
+
+
+def _special_regex(special_tokens: list[str], as_bytes: bool = False):
+    """A regex matching any special token, the longest first; None when there are none."""
+    if not special_tokens:
+        return None
+    ordered = sorted(special_tokens, key=len, reverse=True)
+    if as_bytes:
+        return regex.compile(b"|".join(regex.escape(s.encode("utf-8")) for s in ordered))
+    return regex.compile("|".join(regex.escape(s) for s in ordered))
+
+
+def train(
+    input: PathLike | list[PathLike] | Iterable[str],
+    vocab_size: int,
+    *,
+    special_tokens: Iterable[str] | None = ("<|endoftext|>",),
+    pattern: str | None = "gpt2",
+    num_threads: int | None = None,
+    progress: bool | None = None,
+) -> Tokenizer:
+    """Learn a byte-level BPE tokenizer.
+
+    input: a path, a list/tuple of paths, or any other iterable of texts (a generator, say);
+        each file and each text is pre-tokenized on its own.
+    vocab_size: 256 byte tokens + the merges + the special tokens.
+    special_tokens: split the text and never merged; they take the last ids.
+    pattern: "gpt2", "cl100k", "o200k", a custom regex, or None (BPE over the raw bytes of each
+        stretch between special tokens).
+    num_threads: threads for counting (default: all cores).
+    progress: a bar on stderr (default: when stderr is a terminal).
+    """
+    specials = _check_special_tokens(special_tokens)
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        raise TypeError(f"vocab_size must be an int, not {type(vocab_size).__name__}")
+    minimum = 256 + len(specials)
+    if vocab_size < minimum:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: the minimum is {minimum} "
+            f"(256 byte tokens + {len(specials)} special tokens)"
+        )
+    if num_threads is None:
+        num_threads = os.cpu_count() or 1
+    if not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive int or None, not {num_threads!r}")
+    rx_source = patterns.resolve(pattern)
+    builtin = pattern is None or pattern in patterns.BUILTIN
+    rx = None
+    if not builtin:
+        try:
+            rx = regex.compile(rx_source)
+        except regex.error as e:
+            raise ValueError(f"invalid pattern {pattern!r}: {e}") from None
+    special_rx = _special_regex(specials)
+    show = _progress.wanted(progress)
+    paths, texts = _inputs(input)
+
+    counts = _core.WordCounts(pattern if builtin else None, specials)
+    custom_counts: Counter = Counter()
+    for path in paths:
+        if not os.path.exists(path):
+            hint = ""
+            if isinstance(input, (list, tuple)):
+                hint = " (a list is read as file paths: to train on in-memory texts, pass iter(texts))"
+            raise FileNotFoundError(f"no such file: '{path}'{hint}")
+        bar = _progress.Bar(f"counting {os.path.basename(path)}", os.path.getsize(path), "MB", 1e6) if show else None
+        if builtin:
+            counts.add_file(path, num_threads, bar)
+        else:
+            _count_custom_file(path, rx, specials, custom_counts, bar)
+        if bar:
+            bar.close()
+    if texts is not None:
+        for batch in _batches(texts):
+            if builtin:
+                counts.add_texts(batch, num_threads)
+            else:
+                for t in batch:
+                    _count_custom_text(t, rx, special_rx, custom_counts)
+    if custom_counts:
+        counts.add_pieces(dict(custom_counts))
+
+    num_merges = vocab_size - minimum
+    bar = _progress.Bar("merging", num_merges, "merges") if show else None
+    merges = _core.train_merges(counts, num_merges, bar)
+    if bar:
+        bar.close()
+    if len(merges) < num_merges:
+        what = "the corpus is empty" if len(counts) == 0 else "no pair of tokens is left to merge"
+        warnings.warn(
+            f"training stopped after {len(merges)} of {num_merges} merges: {what}; "
+            f"the vocabulary has {256 + len(merges) + len(specials)} tokens, not {vocab_size}",
+            stacklevel=2,
+        )
+    vocab = {i: bytes([i]) for i in range(256)}
+    for a, b in merges:
+        vocab[len(vocab)] = a + b
+    for s in specials:
+        vocab[len(vocab)] = s.encode("utf-8")
+    return Tokenizer(vocab, merges, specials, pattern)
+
+
+def train_bpe(
+    input_path: PathLike, vocab_size: int, special_tokens: list[str], **kwargs
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """CS336 assignment 1's `train_bpe`: returns `(vocab, merges)`; kwargs go to `train`."""
+    tok = train(input_path, vocab_size, special_tokens=special_tokens, **kwargs)
+    return tok.vocab, tok.merges

@@ -1,0 +1,12 @@
+//! fastbpe: byte-level BPE training (and, through the Python package, encoding).
+//!
+//! The core modules know nothing of Python; `py.rs` (feature `python`) is the only binding layer.
+
+pub mod count;
+pub mod pretok;
+pub mod train;
+#[rustfmt::skip]
+mod unicode_tables;
+
+#[cfg(feature = "python")]
+mod py;

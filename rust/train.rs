@@ -1,0 +1,268 @@
+//! The BPE merge loop.
+//!
+//! Semantics (the same as `fastbpe.reference.train_bpe`): a token is its byte string; each step
+//! merges, in every word, the adjacent pair with the highest count over all word occurrences,
+//! ties going to the greatest `(left bytes, right bytes)`. Occurrences are merged left to right
+//! without overlap.
+//!
+//! Speed: pair counts are kept up to date incrementally (only words that contain the merged pair
+//! are touched, and only around each occurrence) and the best pair comes from a max-heap whose
+//! stale entries are skipped when popped.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
+
+use crate::count::Interrupted;
+
+type Pair = (u32, u32);
+
+/// A heap entry: a pair and its count when it was pushed, ordered by count and then by bytes.
+struct Entry {
+    count: i64,
+    left: Rc<[u8]>,
+    right: Rc<[u8]>,
+    pair: Pair,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.count
+            .cmp(&other.count)
+            .then_with(|| self.left[..].cmp(&other.left[..]))
+            .then_with(|| self.right[..].cmp(&other.right[..]))
+    }
+}
+
+/// Learns up to `num_merges` merges from words (piece bytes) and their counts.
+///
+/// Returns the merges as `(left bytes, right bytes)` in creation order; fewer than `num_merges`
+/// when no pair is left. `hook(merges_done)` is called every few merges and may stop the work.
+pub fn train<I>(
+    words: I,
+    num_merges: usize,
+    hook: &mut dyn FnMut(usize) -> Result<(), Interrupted>,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Interrupted>
+where
+    I: IntoIterator<Item = (Vec<u8>, u64)>,
+{
+    // Token id -> bytes. Ids are canonical: one id per distinct byte string.
+    let mut tokens: Vec<Rc<[u8]>> = (0..=255u8).map(|b| Rc::from(&[b][..])).collect();
+    let mut token_ids: FxHashMap<Rc<[u8]>, u32> = FxHashMap::default();
+    for (i, t) in tokens.iter().enumerate() {
+        token_ids.insert(t.clone(), i as u32);
+    }
+
+    let mut words_syms: Vec<Vec<u32>> = Vec::new();
+    let mut word_counts: Vec<i64> = Vec::new();
+    for (bytes, count) in words {
+        if bytes.len() >= 2 {
+            words_syms.push(bytes.iter().map(|&b| b as u32).collect());
+            word_counts.push(count as i64);
+        }
+    }
+
+    // Pair -> total count, and pair -> words that (may) contain it.
+    let mut pair_counts: FxHashMap<Pair, i64> = FxHashMap::default();
+    let mut where_: FxHashMap<Pair, Vec<u32>> = FxHashMap::default();
+    for (wi, w) in words_syms.iter().enumerate() {
+        let c = word_counts[wi];
+        for p in w.windows(2) {
+            let pair = (p[0], p[1]);
+            *pair_counts.entry(pair).or_insert(0) += c;
+            let list = where_.entry(pair).or_default();
+            if list.last() != Some(&(wi as u32)) {
+                list.push(wi as u32);
+            }
+        }
+    }
+    let entry = |tokens: &Vec<Rc<[u8]>>, pair: Pair, count: i64| Entry {
+        count,
+        left: tokens[pair.0 as usize].clone(),
+        right: tokens[pair.1 as usize].clone(),
+        pair,
+    };
+    let mut heap: BinaryHeap<Entry> = pair_counts
+        .iter()
+        .filter(|(_, &c)| c > 0)
+        .map(|(&p, &c)| entry(&tokens, p, c))
+        .collect();
+
+    let mut merges = Vec::with_capacity(num_merges);
+    // Count changes made by one merge, applied after all its words are rewritten.
+    let mut deltas: FxHashMap<Pair, i64> = FxHashMap::default();
+    let mut new_where: FxHashMap<Pair, Vec<u32>> = FxHashMap::default();
+    while merges.len() < num_merges {
+        let Some(top) = heap.pop() else { break };
+        let current = pair_counts.get(&top.pair).copied().unwrap_or(0);
+        if current != top.count {
+            continue; // stale: a fresher entry for this pair is in the heap (or it is gone)
+        }
+        if current <= 0 {
+            break;
+        }
+        let (a, b) = top.pair;
+        let merged: Rc<[u8]> = Rc::from([&top.left[..], &top.right[..]].concat());
+        let new_id = match token_ids.get(&merged) {
+            Some(&id) => id,
+            None => {
+                let id = tokens.len() as u32;
+                tokens.push(merged.clone());
+                token_ids.insert(merged.clone(), id);
+                id
+            }
+        };
+        merges.push((top.left.to_vec(), top.right.to_vec()));
+
+        let mut affected = where_.remove(&top.pair).unwrap_or_default();
+        affected.sort_unstable();
+        affected.dedup();
+        for &wi in &affected {
+            let count = word_counts[wi as usize];
+            let w = &mut words_syms[wi as usize];
+            if !merge_word(w, a, b, new_id, count, &mut deltas) {
+                continue;
+            }
+            // Register the word under every pair that now contains the new token.
+            for p in w.windows(2) {
+                if p[0] == new_id || p[1] == new_id {
+                    let list = new_where.entry((p[0], p[1])).or_default();
+                    if list.last() != Some(&wi) {
+                        list.push(wi);
+                    }
+                }
+            }
+        }
+        for (pair, d) in deltas.drain() {
+            if d == 0 {
+                continue;
+            }
+            let c = pair_counts.entry(pair).or_insert(0);
+            *c += d;
+            let c = *c;
+            if c > 0 {
+                heap.push(entry(&tokens, pair, c));
+            } else {
+                pair_counts.remove(&pair);
+            }
+        }
+        for (pair, list) in new_where.drain() {
+            where_.entry(pair).or_default().extend(list);
+        }
+        if merges.len() % 64 == 0 {
+            hook(merges.len())?;
+        }
+    }
+    hook(merges.len())?;
+    Ok(merges)
+}
+
+/// Merges every non-overlapping occurrence of `(a, b)` in `w`, left to right, recording the
+/// change of each neighbouring pair's count (times the word's `count`) in `deltas`.
+/// Returns whether the word changed.
+#[inline]
+fn merge_word(
+    w: &mut Vec<u32>,
+    a: u32,
+    b: u32,
+    new_id: u32,
+    count: i64,
+    deltas: &mut FxHashMap<Pair, i64>,
+) -> bool {
+    let n = w.len();
+    let mut out: Vec<u32> = Vec::with_capacity(n);
+    let mut i = 0;
+    let mut changed = false;
+    while i < n {
+        if i + 1 < n && w[i] == a && w[i + 1] == b {
+            changed = true;
+            *deltas.entry((a, b)).or_insert(0) -= count;
+            if let Some(&prev) = out.last() {
+                // `prev` is the token now left of the merge (possibly merged itself just now);
+                // the pair it formed with `a` is gone and one with the new token appears.
+                *deltas.entry((prev, a)).or_insert(0) -= count;
+                *deltas.entry((prev, new_id)).or_insert(0) += count;
+            }
+            if i + 2 < n {
+                let next = w[i + 2];
+                *deltas.entry((b, next)).or_insert(0) -= count;
+                *deltas.entry((new_id, next)).or_insert(0) += count;
+            }
+            out.push(new_id);
+            i += 2;
+        } else {
+            out.push(w[i]);
+            i += 1;
+        }
+    }
+    if changed {
+        *w = out;
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(words: &[(&str, u64)], n: usize) -> Vec<(String, String)> {
+        let ws = words.iter().map(|(w, c)| (w.as_bytes().to_vec(), *c));
+        train(ws, n, &mut |_| Ok(()))
+            .unwrap()
+            .into_iter()
+            .map(|(l, r)| {
+                (
+                    String::from_utf8(l).unwrap(),
+                    String::from_utf8(r).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn pair(l: &str, r: &str) -> (String, String) {
+        (l.to_string(), r.to_string())
+    }
+
+    #[test]
+    fn ties_go_to_the_greatest_pair() {
+        // Pairs ("A","B"), ("A","C"), ("B","ZZ"), ("BA","A") all occur once at the end.
+        let m = run(&[("ZZ", 10), ("BA", 10), ("AB", 1), ("AC", 1), ("BZZ", 1), ("BAA", 1)], 3);
+        assert_eq!(m[0], pair("Z", "Z"));
+        assert_eq!(m[1], pair("B", "A"));
+        // Now ("BA","A"), ("A","B"), ("A","C"), ("B","ZZ") each count 1: ("BA","A") wins.
+        assert_eq!(m[2], pair("BA", "A"));
+    }
+
+    #[test]
+    fn lecture_example() {
+        // The lecture's `train_bpe("the cat in the hat", 3)` on raw bytes.
+        let m = run(&[("the cat in the hat", 1)], 3);
+        assert_eq!(m, vec![pair("t", "h"), pair("th", "e"), pair("the", " ")]);
+    }
+
+    #[test]
+    fn overlapping_runs_merge_left_to_right() {
+        let m = run(&[("aaaa", 1), ("aaa", 1)], 3);
+        // aaaa: 3 (a,a); aaa: 2 -> merge (a,a): aaaa -> [aa,aa], aaa -> [aa,a]
+        assert_eq!(m, vec![pair("a", "a"), pair("aa", "aa"), pair("aa", "a")]);
+    }
+
+    #[test]
+    fn stops_when_no_pair_is_left() {
+        let m = run(&[("ab", 5)], 10);
+        assert_eq!(m, vec![pair("a", "b")]);
+    }
+}
