@@ -89,6 +89,23 @@ impl SpecialSplitter {
         }
     }
 
+    /// Special-token matches in `text`: (start, end, index of the token in the list given to
+    /// `new`, empty strings left out).
+    pub fn matches<'a>(
+        &'a self,
+        text: &'a str,
+    ) -> impl Iterator<Item = (usize, usize, usize)> + 'a {
+        self.matcher
+            .iter()
+            .flat_map(move |m| m.find_iter(text))
+            .map(|m| (m.start(), m.end(), m.pattern().as_usize()))
+    }
+
+    /// Length in bytes of the longest special token (0 if none).
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
     /// End of the last special token in `buf` that no longer special token could extend past
     /// the end of `buf` (the text after `buf` is not known yet).
     fn last_special_end(&self, buf: &[u8]) -> Option<usize> {
@@ -129,7 +146,7 @@ pub fn merge_counts(dst: &mut Counts, mut src: Counts) {
 /// pattern ends a piece before and after it, whatever comes further on.
 ///
 /// Only cuts at or after `from` are looked for (earlier ones were looked for before).
-fn last_safe_cut(
+pub(crate) fn last_safe_cut(
     buf: &[u8],
     from: usize,
     pattern: Pattern,
@@ -151,6 +168,59 @@ fn last_safe_cut(
 /// Size of the blocks read from a file; each chunk handed to a worker is about this big.
 const BLOCK: usize = 4 << 20;
 
+/// Opens a file for reading, refusing directories with `IsADirectory`.
+fn open_file(path: &Path) -> Result<File, CountError> {
+    if std::fs::metadata(path)?.is_dir() {
+        return Err(CountError::Io(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "is a directory",
+        )));
+    }
+    Ok(File::open(path)?)
+}
+
+/// Reads a file in chunks of about `BLOCK` bytes cut only at safe places (`last_safe_cut`) and
+/// hands each to `send(file offset, chunk)`, in order; `send` returns false to stop early.
+/// `hook(bytes_read)` runs after every block and may stop the reading.
+pub fn read_chunks(
+    path: &Path,
+    pattern: Pattern,
+    specials: &SpecialSplitter,
+    hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
+    mut send: impl FnMut(u64, Vec<u8>) -> bool,
+) -> Result<(), CountError> {
+    let mut file = open_file(path)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(BLOCK * 2);
+    let mut offset = 0u64; // file offset of buf[0]
+    let mut read_total = 0u64;
+    loop {
+        let old_len = buf.len();
+        buf.resize(old_len + BLOCK, 0);
+        let n = read_full(&mut file, &mut buf[old_len..])?;
+        buf.truncate(old_len + n);
+        read_total += n as u64;
+        let eof = n == 0;
+        let cut = if eof {
+            Some(buf.len())
+        } else {
+            last_safe_cut(&buf, old_len, pattern, specials)
+        };
+        if let Some(cut) = cut.filter(|&c| c > 0) {
+            let rest = buf.split_off(cut);
+            let chunk = std::mem::replace(&mut buf, rest);
+            let len = chunk.len() as u64;
+            if !send(offset, chunk) {
+                return Ok(());
+            }
+            offset += len;
+        }
+        if eof {
+            return Ok(());
+        }
+        hook(read_total).map_err(|_| CountError::Interrupted)?;
+    }
+}
+
 /// Counts the pieces of a UTF-8 file on `num_threads` threads.
 ///
 /// `hook(bytes_read)` is called from the calling thread after every block; it returns
@@ -162,14 +232,6 @@ pub fn count_file(
     num_threads: usize,
     hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
 ) -> Result<Counts, CountError> {
-    let meta = std::fs::metadata(path)?;
-    if meta.is_dir() {
-        return Err(CountError::Io(io::Error::new(
-            io::ErrorKind::IsADirectory,
-            "is a directory",
-        )));
-    }
-    let mut file = File::open(path)?;
     let num_threads = num_threads.max(1);
     // Offset of the first invalid UTF-8 byte seen by any worker (u64::MAX: none yet).
     let first_bad = AtomicU64::new(u64::MAX);
@@ -183,13 +245,8 @@ pub fn count_file(
                 let first_bad = &first_bad;
                 scope.spawn(move || {
                     let mut counts = Counts::default();
-                    loop {
-                        // The lock is held only while waiting for the next chunk.
-                        let msg = match rx.lock() {
-                            Ok(guard) => guard.recv(),
-                            Err(_) => break,
-                        };
-                        let Ok((offset, chunk)) = msg else { break };
+                    // The lock is held only while waiting for the next chunk.
+                    while let Some((offset, chunk)) = recv_shared(rx) {
                         match std::str::from_utf8(&chunk) {
                             Ok(text) => count_text(text, pattern, specials, &mut counts),
                             Err(e) => {
@@ -202,41 +259,9 @@ pub fn count_file(
                 })
             })
             .collect();
-
-        let read_result = (|| -> Result<(), CountError> {
-            let mut buf: Vec<u8> = Vec::with_capacity(BLOCK * 2);
-            let mut offset = 0u64; // file offset of buf[0]
-            let mut read_total = 0u64;
-            loop {
-                let old_len = buf.len();
-                buf.resize(old_len + BLOCK, 0);
-                let n = read_full(&mut file, &mut buf[old_len..])?;
-                buf.truncate(old_len + n);
-                read_total += n as u64;
-                let eof = n == 0;
-                let cut = if eof {
-                    Some(buf.len())
-                } else {
-                    last_safe_cut(&buf, old_len, pattern, specials)
-                };
-                if let Some(cut) = cut {
-                    if cut > 0 {
-                        let rest = buf.split_off(cut);
-                        let chunk = std::mem::replace(&mut buf, rest);
-                        let len = chunk.len() as u64;
-                        if tx.send((offset, chunk)).is_err() {
-                            break;
-                        }
-                        offset += len;
-                    }
-                }
-                if eof || first_bad.load(Ordering::Relaxed) != u64::MAX {
-                    break;
-                }
-                hook(read_total).map_err(|_| CountError::Interrupted)?;
-            }
-            Ok(())
-        })();
+        let read_result = read_chunks(path, pattern, specials, hook, |offset, chunk| {
+            first_bad.load(Ordering::Relaxed) == u64::MAX && tx.send((offset, chunk)).is_ok()
+        });
         drop(tx);
         let maps: Result<Vec<Counts>, CountError> = workers
             .into_iter()
@@ -254,6 +279,11 @@ pub fn count_file(
         merge_counts(&mut total, m);
     }
     Ok(total)
+}
+
+/// Next message from a receiver shared by several workers; None when the sender is gone.
+pub(crate) fn recv_shared<T>(rx: &Mutex<mpsc::Receiver<T>>) -> Option<T> {
+    rx.lock().ok()?.recv().ok()
 }
 
 /// Reads until `buf` is full or the file ends; returns the number of bytes read.
@@ -327,7 +357,7 @@ pub fn count_texts<S: AsRef<str> + Sync>(
     Ok(total)
 }
 
-fn worker_panicked() -> CountError {
+pub(crate) fn worker_panicked() -> CountError {
     CountError::Io(io::Error::other("a counting thread panicked"))
 }
 

@@ -3,9 +3,11 @@
 //! The core modules know nothing of Python; `py.rs` (feature `python`) is the only binding layer.
 
 pub mod count;
+pub mod encode;
 pub mod pretok;
 pub mod train;
 #[rustfmt::skip]
+#[allow(dead_code)] // generated: not every class is used by every pattern
 mod unicode_tables;
 
 #[cfg(feature = "python")]

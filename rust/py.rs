@@ -3,18 +3,53 @@
 
 use std::path::PathBuf;
 
-use pyo3::exceptions::{PyFileNotFoundError, PyIsADirectoryError, PyOSError, PyValueError};
+use pyo3::create_exception;
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyIsADirectoryError, PyKeyError, PyOSError, PyValueError,
+};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
 use crate::count::{self, CountError, Counts, Interrupted, SpecialSplitter};
+use crate::encode::{BuildError, Encoder};
 use crate::pretok::Pattern;
 use crate::train;
+
+create_exception!(
+    fastbpe,
+    UnknownTokenError,
+    PyKeyError,
+    "An id that is not in the tokenizer's vocabulary."
+);
+
+/// Maps a file-reading failure to the Python exception a user expects, naming the file.
+fn read_error(path: &std::path::Path, e: CountError) -> PyErr {
+    let shown = path.display();
+    match e {
+        CountError::Io(e) => match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                PyFileNotFoundError::new_err(format!("no such file: '{shown}'"))
+            }
+            std::io::ErrorKind::IsADirectory => PyIsADirectoryError::new_err(format!(
+                "'{shown}' is a directory; give the text files inside it"
+            )),
+            _ => PyOSError::new_err(format!("'{shown}': {e}")),
+        },
+        CountError::InvalidUtf8 { offset } => PyValueError::new_err(format!(
+            "'{shown}' is not valid UTF-8: invalid byte sequence at byte offset {offset}; \
+             re-encode the file as UTF-8 (for example with iconv)"
+        )),
+        // Only reached if the hook stopped without a Python error; detach_with_hook returns the
+        // KeyboardInterrupt itself otherwise.
+        CountError::Interrupted => PyValueError::new_err("interrupted"),
+    }
+}
 
 fn parse_pattern(name: Option<&str>) -> PyResult<Pattern> {
     match name {
         None => Ok(Pattern::Whole),
         Some("gpt2") => Ok(Pattern::Gpt2),
+        Some("whole") => Ok(Pattern::Whole),
         Some(other) => Err(PyValueError::new_err(format!(
             "no built-in pre-tokenizer named {other:?}; built-in ones: \"gpt2\" or None"
         ))),
@@ -24,7 +59,11 @@ fn parse_pattern(name: Option<&str>) -> PyResult<Pattern> {
 /// Runs `work` with the GIL released. `work` gets a hook to call now and then from the calling
 /// thread: the hook takes the GIL briefly, runs pending signal handlers (so Ctrl-C raises
 /// KeyboardInterrupt promptly) and reports progress to `progress(n)`.
-fn detach_with_hook<T, E, F>(py: Python<'_>, progress: Option<Py<PyAny>>, work: F) -> PyResult<Result<T, E>>
+fn detach_with_hook<T, E, F>(
+    py: Python<'_>,
+    progress: Option<Py<PyAny>>,
+    work: F,
+) -> PyResult<Result<T, E>>
 where
     T: Send,
     E: Send,
@@ -85,36 +124,19 @@ impl WordCounts {
         let res = detach_with_hook(py, progress, |hook| {
             count::count_file(&path, pattern, specials, num_threads, &mut |n| hook(n))
         })?;
-        match res {
-            Ok(c) => {
-                count::merge_counts(&mut self.counts, c);
-                Ok(())
-            }
-            Err(CountError::Io(e)) => {
-                let shown = path.display();
-                Err(match e.kind() {
-                    std::io::ErrorKind::NotFound => {
-                        PyFileNotFoundError::new_err(format!("no such file: '{shown}'"))
-                    }
-                    std::io::ErrorKind::IsADirectory => PyIsADirectoryError::new_err(format!(
-                        "'{shown}' is a directory; give the text files inside it"
-                    )),
-                    _ => PyOSError::new_err(format!("reading '{shown}': {e}")),
-                })
-            }
-            Err(CountError::InvalidUtf8 { offset }) => Err(PyValueError::new_err(format!(
-                "'{}' is not valid UTF-8: invalid byte sequence at byte offset {offset}; \
-                 re-encode the file as UTF-8 (for example with iconv)",
-                path.display()
-            ))),
-            // `detach_with_hook` returned the KeyboardInterrupt itself.
-            Err(CountError::Interrupted) => Err(PyValueError::new_err("interrupted")),
-        }
+        let c = res.map_err(|e| read_error(&path, e))?;
+        count::merge_counts(&mut self.counts, c);
+        Ok(())
     }
 
     /// Counts the pieces of each text (pieces never span two texts) on `num_threads` threads.
     #[pyo3(signature = (texts, num_threads))]
-    fn add_texts(&mut self, py: Python<'_>, texts: Vec<String>, num_threads: usize) -> PyResult<()> {
+    fn add_texts(
+        &mut self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        num_threads: usize,
+    ) -> PyResult<()> {
         let (pattern, specials) = (self.pattern, &self.specials);
         let c = py
             .detach(|| count::count_texts(&texts, pattern, specials, num_threads))
@@ -175,12 +197,194 @@ fn split(pattern: Option<&str>, text: &str) -> PyResult<Vec<String>> {
     Ok(p.split(text).into_iter().map(String::from).collect())
 }
 
+fn build_error(e: BuildError) -> PyErr {
+    PyValueError::new_err(match e {
+        BuildError::MergePartMissing(n, part) => format!(
+            "merge {n}: part {:?} is not in the vocabulary; every merge part must be a token",
+            PyBytesRepr(&part)
+        ),
+        BuildError::MergeResultMissing(n, t) => format!(
+            "merge {n}: its result {:?} is not in the vocabulary; add it or drop the merge",
+            PyBytesRepr(&t)
+        ),
+        BuildError::ByteMissing(b) => {
+            format!("the vocabulary has no token for the single byte {b:#04x}; byte-level BPE needs all 256")
+        }
+    })
+}
+
+/// Shows bytes as Python would (b'...').
+struct PyBytesRepr<'a>(&'a [u8]);
+impl std::fmt::Debug for PyBytesRepr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "b'")?;
+        for &b in self.0 {
+            match b {
+                b'\\' => write!(f, "\\\\")?,
+                b'\'' => write!(f, "\\'")?,
+                0x20..=0x7e => write!(f, "{}", b as char)?,
+                _ => write!(f, "\\x{b:02x}")?,
+            }
+        }
+        write!(f, "'")
+    }
+}
+
+/// A fixed vocabulary ready to encode and decode.
+#[pyclass(module = "fastbpe._core", frozen)]
+pub struct CoreEncoder {
+    enc: Encoder,
+}
+
+#[pymethods]
+impl CoreEncoder {
+    /// From `vocab` (id -> bytes, without special tokens), `merges` in priority order and
+    /// special tokens (str -> id). `pattern`: "gpt2", "whole" (no pre-tokenization).
+    #[staticmethod]
+    fn from_merges(
+        py: Python<'_>,
+        vocab: Vec<(u32, Vec<u8>)>,
+        merges: Vec<(Vec<u8>, Vec<u8>)>,
+        specials: Vec<(String, u32)>,
+        pattern: &str,
+    ) -> PyResult<Self> {
+        let pattern = parse_pattern(Some(pattern))?;
+        let enc = py
+            .detach(|| Encoder::from_merges(&vocab, &merges, &specials, pattern))
+            .map_err(build_error)?;
+        Ok(CoreEncoder { enc })
+    }
+
+    /// From tiktoken ranks (token bytes -> rank, which is also the id).
+    #[staticmethod]
+    fn from_ranks(
+        py: Python<'_>,
+        ranks: Vec<(Vec<u8>, u32)>,
+        specials: Vec<(String, u32)>,
+        pattern: &str,
+    ) -> PyResult<Self> {
+        let pattern = parse_pattern(Some(pattern))?;
+        let enc = py
+            .detach(|| Encoder::from_ranks(&ranks, &specials, pattern))
+            .map_err(build_error)?;
+        Ok(CoreEncoder { enc })
+    }
+
+    fn encode(&self, py: Python<'_>, text: &str) -> Vec<u32> {
+        if text.len() < 4096 {
+            return self.enc.encode(text);
+        }
+        py.detach(|| self.enc.encode(text))
+    }
+
+    fn encode_ordinary(&self, py: Python<'_>, text: &str) -> Vec<u32> {
+        if text.len() < 4096 {
+            return self.enc.encode_ordinary(text);
+        }
+        py.detach(|| self.enc.encode_ordinary(text))
+    }
+
+    /// Ids of pieces cut elsewhere (a custom regex applied in Python).
+    fn encode_pieces(&self, pieces: Vec<String>) -> Vec<u32> {
+        let mut out = Vec::new();
+        for p in &pieces {
+            self.enc.encode_piece(p.as_bytes(), &mut out);
+        }
+        out
+    }
+
+    /// Ids as a little-endian buffer of `width`-byte integers (2 or 4), for numpy.
+    fn encode_to_buffer<'py>(
+        &self,
+        py: Python<'py>,
+        text: &str,
+        width: usize,
+        with_specials: bool,
+    ) -> Bound<'py, PyByteArray> {
+        let buf = py.detach(|| {
+            let ids = if with_specials {
+                self.enc.encode(text)
+            } else {
+                self.enc.encode_ordinary(text)
+            };
+            let mut buf = Vec::new();
+            crate::encode::ids_to_le_bytes(&ids, width, &mut buf);
+            buf
+        });
+        PyByteArray::new(py, &buf)
+    }
+
+    #[pyo3(signature = (texts, num_threads, with_specials=true))]
+    fn encode_batch(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        num_threads: usize,
+        with_specials: bool,
+    ) -> Vec<Vec<u32>> {
+        py.detach(|| self.enc.encode_batch(&texts, num_threads, with_specials))
+    }
+
+    /// Streaming: the length in characters of the longest prefix of `text` that can be
+    /// encoded now, whatever text follows (0 if none).
+    fn safe_prefix_chars(&self, text: &str) -> usize {
+        let n = self.enc.safe_prefix_len(text);
+        text[..n].chars().count()
+    }
+
+    /// Encodes a file into `out_path` (little-endian, `width` bytes per id); returns the count.
+    #[pyo3(signature = (path, out_path, width, num_threads, progress=None))]
+    fn encode_file(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        out_path: PathBuf,
+        width: usize,
+        num_threads: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<u64> {
+        if width != 2 && width != 4 {
+            return Err(PyValueError::new_err("width must be 2 or 4"));
+        }
+        let enc = &self.enc;
+        detach_with_hook(py, progress, |hook| {
+            enc.encode_file(&path, &out_path, width, num_threads, &mut |n| hook(n))
+        })?
+        .map_err(|e| read_error(&path, e))
+    }
+
+    fn decode_bytes<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
+        match self.enc.decode_bytes(&ids) {
+            Ok(b) => Ok(PyBytes::new(py, &b)),
+            Err(id) => Err(UnknownTokenError::new_err(format!(
+                "token id {id} is not in the vocabulary (ids go up to {})",
+                self.enc.id_limit().saturating_sub(1)
+            ))),
+        }
+    }
+
+    /// The bytes of one token, or None.
+    fn token_bytes<'py>(&self, py: Python<'py>, id: u32) -> Option<Bound<'py, PyBytes>> {
+        self.enc.token(id).map(|t| PyBytes::new(py, t))
+    }
+
+    /// Longest special token in bytes (streaming keeps this much back).
+    fn special_max_len(&self) -> usize {
+        self.enc.special_max_len()
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WordCounts>()?;
+    m.add_class::<CoreEncoder>()?;
+    m.add("UnknownTokenError", m.py().get_type::<UnknownTokenError>())?;
     m.add_function(wrap_pyfunction!(train_merges, m)?)?;
     m.add_function(wrap_pyfunction!(split, m)?)?;
-    m.add("UNICODE_TABLES_REGEX_VERSION", crate::unicode_tables::REGEX_VERSION)?;
+    m.add(
+        "UNICODE_TABLES_REGEX_VERSION",
+        crate::unicode_tables::REGEX_VERSION,
+    )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

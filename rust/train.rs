@@ -223,12 +223,7 @@ mod tests {
         train(ws, n, &mut |_| Ok(()))
             .unwrap()
             .into_iter()
-            .map(|(l, r)| {
-                (
-                    String::from_utf8(l).unwrap(),
-                    String::from_utf8(r).unwrap(),
-                )
-            })
+            .map(|(l, r)| (String::from_utf8(l).unwrap(), String::from_utf8(r).unwrap()))
             .collect()
     }
 
@@ -239,7 +234,17 @@ mod tests {
     #[test]
     fn ties_go_to_the_greatest_pair() {
         // Pairs ("A","B"), ("A","C"), ("B","ZZ"), ("BA","A") all occur once at the end.
-        let m = run(&[("ZZ", 10), ("BA", 10), ("AB", 1), ("AC", 1), ("BZZ", 1), ("BAA", 1)], 3);
+        let m = run(
+            &[
+                ("ZZ", 10),
+                ("BA", 10),
+                ("AB", 1),
+                ("AC", 1),
+                ("BZZ", 1),
+                ("BAA", 1),
+            ],
+            3,
+        );
         assert_eq!(m[0], pair("Z", "Z"));
         assert_eq!(m[1], pair("B", "A"));
         // Now ("BA","A"), ("A","B"), ("A","C"), ("B","ZZ") each count 1: ("BA","A") wins.

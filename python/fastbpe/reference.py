@@ -118,3 +118,57 @@ def train_bpe(
     with open(input_path, encoding="utf-8", newline="") as f:
         text = f.read()
     return train_bpe_from_texts([text], vocab_size, special_tokens, pattern)
+
+
+# ---- encoding ------------------------------------------------------------------------------
+
+
+def split_keeping_special_tokens(text: str, special_tokens: Iterable[str]) -> list[tuple[str, bool]]:
+    """`text` cut into (stretch, is_special) parts; the longest special token wins at a position."""
+    specials = sorted((s for s in special_tokens if s), key=len, reverse=True)
+    if not specials:
+        return [(text, False)]
+    parts = regex.split("(" + "|".join(regex.escape(s) for s in specials) + ")", text)
+    # regex.split with a group alternates: text, special, text, special, ..., text
+    return [(p, i % 2 == 1) for i, p in enumerate(parts)]
+
+
+def bpe(piece: bytes, merge_ranks: dict[tuple[bytes, bytes], int]) -> list[bytes]:
+    """Start from single bytes; merge the adjacent pair of lowest rank (leftmost among equals)
+    until no pair in `merge_ranks` is left."""
+    parts = [bytes([b]) for b in piece]
+    while len(parts) > 1:
+        ranked = [(merge_ranks[pair], i) for i, pair in enumerate(zip(parts, parts[1:])) if pair in merge_ranks]
+        if not ranked:
+            break
+        _, i = min(ranked)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def encode(
+    text: str,
+    vocab: dict[int, bytes],
+    merges: list[tuple[bytes, bytes]],
+    special_tokens: Iterable[str] = (),
+    pattern: str | None = "gpt2",
+) -> list[int]:
+    """Token ids of `text`: special tokens become their ids, everything else goes through BPE."""
+    ids_of = {}
+    for i, t in sorted(vocab.items(), reverse=True):
+        ids_of[t] = i  # the lowest id wins when two ids share bytes
+    merge_ranks: dict[tuple[bytes, bytes], int] = {}
+    for rank, pair in enumerate(merges):
+        merge_ranks.setdefault(pair, rank)
+    out: list[int] = []
+    for stretch, is_special in split_keeping_special_tokens(text, special_tokens):
+        if is_special:
+            out.append(max(i for i, t in vocab.items() if t == stretch.encode("utf-8")))
+            continue
+        for piece in pretokenize(stretch, pattern):
+            out.extend(ids_of[t] for t in bpe(piece.encode("utf-8"), merge_ranks))
+    return out
+
+
+def decode(ids: Iterable[int], vocab: dict[int, bytes]) -> str:
+    return b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")

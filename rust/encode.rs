@@ -1,0 +1,588 @@
+//! Encoding text to token ids with a fixed vocabulary.
+//!
+//! Semantics: split on special tokens (leftmost, longest), pre-tokenize each stretch, and within
+//! each piece start from single bytes and repeatedly merge the adjacent pair of lowest rank
+//! (leftmost first among equals) until no mergeable pair is left. This is tiktoken's and HF's
+//! BPE; for a merge list in creation order it equals applying the merges one after another.
+//!
+//! Where the pairs come from:
+//! - `from_merges`: the pairs are exactly the merges, ranked by position (CS336, GPT-2's files).
+//! - `from_ranks`: tiktoken's rank files; any two adjacent parts merge when their concatenation
+//!   is a token, ranked by that token's rank. Every way of cutting a token into two tokens is
+//!   entered as a pair, which makes this the same loop.
+//!
+//! Speed: a piece that is itself a token (and that BPE would rebuild as itself) is looked up
+//! whole; short pieces use a small quadratic loop over a stack array; long pieces a heap over a
+//! linked list, so a piece of a million bytes is O(n log n), never quadratic.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError};
+
+use rustc_hash::FxHashMap;
+
+use crate::count::{
+    read_chunks, recv_shared, worker_panicked, CountError, Interrupted, SpecialSplitter,
+};
+use crate::pretok::Pattern;
+
+/// Why an encoder could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildError {
+    /// A merge part is not a token: (merge index, the part).
+    MergePartMissing(usize, Vec<u8>),
+    /// A merge result is not a token: (merge index, the bytes).
+    MergeResultMissing(usize, Vec<u8>),
+    /// Byte value with no single-byte token.
+    ByteMissing(u8),
+}
+
+type Pair = (u32, u32);
+
+/// Pieces at most this long (in bytes) use the quadratic loop; longer ones the heap.
+const SMALL: usize = 64;
+
+pub struct Encoder {
+    /// Token bytes by id (empty for ids that do not exist).
+    tokens: Vec<Vec<u8>>,
+    /// The id of each single byte.
+    byte_ids: [u32; 256],
+    /// (left id, right id) -> (rank, merged id).
+    pairs: FxHashMap<Pair, (u32, u32)>,
+    /// Token bytes -> id, for pieces that encode to exactly one token.
+    whole: FxHashMap<Vec<u8>, u32>,
+    specials: SpecialSplitter,
+    special_ids: Vec<u32>,
+    pub pattern: Pattern,
+}
+
+impl Encoder {
+    fn base(tokens_by_id: &[(u32, Vec<u8>)]) -> (Vec<Vec<u8>>, FxHashMap<Vec<u8>, u32>) {
+        let n = tokens_by_id
+            .iter()
+            .map(|(i, _)| *i as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut tokens = vec![Vec::new(); n];
+        let mut ids: FxHashMap<Vec<u8>, u32> = FxHashMap::default();
+        // The lowest id wins when two ids share bytes.
+        let mut sorted: Vec<&(u32, Vec<u8>)> = tokens_by_id.iter().collect();
+        sorted.sort_by_key(|(i, _)| *i);
+        for (i, t) in sorted {
+            tokens[*i as usize] = t.clone();
+            ids.entry(t.clone()).or_insert(*i);
+        }
+        (tokens, ids)
+    }
+
+    fn byte_ids(ids: &FxHashMap<Vec<u8>, u32>) -> Result<[u32; 256], BuildError> {
+        let mut byte_ids = [0u32; 256];
+        for b in 0..=255u8 {
+            byte_ids[b as usize] = *ids.get(&vec![b]).ok_or(BuildError::ByteMissing(b))?;
+        }
+        Ok(byte_ids)
+    }
+
+    /// From a vocabulary (without special tokens) and merges in priority order.
+    pub fn from_merges(
+        vocab: &[(u32, Vec<u8>)],
+        merges: &[(Vec<u8>, Vec<u8>)],
+        specials: &[(String, u32)],
+        pattern: Pattern,
+    ) -> Result<Self, BuildError> {
+        let (tokens, ids) = Self::base(vocab);
+        let byte_ids = Self::byte_ids(&ids)?;
+        let mut pairs: FxHashMap<Pair, (u32, u32)> = FxHashMap::default();
+        for (rank, (a, b)) in merges.iter().enumerate() {
+            let ia = *ids
+                .get(a)
+                .ok_or_else(|| BuildError::MergePartMissing(rank, a.clone()))?;
+            let ib = *ids
+                .get(b)
+                .ok_or_else(|| BuildError::MergePartMissing(rank, b.clone()))?;
+            let ab = [&a[..], &b[..]].concat();
+            let iab = *ids
+                .get(&ab)
+                .ok_or(BuildError::MergeResultMissing(rank, ab))?;
+            // A pair listed twice keeps its first (highest-priority) rank.
+            pairs.entry((ia, ib)).or_insert((rank as u32, iab));
+        }
+        let mut enc = Encoder {
+            tokens,
+            byte_ids,
+            pairs,
+            whole: FxHashMap::default(),
+            specials: SpecialSplitter::new::<&str>(&[]),
+            special_ids: Vec::new(),
+            pattern,
+        };
+        // Whole-piece lookup only for tokens that BPE rebuilds as themselves.
+        let mut whole = FxHashMap::default();
+        let mut out = Vec::new();
+        for (bytes, &id) in &ids {
+            out.clear();
+            enc.bpe(bytes, &mut out);
+            if out.len() == 1 && out[0] == id {
+                whole.insert(bytes.clone(), id);
+            }
+        }
+        enc.whole = whole;
+        enc.set_specials(specials);
+        Ok(enc)
+    }
+
+    /// From tiktoken-style ranks (token bytes -> rank, the rank also being the id).
+    pub fn from_ranks(
+        ranks: &[(Vec<u8>, u32)],
+        specials: &[(String, u32)],
+        pattern: Pattern,
+    ) -> Result<Self, BuildError> {
+        let vocab: Vec<(u32, Vec<u8>)> = ranks.iter().map(|(t, r)| (*r, t.clone())).collect();
+        let (tokens, ids) = Self::base(&vocab);
+        let byte_ids = Self::byte_ids(&ids)?;
+        let mut pairs: FxHashMap<Pair, (u32, u32)> = FxHashMap::default();
+        for (t, r) in ranks {
+            let r = *r;
+            for k in 1..t.len() {
+                if let (Some(&ia), Some(&ib)) = (ids.get(&t[..k]), ids.get(&t[k..])) {
+                    pairs.insert((ia, ib), (r, ids[t]));
+                }
+            }
+        }
+        // tiktoken looks every piece up whole first.
+        let whole = ids.clone();
+        let mut enc = Encoder {
+            tokens,
+            byte_ids,
+            pairs,
+            whole,
+            specials: SpecialSplitter::new::<&str>(&[]),
+            special_ids: Vec::new(),
+            pattern,
+        };
+        enc.set_specials(specials);
+        Ok(enc)
+    }
+
+    fn set_specials(&mut self, specials: &[(String, u32)]) {
+        let specials: Vec<&(String, u32)> =
+            specials.iter().filter(|(s, _)| !s.is_empty()).collect();
+        for (s, id) in &specials {
+            let i = *id as usize;
+            if i >= self.tokens.len() {
+                self.tokens.resize(i + 1, Vec::new());
+            }
+            self.tokens[i] = s.as_bytes().to_vec();
+        }
+        self.special_ids = specials.iter().map(|(_, id)| *id).collect();
+        let names: Vec<&str> = specials.iter().map(|(s, _)| s.as_str()).collect();
+        self.specials = SpecialSplitter::new(&names);
+    }
+
+    /// Longest special token, in bytes (0 without special tokens).
+    pub fn special_max_len(&self) -> usize {
+        self.specials.max_len()
+    }
+
+    /// One more than the largest id.
+    pub fn id_limit(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The bytes of token `id`, if it exists.
+    pub fn token(&self, id: u32) -> Option<&[u8]> {
+        self.tokens
+            .get(id as usize)
+            .filter(|t| !t.is_empty())
+            .map(|t| &t[..])
+    }
+
+    /// BPE on one piece, appending ids to `out`.
+    #[inline]
+    pub fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
+        if piece.len() == 1 {
+            out.push(self.byte_ids[piece[0] as usize]);
+            return;
+        }
+        if let Some(&id) = self.whole.get(piece) {
+            out.push(id);
+            return;
+        }
+        self.bpe(piece, out);
+    }
+
+    #[inline]
+    fn rank(&self, a: u32, b: u32) -> Option<(u32, u32)> {
+        self.pairs.get(&(a, b)).copied()
+    }
+
+    /// The merge loop itself (no whole-piece lookup).
+    fn bpe(&self, piece: &[u8], out: &mut Vec<u32>) {
+        if piece.len() <= SMALL {
+            self.bpe_small(piece, out)
+        } else {
+            self.bpe_large(piece, out)
+        }
+    }
+
+    /// Quadratic in the worst case but branch-light: parts and their right-pair ranks in arrays.
+    fn bpe_small(&self, piece: &[u8], out: &mut Vec<u32>) {
+        let n = piece.len();
+        let mut ids = [0u32; SMALL];
+        // ranks[i]: (rank, merged id) of the pair (ids[i], ids[i+1]); u32::MAX if none.
+        let mut ranks = [(u32::MAX, 0u32); SMALL];
+        for i in 0..n {
+            ids[i] = self.byte_ids[piece[i] as usize];
+        }
+        let mut len = n;
+        for i in 0..len - 1 {
+            ranks[i] = self.rank(ids[i], ids[i + 1]).unwrap_or((u32::MAX, 0));
+        }
+        loop {
+            let mut best = u32::MAX;
+            let mut at = 0;
+            for (i, r) in ranks[..len - 1].iter().enumerate() {
+                if r.0 < best {
+                    best = r.0;
+                    at = i;
+                }
+            }
+            if best == u32::MAX {
+                break;
+            }
+            ids[at] = ranks[at].1;
+            // Remove ids[at + 1].
+            ids.copy_within(at + 2..len, at + 1);
+            ranks.copy_within(at + 2..len, at + 1);
+            len -= 1;
+            if at + 1 < len {
+                ranks[at] = self.rank(ids[at], ids[at + 1]).unwrap_or((u32::MAX, 0));
+            } else {
+                ranks[at] = (u32::MAX, 0);
+            }
+            if at > 0 {
+                ranks[at - 1] = self.rank(ids[at - 1], ids[at]).unwrap_or((u32::MAX, 0));
+            }
+            if len == 1 {
+                break;
+            }
+        }
+        out.extend_from_slice(&ids[..len]);
+    }
+
+    /// O(n log n): a doubly linked list of parts and a min-heap of (rank, position) with stale
+    /// entries skipped.
+    fn bpe_large(&self, piece: &[u8], out: &mut Vec<u32>) {
+        let n = piece.len();
+        let mut ids: Vec<u32> = piece.iter().map(|&b| self.byte_ids[b as usize]).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut alive = vec![true; n];
+        let mut heap: BinaryHeap<Reverse<(u32, usize, u32, u32)>> = BinaryHeap::new();
+        for i in 0..n - 1 {
+            if let Some((r, _)) = self.rank(ids[i], ids[i + 1]) {
+                heap.push(Reverse((r, i, ids[i], ids[i + 1])));
+            }
+        }
+        while let Some(Reverse((r, i, a, b))) = heap.pop() {
+            // Stale unless both parts are still there, unchanged, and adjacent.
+            if !alive[i] || ids[i] != a {
+                continue;
+            }
+            let j = next[i];
+            if j >= n || ids[j] != b {
+                continue;
+            }
+            let Some((rank, merged)) = self.rank(a, b) else {
+                continue;
+            };
+            if rank != r {
+                continue;
+            }
+            ids[i] = merged;
+            alive[j] = false;
+            let k = next[j];
+            next[i] = k;
+            if k < n {
+                prev[k] = i;
+                if let Some((r2, _)) = self.rank(merged, ids[k]) {
+                    heap.push(Reverse((r2, i, merged, ids[k])));
+                }
+            }
+            let p = prev[i];
+            if p < n {
+                if let Some((r2, _)) = self.rank(ids[p], merged) {
+                    heap.push(Reverse((r2, p, ids[p], merged)));
+                }
+            }
+        }
+        let mut i = 0;
+        while i < n {
+            out.push(ids[i]);
+            i = next[i];
+        }
+    }
+
+    /// Encodes text without special-token handling.
+    pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
+        self.pattern
+            .for_each_piece(text, |p| self.encode_piece(p.as_bytes(), out));
+    }
+
+    /// Encodes text; special tokens in it become their ids.
+    pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
+        let mut last = 0;
+        for (start, end, k) in self.specials.matches(text) {
+            self.encode_ordinary_into(&text[last..start], out);
+            out.push(self.special_ids[k]);
+            last = end;
+        }
+        self.encode_ordinary_into(&text[last..], out);
+    }
+
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        self.encode_into(text, &mut out);
+        out
+    }
+
+    pub fn encode_ordinary(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        self.encode_ordinary_into(text, &mut out);
+        out
+    }
+
+    /// Special-token matches in `text` as (start, end, id).
+    pub fn special_matches(&self, text: &str) -> Vec<(usize, usize, u32)> {
+        self.specials
+            .matches(text)
+            .map(|(s, e, k)| (s, e, self.special_ids[k]))
+            .collect()
+    }
+
+    /// Encodes many texts on `num_threads` threads (results in input order).
+    pub fn encode_batch<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        num_threads: usize,
+        with_specials: bool,
+    ) -> Vec<Vec<u32>> {
+        let one = |t: &S| {
+            if with_specials {
+                self.encode(t.as_ref())
+            } else {
+                self.encode_ordinary(t.as_ref())
+            }
+        };
+        let threads = num_threads.clamp(1, texts.len().max(1));
+        if threads == 1 {
+            return texts.iter().map(one).collect();
+        }
+        // Texts are handed out in small groups from a shared counter, so long and short texts
+        // balance across threads.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let group = (texts.len() / (threads * 8)).clamp(1, 256);
+        let results: Mutex<Vec<(usize, Vec<Vec<u32>>)>> = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let start = next.fetch_add(group, std::sync::atomic::Ordering::Relaxed);
+                    if start >= texts.len() {
+                        break;
+                    }
+                    let end = (start + group).min(texts.len());
+                    let part: Vec<Vec<u32>> = texts[start..end].iter().map(one).collect();
+                    results
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((start, part));
+                });
+            }
+        });
+        let mut parts = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+        parts.sort_unstable_by_key(|(start, _)| *start);
+        parts.into_iter().flat_map(|(_, p)| p).collect()
+    }
+
+    /// Byte length of the longest prefix of `text` that can be encoded now without knowing what
+    /// follows (streaming): it ends at a safe cut, so encoding the prefix and the rest apart
+    /// gives the ids of the whole.
+    pub fn safe_prefix_len(&self, text: &str) -> usize {
+        crate::count::last_safe_cut(text.as_bytes(), 0, self.pattern, &self.specials).unwrap_or(0)
+    }
+
+    /// Encodes a UTF-8 file into a flat array of little-endian ids (`width` bytes each: 2 or 4)
+    /// written to `out`, chunks encoded on `num_threads` threads and written in order with at
+    /// most a few chunks in memory. Returns the number of tokens.
+    pub fn encode_file(
+        &self,
+        path: &Path,
+        out: &Path,
+        width: usize,
+        num_threads: usize,
+        hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
+    ) -> Result<u64, CountError> {
+        let num_threads = num_threads.max(1);
+        let file = std::fs::File::create(out)?;
+        let mut writer = BufWriter::with_capacity(1 << 20, file);
+        // Chunks in flight (read, encoding, or waiting to be written) are bounded by tickets.
+        let in_flight = num_threads * 2 + 2;
+        let (ticket_tx, ticket_rx) = mpsc::sync_channel::<()>(in_flight);
+        for _ in 0..in_flight {
+            let _ = ticket_tx.send(());
+        }
+        let (work_tx, work_rx) = mpsc::sync_channel::<(usize, u64, Vec<u8>)>(in_flight);
+        let work_rx = Mutex::new(work_rx);
+        let (done_tx, done_rx) = mpsc::channel::<(usize, Result<Vec<u32>, u64>)>();
+        std::thread::scope(|scope| {
+            for _ in 0..num_threads {
+                let done_tx = done_tx.clone();
+                let work_rx = &work_rx;
+                scope.spawn(move || {
+                    while let Some((seq, offset, chunk)) = recv_shared(work_rx) {
+                        let r = match std::str::from_utf8(&chunk) {
+                            Ok(text) => Ok(self.encode(text)),
+                            Err(e) => Err(offset + e.valid_up_to() as u64),
+                        };
+                        if done_tx.send((seq, r)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(done_tx);
+            // The writer: puts encoded chunks in file order, returns a ticket per chunk.
+            let writer_thread = scope.spawn(move || -> Result<u64, CountError> {
+                let mut pending: std::collections::BTreeMap<usize, Result<Vec<u32>, u64>> =
+                    Default::default();
+                let mut next = 0usize;
+                let mut total = 0u64;
+                let mut buf: Vec<u8> = Vec::new();
+                for (seq, r) in done_rx {
+                    pending.insert(seq, r);
+                    // In file order, so the first invalid byte reported is the first in the file.
+                    while let Some(r) = pending.remove(&next) {
+                        let ids = r.map_err(|offset| CountError::InvalidUtf8 { offset })?;
+                        buf.clear();
+                        ids_to_le_bytes(&ids, width, &mut buf);
+                        writer.write_all(&buf)?;
+                        total += ids.len() as u64;
+                        next += 1;
+                        let _ = ticket_tx.send(());
+                    }
+                }
+                writer.flush()?;
+                writer.get_ref().sync_all()?;
+                Ok(total)
+            });
+            let mut seq = 0usize;
+            let read = read_chunks(path, self.pattern, &self.specials, hook, |offset, chunk| {
+                if ticket_rx.recv().is_err() {
+                    return false;
+                }
+                let ok = work_tx.send((seq, offset, chunk)).is_ok();
+                seq += 1;
+                ok
+            });
+            drop(work_tx);
+            drop(ticket_rx);
+            let written = writer_thread.join().map_err(|_| worker_panicked())?;
+            read?;
+            written
+        })
+    }
+
+    /// The bytes of `ids` concatenated; Err(id) for the first unknown id.
+    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>, u32> {
+        let mut out = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            match self.token(id) {
+                Some(t) => out.extend_from_slice(t),
+                None => return Err(id),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Appends ids as little-endian integers of `width` bytes (2: the caller knows they fit).
+pub fn ids_to_le_bytes(ids: &[u32], width: usize, out: &mut Vec<u8>) {
+    out.reserve(ids.len() * width);
+    if width == 2 {
+        out.extend(ids.iter().flat_map(|&i| (i as u16).to_le_bytes()));
+    } else {
+        out.extend(ids.iter().flat_map(|&i| i.to_le_bytes()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> Encoder {
+        let mut vocab: Vec<(u32, Vec<u8>)> = (0..=255u8).map(|b| (b as u32, vec![b])).collect();
+        let merges: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b"a".to_vec(), b"b".to_vec()),
+            (b"ab".to_vec(), b"c".to_vec()),
+            (b"a".to_vec(), b"a".to_vec()),
+        ];
+        for (i, (a, b)) in merges.iter().enumerate() {
+            vocab.push((256 + i as u32, [&a[..], &b[..]].concat()));
+        }
+        Encoder::from_merges(&vocab, &merges, &[("<|e|>".into(), 259)], Pattern::Gpt2).unwrap()
+    }
+
+    #[test]
+    fn merges_by_rank() {
+        let e = toy();
+        assert_eq!(e.encode("abc"), vec![257]);
+        assert_eq!(e.encode("aaa"), vec![258, 97]);
+        assert_eq!(e.encode("abab"), vec![256, 256]);
+        assert_eq!(e.encode("x<|e|>abc"), vec![120, 259, 257]);
+        assert_eq!(e.encode_ordinary("<|e|>").len(), 5);
+    }
+
+    #[test]
+    fn small_and_large_agree() {
+        let e = toy();
+        for n in [1usize, 2, 3, 63, 64, 65, 200, 1001] {
+            let piece: Vec<u8> = b"abcaab".iter().cycle().take(n).copied().collect();
+            let (mut s, mut l) = (Vec::new(), Vec::new());
+            if n <= SMALL {
+                e.bpe_small(&piece, &mut s);
+            } else {
+                s = e.bpe_reference(&piece);
+            }
+            e.bpe_large(&piece, &mut l);
+            assert_eq!(s, l, "n={n}");
+        }
+    }
+
+    impl Encoder {
+        /// Plain quadratic loop over a Vec, for checking the fast ones.
+        fn bpe_reference(&self, piece: &[u8]) -> Vec<u32> {
+            let mut ids: Vec<u32> = piece.iter().map(|&b| self.byte_ids[b as usize]).collect();
+            loop {
+                let best = (0..ids.len().saturating_sub(1))
+                    .filter_map(|i| self.rank(ids[i], ids[i + 1]).map(|(r, m)| (r, i, m)))
+                    .min();
+                let Some((_, i, m)) = best else { break };
+                ids[i] = m;
+                ids.remove(i + 1);
+            }
+            ids
+        }
+    }
+
+    #[test]
+    fn decode_round_trip() {
+        let e = toy();
+        let text = "abc aab <|e|> zz";
+        assert_eq!(e.decode_bytes(&e.encode(text)).unwrap(), text.as_bytes());
+        assert_eq!(e.decode_bytes(&[1_000_000]), Err(1_000_000));
+    }
+}
