@@ -178,8 +178,9 @@ fn train_merges<'py>(
     num_merges: usize,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
-    let words: Vec<(Vec<u8>, u64)> = counts.counts.iter().map(|(k, &v)| (k.clone(), v)).collect();
+    let words = &counts.counts;
     let merges = detach_with_hook(py, progress, move |hook| {
+        let words = words.iter().map(|(k, &v)| (&k[..], v));
         train::train(words, num_merges, &mut |n| hook(n as u64))
     })?
     .map_err(|_| PyValueError::new_err("interrupted"))?;

@@ -51,13 +51,13 @@ impl Ord for Entry {
 ///
 /// Returns the merges as `(left bytes, right bytes)` in creation order; fewer than `num_merges`
 /// when no pair is left. `hook(merges_done)` is called every few merges and may stop the work.
-pub fn train<I>(
+pub fn train<'a, I>(
     words: I,
     num_merges: usize,
     hook: &mut dyn FnMut(usize) -> Result<(), Interrupted>,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Interrupted>
 where
-    I: IntoIterator<Item = (Vec<u8>, u64)>,
+    I: IntoIterator<Item = (&'a [u8], u64)>,
 {
     // Token id -> bytes. Ids are canonical: one id per distinct byte string.
     let mut tokens: Vec<Rc<[u8]>> = (0..=255u8).map(|b| Rc::from(&[b][..])).collect();
@@ -66,11 +66,18 @@ where
         token_ids.insert(t.clone(), i as u32);
     }
 
-    let mut words_syms: Vec<Vec<u32>> = Vec::new();
+    // All words in one arena (word i is syms[start[i]..start[i] + len[i]]): the merge loop
+    // visits words in index order, so their symbols are read in address order, which the
+    // hardware prefetches; one allocation per word would scatter them.
+    let mut syms: Vec<u32> = Vec::new();
+    let mut start: Vec<usize> = Vec::new();
+    let mut lens: Vec<u32> = Vec::new();
     let mut word_counts: Vec<i64> = Vec::new();
     for (bytes, count) in words {
         if bytes.len() >= 2 {
-            words_syms.push(bytes.iter().map(|&b| b as u32).collect());
+            start.push(syms.len());
+            lens.push(bytes.len() as u32);
+            syms.extend(bytes.iter().map(|&b| b as u32));
             word_counts.push(count as i64);
         }
     }
@@ -78,7 +85,8 @@ where
     // Pair -> total count, and pair -> words that (may) contain it.
     let mut pair_counts: FxHashMap<Pair, i64> = FxHashMap::default();
     let mut where_: FxHashMap<Pair, Vec<u32>> = FxHashMap::default();
-    for (wi, w) in words_syms.iter().enumerate() {
+    for wi in 0..start.len() {
+        let w = &syms[start[wi]..start[wi] + lens[wi] as usize];
         let c = word_counts[wi];
         for p in w.windows(2) {
             let pair = (p[0], p[1]);
@@ -131,11 +139,13 @@ where
         affected.sort_unstable();
         affected.dedup();
         for &wi in &affected {
-            let count = word_counts[wi as usize];
-            let w = &mut words_syms[wi as usize];
-            if !merge_word(w, a, b, new_id, count, &mut deltas) {
+            let (i, count) = (wi as usize, word_counts[wi as usize]);
+            let w = &mut syms[start[i]..start[i] + lens[i] as usize];
+            let Some(new_len) = merge_word(w, a, b, new_id, count, &mut deltas) else {
                 continue;
-            }
+            };
+            lens[i] = new_len as u32;
+            let w = &w[..new_len];
             // Register the word under every pair that now contains the new token.
             for p in w.windows(2) {
                 if p[0] == new_id || p[1] == new_id {
@@ -170,29 +180,31 @@ where
     Ok(merges)
 }
 
-/// Merges every non-overlapping occurrence of `(a, b)` in `w`, left to right, recording the
-/// change of each neighbouring pair's count (times the word's `count`) in `deltas`.
-/// Returns whether the word changed.
+/// Merges every non-overlapping occurrence of `(a, b)` in `w`, left to right and in place,
+/// recording the change of each neighbouring pair's count (times the word's `count`) in
+/// `deltas`. Returns the new length if the word changed.
 #[inline]
 fn merge_word(
-    w: &mut Vec<u32>,
+    w: &mut [u32],
     a: u32,
     b: u32,
     new_id: u32,
     count: i64,
     deltas: &mut FxHashMap<Pair, i64>,
-) -> bool {
+) -> Option<usize> {
     let n = w.len();
-    let mut out: Vec<u32> = Vec::with_capacity(n);
+    // w[..out] holds the merged prefix; w[i..] is still to be read (out <= i).
+    let mut out = 0;
     let mut i = 0;
     let mut changed = false;
     while i < n {
         if i + 1 < n && w[i] == a && w[i + 1] == b {
             changed = true;
             *deltas.entry((a, b)).or_insert(0) -= count;
-            if let Some(&prev) = out.last() {
-                // `prev` is the token now left of the merge (possibly merged itself just now);
-                // the pair it formed with `a` is gone and one with the new token appears.
+            if out > 0 {
+                // The token now left of the merge (possibly merged itself just now): the pair it
+                // formed with `a` is gone and one with the new token appears.
+                let prev = w[out - 1];
                 *deltas.entry((prev, a)).or_insert(0) -= count;
                 *deltas.entry((prev, new_id)).or_insert(0) += count;
             }
@@ -201,17 +213,15 @@ fn merge_word(
                 *deltas.entry((b, next)).or_insert(0) -= count;
                 *deltas.entry((new_id, next)).or_insert(0) += count;
             }
-            out.push(new_id);
+            w[out] = new_id;
             i += 2;
         } else {
-            out.push(w[i]);
+            w[out] = w[i];
             i += 1;
         }
+        out += 1;
     }
-    if changed {
-        *w = out;
-    }
-    changed
+    changed.then_some(out)
 }
 
 #[cfg(test)]
@@ -219,7 +229,7 @@ mod tests {
     use super::*;
 
     fn run(words: &[(&str, u64)], n: usize) -> Vec<(String, String)> {
-        let ws = words.iter().map(|(w, c)| (w.as_bytes().to_vec(), *c));
+        let ws = words.iter().map(|(w, c)| (w.as_bytes(), *c));
         train(ws, n, &mut |_| Ok(()))
             .unwrap()
             .into_iter()
