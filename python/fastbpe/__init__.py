@@ -2,12 +2,26 @@
 
     import fastbpe
     tok = fastbpe.train("corpus.txt", vocab_size=10_000)
-    tok.save("tokenizer.json")
+    ids = tok.encode("Hello world")
+    tok.encode_file("corpus.txt", "tokens.bin")     # a flat uint16/uint32 array on disk
 """
 
 from fastbpe import patterns, reference
 from fastbpe._core import __version__
-from fastbpe.tokenizer import Tokenizer
+from fastbpe.simple import ByteTokenizer, CharacterTokenizer, WordTokenizer, compression_ratio
+from fastbpe.tokenizer import Tokenizer, UnknownTokenError
 from fastbpe.training import train, train_bpe
 
-__all__ = ["Tokenizer", "train", "train_bpe", "patterns", "reference", "__version__"]
+__all__ = [
+    "Tokenizer",
+    "UnknownTokenError",
+    "train",
+    "train_bpe",
+    "CharacterTokenizer",
+    "ByteTokenizer",
+    "WordTokenizer",
+    "compression_ratio",
+    "patterns",
+    "reference",
+    "__version__",
+]
