@@ -177,3 +177,44 @@ def test_bad_special_tokens(specials):
 def test_a_list_is_paths_with_a_hint():
     with pytest.raises(FileNotFoundError, match=r"iter\(texts\)"):
         fastbpe.train(["just some text"], 300)
+
+
+def test_ctrl_c_stops_training_promptly(tmp_path):
+    """SIGINT during a long training raises KeyboardInterrupt within a fraction of a second."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # Many distinct words, so counting and merging both take a while.
+    import random
+
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = ["".join(rng.choice(letters) for _ in range(rng.randint(3, 12))) for _ in range(200_000)]
+    path = tmp_path / "big.txt"
+    with open(path, "w") as f:
+        for i in range(20):
+            rng.shuffle(words)
+            f.write(" ".join(words) + "\n")
+    code = (
+        "import sys, fastbpe\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        f"    fastbpe.train({str(path)!r}, 60000, num_threads=2)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True); sys.exit(3)\n"
+        "print('finished', flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(1.0)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    waited = time.perf_counter() - sent
+    assert proc.returncode == 3 and "interrupted" in out, out
+    # The core checks for signals every few MB read and every 64 merges: well under a second
+    # on an idle machine; the bound leaves room for a busy one.
+    assert waited < 2.0, f"took {waited:.2f}s to stop"
