@@ -145,6 +145,24 @@ pub fn merge_counts(dst: &mut Counts, mut src: Counts) {
 /// newline that has an ASCII letter or digit on both sides. Around such a newline every named
 /// pattern ends a piece before and after it, whatever comes further on.
 ///
+/// Why, for "x\ny" (x, y ASCII letters or digits), pattern by pattern:
+/// - No piece holds x and the "\n": letter and number runs stop at "\n", contractions end in
+///   a letter, and the pieces that take newlines after other characters (cl100k's
+///   `[^\s\p{L}\p{N}]++[\r\n]*+`, o200k's `[^\s\p{L}\p{N}]+[\r\n/]*`, the whitespace
+///   alternatives) cannot hold a letter or digit. So a piece ends just before the "\n".
+/// - The piece starting at the "\n" is "\n" alone: the only alternatives that take a character
+///   before letters (`[^\r\n\p{L}\p{N}]` in cl100k and o200k, ` ` in GPT-2) exclude "\n", and
+///   a whitespace run starting there is just "\n" (y is not `\s`). In the whole text GPT-2
+///   and o200k take it with `\s+` / `\s*[\r\n]+`, cl100k with `\s*[\r\n]` (its `\s++$`
+///   fails on y). At the end of the first part GPT-2's `\s+(?!\S)`, cl100k's `\s++$` (`$` at
+///   the very end; it can never stop before a final "\n", which the possessive `\s++` has
+///   taken) and o200k's `\s*[\r\n]+` all take the same "\n".
+/// - Every match attempt starting before the "\n" reads at most up to it: the alternatives scan
+///   runs of one kind of character and then look at most one character further (a lookahead,
+///   `$`, a contraction's next letter), and x ends every run but a letter or number run, which
+///   the "\n" ends. So the pieces before the cut are the same in both, and the second part
+///   starts a piece at y, as the whole text does.
+///
 /// Only cuts at or after `from` are looked for (earlier ones were looked for before).
 pub(crate) fn last_safe_cut(
     buf: &[u8],

@@ -5,17 +5,38 @@
 //! They classify characters with tables generated from the `regex` module itself
 //! (`scripts/gen_unicode_tables.py`), so `\s`, `\p{L}` and `\p{N}` mean what they mean there.
 
-use crate::unicode_tables::{CLASS_BLOCKS, CLASS_INDEX, LL, LM, LO, LT, LU, N, WS};
+use crate::unicode_tables::{CLASS_BLOCKS, CLASS_INDEX, LL, LM, LO, LT, LU, M, N, OTHER, WS};
 
 /// GPT-2's pattern, as tiktoken's `gpt2`/`r50k_base` encodings write it.
 pub const GPT2_PATTERN: &str =
     r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// tiktoken's `cl100k_base` pattern (GPT-3.5/GPT-4).
+pub const CL100K_PATTERN: &str = concat!(
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+",
+    r"|\s++$|\s*[\r\n]|\s+(?!\S)|\s"
+);
+
+/// tiktoken's `o200k_base` pattern (GPT-4o).
+pub const O200K_PATTERN: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|\p{N}{1,3}",
+    r"| ?[^\s\p{L}\p{N}]+[\r\n/]*",
+    r"|\s*[\r\n]+",
+    r"|\s+(?!\S)",
+    r"|\s+"
+);
 
 /// How a segment of text is cut into pieces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pattern {
     /// GPT-2's regex (`GPT2_PATTERN`).
     Gpt2,
+    /// cl100k_base's regex (`CL100K_PATTERN`).
+    Cl100k,
+    /// o200k_base's regex (`O200K_PATTERN`).
+    O200k,
     /// No pre-tokenization: the whole segment is one piece.
     Whole,
 }
@@ -25,14 +46,9 @@ impl Pattern {
     #[inline]
     pub fn for_each_piece<'a>(self, text: &'a str, mut f: impl FnMut(&'a str)) {
         match self {
-            Pattern::Gpt2 => {
-                let mut pos = 0;
-                while pos < text.len() {
-                    let end = gpt2_piece_end(text.as_bytes(), pos);
-                    f(&text[pos..end]);
-                    pos = end;
-                }
-            }
+            Pattern::Gpt2 => pieces(text, gpt2_piece_end, f),
+            Pattern::Cl100k => pieces(text, cl100k_piece_end, f),
+            Pattern::O200k => pieces(text, o200k_piece_end, f),
             Pattern::Whole => {
                 if !text.is_empty() {
                     f(text)
@@ -46,6 +62,23 @@ impl Pattern {
         let mut out = Vec::new();
         self.for_each_piece(text, |p| out.push(p));
         out
+    }
+}
+
+/// Calls `f` with each piece of `text`, cut where `piece_end` says.
+#[inline(always)]
+fn pieces<'a>(
+    text: &'a str,
+    piece_end: impl Fn(&[u8], usize) -> usize,
+    mut f: impl FnMut(&'a str),
+) {
+    let s = text.as_bytes();
+    let mut pos = 0;
+    while pos < s.len() {
+        let end = piece_end(s, pos);
+        debug_assert!(end > pos && text.is_char_boundary(end));
+        f(&text[pos..end]);
+        pos = end;
     }
 }
 
@@ -190,6 +223,383 @@ fn gpt2_piece_end(s: &[u8], pos: usize) -> usize {
     end
 }
 
+// ---------------------------------------------------------------------------------------------
+// cl100k_base and o200k_base.
+//
+// These distinguish more classes than GPT-2's pattern (o200k tells letter cases apart, and
+// marks are letters there but not in cl100k), so they work with sets of class codes: bit `k`
+// of a `Set` stands for class code `k` of `unicode_tables`.
+
+type Set = u16;
+
+const fn bit(k: u8) -> Set {
+    1 << k
+}
+
+/// `\p{L}`.
+const LETTER: Set = bit(LU) | bit(LL) | bit(LT) | bit(LM) | bit(LO);
+/// `[^\s\p{L}\p{N}]`: punctuation, symbols, controls that are not `\s`, marks, unassigned.
+const PUNCT: Set = bit(OTHER) | bit(M);
+/// o200k's `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]` ("upper": may start a word).
+const UPPER: Set = bit(LU) | bit(LT) | bit(LM) | bit(LO) | bit(M);
+/// o200k's `[\p{Ll}\p{Lm}\p{Lo}\p{M}]` ("lower").
+const LOWER: Set = bit(LL) | bit(LM) | bit(LO) | bit(M);
+/// Classes in both `UPPER` and `LOWER`.
+const BOTH: Set = UPPER & LOWER;
+
+#[inline(always)]
+fn is_in(k: u8, set: Set) -> bool {
+    (set >> k) & 1 != 0
+}
+
+/// Class code for every ASCII byte (from the generated tables).
+static ASCII_CLASS: [u8; 128] = {
+    let mut t = [OTHER; 128];
+    let block = &CLASS_BLOCKS[CLASS_INDEX[0] as usize];
+    let mut i = 0;
+    while i < 128 {
+        t[i] = block[i];
+        i += 1;
+    }
+    t
+};
+
+/// Class code and byte length of the character starting at byte `i` (`i < s.len()`).
+#[inline(always)]
+fn class_at(s: &[u8], i: usize) -> (u8, usize) {
+    let b = s[i];
+    if b < 0x80 {
+        (ASCII_CLASS[b as usize], 1)
+    } else {
+        let (c, n) = char_at(s, i);
+        (class_of(c), n)
+    }
+}
+
+/// Class code of the character at byte `i`, or None at the end of `s`.
+#[inline(always)]
+fn class_at_opt(s: &[u8], i: usize) -> Option<(u8, usize)> {
+    if i < s.len() {
+        Some(class_at(s, i))
+    } else {
+        None
+    }
+}
+
+/// Byte index where the run of characters whose class is in `set` starting at `i` ends.
+#[inline(always)]
+fn run_end_in(s: &[u8], mut i: usize, set: Set) -> usize {
+    while i < s.len() {
+        let b = s[i];
+        if b < 0x80 {
+            if !is_in(ASCII_CLASS[b as usize], set) {
+                break;
+            }
+            i += 1;
+        } else {
+            let (c, n) = char_at(s, i);
+            if !is_in(class_of(c), set) {
+                break;
+            }
+            i += n;
+        }
+    }
+    i
+}
+
+/// Byte index after at most three characters of `\p{N}` starting at `i` (the first one is
+/// known to be a number and is `n` bytes long).
+#[inline(always)]
+fn numbers_end(s: &[u8], i: usize, n: usize) -> usize {
+    let mut end = i + n;
+    for _ in 0..2 {
+        match class_at_opt(s, end) {
+            Some((N, n)) => end += n,
+            _ => break,
+        }
+    }
+    end
+}
+
+/// Length of the contraction `'s|'t|'re|'ve|'m|'ll|'d` matched case-insensitively at byte `i`
+/// (which holds `'`), or 0. `regex` folds case simply: the only non-ASCII character that
+/// matches one of these letters is U+017F LATIN SMALL LETTER LONG S (ſ), which matches `s`
+/// (the Kelvin sign U+212A folds to `k`, which no contraction has).
+#[inline(always)]
+fn contraction_len(s: &[u8], i: usize) -> usize {
+    let b1 = match s.get(i + 1) {
+        Some(&b) => b | 0x20, // ASCII lower case (non-letters never match below)
+        None => return 0,
+    };
+    match b1 {
+        b's' | b't' | b'm' | b'd' => return 2,
+        b'l' | b'v' | b'r' => {
+            let want = if b1 == b'l' { b'l' } else { b'e' };
+            return match s.get(i + 2) {
+                Some(&b2) if b2 | 0x20 == want => 3,
+                _ => 0,
+            };
+        }
+        _ => {}
+    }
+    // ſ is C5 BF in UTF-8 (and `| 0x20` leaves 0xC5 as 0xE5).
+    if s[i + 1] == 0xC5 && s.get(i + 2) == Some(&0xBF) {
+        return 3;
+    }
+    0
+}
+
+/// End of the cl100k_base piece that starts at byte `pos` of `s` (valid UTF-8, `pos < s.len()`).
+///
+/// Alternatives, tried in order as the regex engine does:
+/// 1. `'(?i:[sdmt]|ll|ve|re)`  2. `[^\r\n\p{L}\p{N}]?+\p{L}++`  3. `\p{N}{1,3}+`
+/// 4. ` ?[^\s\p{L}\p{N}]++[\r\n]*+`  5. `\s++$`  6. `\s*[\r\n]`  7. `\s+(?!\S)`  8. `\s`
+///
+/// None of the possessive quantifiers changes what matches here: each is followed by something
+/// its own characters could not match anyway, except `\s++$`, see below.
+#[inline]
+fn cl100k_piece_end(s: &[u8], pos: usize) -> usize {
+    let b = s[pos];
+    // 1. A contraction, in any case ("'S", "'Ll", also "'ſ").
+    if b == b'\'' {
+        let n = contraction_len(s, pos);
+        if n > 0 {
+            return pos + n;
+        }
+    }
+    // Fast path for the commonest pieces, ASCII words with or without a space before them
+    // (alternative 2); the general code below gives the same.
+    let mut i = pos + (b == b' ') as usize;
+    if i < s.len() && s[i].is_ascii_alphabetic() {
+        i += 1;
+        while i < s.len() && s[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        return if i < s.len() && s[i] >= 0x80 {
+            run_end_in(s, i, LETTER)
+        } else {
+            i
+        };
+    }
+    let (k, n) = class_at(s, pos);
+    let next = pos + n;
+    if is_in(k, LETTER) {
+        // 2. with the optional character absent: a run of letters.
+        return run_end_in(s, next, LETTER);
+    }
+    if k == N {
+        // 3. One to three numbers.
+        return numbers_end(s, pos, n);
+    }
+    // 2. Any character but \r, \n, a letter or a number (a space, tab, U+00A0, a mark,
+    // punctuation...) right before a run of letters is taken with it. Marks are not \p{L}:
+    // "e\u{301}x" is "e", "\u{301}x".
+    let after = class_at_opt(s, next);
+    if b != b'\r' && b != b'\n' {
+        if let Some((k2, n2)) = after {
+            if is_in(k2, LETTER) {
+                return run_end_in(s, next + n2, LETTER);
+            }
+        }
+    }
+    if k != WS {
+        // 4. without the space: a run of punctuation, then any \r and \n after it.
+        let end = run_end_in(s, next, PUNCT);
+        return newlines_end(s, end, false);
+    }
+    if b == b' ' {
+        if let Some((k2, n2)) = after {
+            if is_in(k2, PUNCT) {
+                // 4. with the space.
+                let end = run_end_in(s, next + n2, PUNCT);
+                return newlines_end(s, end, false);
+            }
+        }
+    }
+    // A run of whitespace [pos, end).
+    let mut end = next;
+    let mut last_start = pos; // start of its last character
+    let mut after_newline = if b == b'\r' || b == b'\n' { next } else { 0 }; // 0: no \r or \n
+    while end < s.len() {
+        let (k, n) = class_at(s, end);
+        if k != WS {
+            break;
+        }
+        if s[end] == b'\r' || s[end] == b'\n' {
+            after_newline = end + 1;
+        }
+        last_start = end;
+        end += n;
+    }
+    if end == s.len() {
+        // 5. `\s++$`: the run reaches the end of the text. (`$` also matches before a final
+        // "\n", but the possessive `\s++` has taken that "\n" already and never gives it back.)
+        end
+    } else if after_newline != 0 {
+        // 6. `\s*[\r\n]`: backtracks to the last \r or \n of the run.
+        after_newline
+    } else if last_start > pos {
+        // 7. `\s+(?!\S)`: backs off one character, leaving the last space of the run to start
+        // the next piece (usually " word").
+        last_start
+    } else {
+        // 8. A single whitespace character before a non-space.
+        end
+    }
+}
+
+/// Byte index after the run of `\r`, `\n` (and `/` when `slash`) starting at `i`.
+#[inline(always)]
+fn newlines_end(s: &[u8], mut i: usize, slash: bool) -> usize {
+    while i < s.len() && (s[i] == b'\r' || s[i] == b'\n' || (slash && s[i] == b'/')) {
+        i += 1;
+    }
+    i
+}
+
+/// End of o200k's `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+`, falling back to
+/// `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*`, from byte `i`, where a
+/// character of `UPPER | LOWER` (a letter or a mark) starts.
+///
+/// The first form backtracks: its greedy upper run [i, ue) gives back characters until a lower
+/// one can follow. If the character at `ue` is `Ll`, the whole upper run is kept and the lower
+/// run from `ue` follows ("HELLOworld" is one piece). Otherwise the lower run must start inside
+/// the upper run, at its last character in both sets (`Lm`, `Lo` or a mark), and it is that
+/// one character, since the next one is `Lu`/`Lt` or not lower ("中文ABC" is "中文", "ABC";
+/// "Aʰ" + "B"). With no such character the first form fails, and the second takes the upper
+/// run, whose lower run is then empty (the character at `ue` is not `Ll`): "HELLO".
+#[inline(always)]
+fn o200k_letters_end(s: &[u8], i: usize) -> usize {
+    let mut ue = i;
+    let mut last_both_end = 0; // 0: no character of BOTH in the upper run
+    while ue < s.len() {
+        let (k, n) = class_at(s, ue);
+        if !is_in(k, UPPER) {
+            if k == LL {
+                return run_end_in(s, ue + n, LOWER);
+            }
+            break;
+        }
+        ue += n;
+        if is_in(k, BOTH) {
+            last_both_end = ue;
+        }
+    }
+    if last_both_end != 0 {
+        last_both_end
+    } else {
+        ue
+    }
+}
+
+/// `(?i:'s|'t|'re|'ve|'m|'ll|'d)?` at byte `i`.
+#[inline(always)]
+fn o200k_contraction_end(s: &[u8], i: usize) -> usize {
+    if s.get(i) == Some(&b'\'') {
+        i + contraction_len(s, i)
+    } else {
+        i
+    }
+}
+
+/// End of the o200k_base piece that starts at byte `pos` of `s` (valid UTF-8, `pos < s.len()`).
+///
+/// Alternatives, tried in order as the regex engine does (none is possessive):
+/// 1. `[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?`
+/// 2. `[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?`
+/// 3. `\p{N}{1,3}`  4. ` ?[^\s\p{L}\p{N}]+[\r\n/]*`  5. `\s*[\r\n]+`  6. `\s+(?!\S)`  7. `\s+`
+#[inline]
+fn o200k_piece_end(s: &[u8], pos: usize) -> usize {
+    let b = s[pos];
+    // Fast path for the commonest pieces, ASCII words `[A-Z]?[a-z]+` with or without a space
+    // before them (alternative 1, the upper run being the capital, if any); the general code
+    // below gives the same.
+    let i = pos + (b == b' ') as usize;
+    if i < s.len() {
+        let mut j = i + s[i].is_ascii_uppercase() as usize;
+        if j < s.len() && s[j].is_ascii_lowercase() {
+            j += 1;
+            while j < s.len() && s[j].is_ascii_lowercase() {
+                j += 1;
+            }
+            if j < s.len() && s[j] >= 0x80 {
+                j = run_end_in(s, j, LOWER);
+            }
+            return o200k_contraction_end(s, j);
+        }
+    }
+    let (k, n) = class_at(s, pos);
+    let next = pos + n;
+    if is_in(k, UPPER | LOWER) {
+        // 1-2 without the optional leading character (always so for a letter, which it
+        // excludes). A mark is also `[^\r\n\p{L}\p{N}]`, so 1 first tries it as the leading
+        // character; if 1 then fails on the rest, it retries with the mark as the start of the
+        // upper run, which then always succeeds, and where the first try succeeded the second
+        // one ends at the same place (same upper run end, same last `BOTH` character or
+        // following lower run). So a mark starts a letter run like a letter: "\u{301}A!" is
+        // "\u{301}", "A", "!", and never reaches alternative 2 as a leading character.
+        let end = o200k_letters_end(s, pos);
+        return o200k_contraction_end(s, end);
+    }
+    if k == N {
+        // 3.
+        return numbers_end(s, pos, n);
+    }
+    // 1-2 with the optional leading character: anything but \r, \n, a letter or a number (a
+    // space, a tab, U+0085, punctuation...), when a letter or a mark follows (then 1 or 2
+    // matches: 1 unless the upper run has no `BOTH` character and no `Ll` follows it).
+    let after = class_at_opt(s, next);
+    if b != b'\r' && b != b'\n' {
+        if let Some((k2, _)) = after {
+            if is_in(k2, UPPER | LOWER) {
+                let end = o200k_letters_end(s, next);
+                return o200k_contraction_end(s, end);
+            }
+        }
+    }
+    if k != WS {
+        // 4. without the space: a run of punctuation (marks included), then any \r, \n, /.
+        let end = run_end_in(s, next, PUNCT);
+        return newlines_end(s, end, true);
+    }
+    if b == b' ' {
+        if let Some((k2, n2)) = after {
+            if is_in(k2, PUNCT) {
+                // 4. with the space.
+                let end = run_end_in(s, next + n2, PUNCT);
+                return newlines_end(s, end, true);
+            }
+        }
+    }
+    // A run of whitespace [pos, end).
+    let mut end = next;
+    let mut last_start = pos;
+    let mut after_newline = if b == b'\r' || b == b'\n' { next } else { 0 };
+    while end < s.len() {
+        let (k, n) = class_at(s, end);
+        if k != WS {
+            break;
+        }
+        if s[end] == b'\r' || s[end] == b'\n' {
+            after_newline = end + 1;
+        }
+        last_start = end;
+        end += n;
+    }
+    if after_newline != 0 {
+        // 5. `\s*[\r\n]+`: `\s*` backtracks to the last \r or \n of the run, which `[\r\n]+`
+        // then takes (the character after it is not \r or \n). Unlike cl100k there is no
+        // `\s++$`, so "  \n  " at the end of the text is "  \n", "  ".
+        after_newline
+    } else if end == s.len() || last_start == pos {
+        // 6 at the end of the text, or 7 for a single whitespace character before a non-space.
+        end
+    } else {
+        // 6. `\s+(?!\S)`: backs off one character.
+        last_start
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,8 +625,88 @@ mod tests {
     }
 
     #[test]
+    fn cl100k_basic() {
+        let p = Pattern::Cl100k;
+        assert_eq!(p.split("Hello world"), vec!["Hello", " world"]);
+        assert_eq!(
+            p.split("I'm 12345!!\n\nok"),
+            vec!["I", "'m", " ", "123", "45", "!!\n\n", "ok"]
+        );
+        assert_eq!(p.split("THEY'LL 'Ve"), vec!["THEY", "'LL", " '", "Ve"]);
+        assert_eq!(p.split("it'\u{17f}"), vec!["it", "'\u{17f}"]); // ſ folds to s
+        assert_eq!(p.split("'sup"), vec!["'s", "up"]);
+        assert_eq!(p.split("'hello"), vec!["'hello"]);
+        assert_eq!(p.split("a  b"), vec!["a", " ", " b"]);
+        assert_eq!(
+            p.split("a\tb\u{a0}c\u{85}d"),
+            vec!["a", "\tb", "\u{a0}c", "\u{85}d"]
+        );
+        assert_eq!(p.split("a\nb"), vec!["a", "\n", "b"]);
+        assert_eq!(p.split("a \n \n  b"), vec!["a", " \n \n", " ", " b"]);
+        assert_eq!(p.split("a  \n  "), vec!["a", "  \n  "]); // \s++$
+        assert_eq!(p.split("a \n"), vec!["a", " \n"]);
+        assert_eq!(p.split("e\u{301}x"), vec!["e", "\u{301}x"]); // marks are not \p{L}
+        assert_eq!(p.split(" !?\r\n\r\nx"), vec![" !?\r\n\r\n", "x"]);
+        assert_eq!(p.split("!\n/\n/x"), vec!["!\n", "/\n", "/x"]);
+        assert_eq!(p.split(""), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn o200k_basic() {
+        let p = Pattern::O200k;
+        assert_eq!(p.split("Hello world"), vec!["Hello", " world"]);
+        assert_eq!(
+            p.split("helloWorld HELLOworld"),
+            vec!["hello", "World", " HELLOworld"]
+        );
+        assert_eq!(
+            p.split("DON'T don't it'\u{17f}"),
+            vec!["DON'T", " don't", " it'\u{17f}"]
+        );
+        assert_eq!(p.split("12345"), vec!["123", "45"]);
+        assert_eq!(
+            p.split("\u{4e2d}\u{6587}ABC"),
+            vec!["\u{4e2d}\u{6587}", "ABC"]
+        );
+        assert_eq!(p.split("A\u{2b0}B"), vec!["A\u{2b0}", "B"]); // ʰ is Lm
+        assert_eq!(p.split("\u{301}A!"), vec!["\u{301}", "A", "!"]);
+        assert_eq!(p.split(" \u{301}a"), vec![" \u{301}a"]);
+        assert_eq!(p.split("e\u{301}x"), vec!["e\u{301}x"]);
+        assert_eq!(p.split("!\n/\n/x"), vec!["!\n/\n/", "x"]);
+        assert_eq!(p.split("a  \n  "), vec!["a", "  \n", "  "]);
+        assert_eq!(p.split("a  b  "), vec!["a", " ", " b", "  "]);
+        assert_eq!(p.split("a\r\n\r\n b"), vec!["a", "\r\n\r\n", " b"]);
+        assert_eq!(p.split(""), Vec::<&str>::new());
+    }
+
+    /// Splitting speed on a UTF-8 file:
+    /// `FASTBPE_BENCH_FILE=text.txt cargo test --release throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn throughput() {
+        let path = std::env::var("FASTBPE_BENCH_FILE").expect("set FASTBPE_BENCH_FILE");
+        let text = std::fs::read_to_string(path).unwrap();
+        for p in [Pattern::Gpt2, Pattern::Cl100k, Pattern::O200k] {
+            let mut best = f64::INFINITY;
+            let mut n = 0usize;
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                n = 0;
+                p.for_each_piece(std::hint::black_box(&text), |piece| {
+                    n += std::hint::black_box(piece).len() & 1;
+                });
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let mb = text.len() as f64 / 1e6;
+            println!("{p:?}: {:.0} MB/s ({mb:.1} MB, {n})", mb / best);
+        }
+    }
+
+    #[test]
     fn pieces_concatenate_to_input() {
         let text = "Mixed: 中文, русский, ١٢٣ and emoji 🎉🎉 \t\n\u{85}\u{a0} end  ";
-        assert_eq!(Pattern::Gpt2.split(text).concat(), text);
+        for p in [Pattern::Gpt2, Pattern::Cl100k, Pattern::O200k] {
+            assert_eq!(p.split(text).concat(), text);
+        }
     }
 }

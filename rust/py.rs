@@ -50,8 +50,11 @@ fn parse_pattern(name: Option<&str>) -> PyResult<Pattern> {
         None => Ok(Pattern::Whole),
         Some("gpt2") => Ok(Pattern::Gpt2),
         Some("whole") => Ok(Pattern::Whole),
+        Some("cl100k") => Ok(Pattern::Cl100k),
+        Some("o200k") => Ok(Pattern::O200k),
         Some(other) => Err(PyValueError::new_err(format!(
-            "no built-in pre-tokenizer named {other:?}; built-in ones: \"gpt2\" or None"
+            "no built-in pre-tokenizer named {other:?}; \
+             built-in ones: \"gpt2\", \"cl100k\", \"o200k\" or None"
         ))),
     }
 }

@@ -33,7 +33,7 @@ O200K = "|".join(
 NAMED = {"gpt2": GPT2, "cl100k": CL100K, "o200k": O200K}
 
 # Names with a hand-written splitter in the Rust core.
-BUILTIN = frozenset({"gpt2"})
+BUILTIN = frozenset({"gpt2", "cl100k", "o200k"})
 
 
 def resolve(pattern: str | None) -> str | None:

@@ -1,5 +1,8 @@
 """The hand-written splitters equal Python's `regex` module on the same pattern."""
 
+import itertools
+
+import pytest
 import regex
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -28,6 +31,69 @@ def test_gpt2_equals_regex(text):
     assert regex.findall(GPT2_ORIGINAL, text) == expected
 
 
+# Characters where cl100k and o200k are subtle: every letter category (o200k splits on case:
+# Lu/Lt only start a word, Ll only continues one, Lm/Lo/marks do both), marks (letters to
+# o200k, punctuation to cl100k), numbers of several scripts and kinds, every kind of space
+# (\r and \n are excluded from the optional leading character, U+0085/U+00A0/U+2028 are not),
+# "/" (o200k takes it after punctuation and newlines), apostrophes and contraction letters in
+# both cases, ſ (case-folds to s) and the Kelvin sign (case-folds to k).
+ADVERSARIAL = st.sampled_from(
+    list("AZaszſKkǅǈʰ々中あ\u0301\u0903\u20dd\u200d0١٢३Ⅻ½² \t\n\r\x0b\x0c\x1c\x85\xa0\u2028\u3000!?./'")
+    + list("sdmtlvreSDMTLVRE")
+    + ["'s", "'S", "'ll", "'LL", "'lL", "'ve", "'Ve", "'re", "'RE", "'d", "'M", "'T", "'ſ", "\r\n", "  ", "\n\n", "🎉"]
+)
+ADVERSARIAL_TEXT = st.one_of(
+    TEXT,
+    st.lists(ADVERSARIAL, max_size=40).map("".join),
+    st.text(
+        alphabet=st.characters(
+            categories=["Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No", "Zs", "Zl", "Cc", "Po"]
+        )
+    ),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(ADVERSARIAL_TEXT)
+@example("I'm they'll've 'S 'RE 'lL 'Ve")  # contractions in any case
+@example("it'\u017f 'ſ '\u212a")  # ſ matches s under (?i), the Kelvin sign only k
+@example("'sup 'hello '' ''s")  # a contraction wins over "'" + letters
+@example("a\tb\xa0c\x85d\u2028e\u3000f")  # any space but \r, \n leads a letter run
+@example("a\rb\nc\r\nd")  # \r and \n do not
+@example("e\u0301x \u0301a !\u0301b")  # marks are not letters: "e", "\u0301x"
+@example("12345 ١٢٣٤ Ⅻ½²3")  # numbers in threes, any script
+@example(" !?\r\n\r\nx !\n/\n/x")  # [\r\n]*+ after punctuation (not "/")
+@example("a  \n  ")  # \s++$ takes the whole final run of spaces
+@example("a  \n  b")  # \s*[\r\n] backtracks to the last newline
+@example("a \n")  # `$` before a final "\n": the possessive run already took it
+@example("a\n")
+@example("a  b  c \t\x1c\x85end  ")  # \s+(?!\S) leaves the last space
+@example("\x1c\x1d\x1e\x1f x\x1c")  # not \s for `regex`
+@example("ǅa ǅA Aǅ ʰa")  # titlecase and modifier letters
+def test_cl100k_equals_regex(text):
+    assert _core.split("cl100k", text) == regex.findall(patterns.CL100K, text)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(ADVERSARIAL_TEXT)
+@example("helloWorld HELLOworld HELLO World")  # case runs: [Lu..]*[Ll..]+ then [Lu..]+[Ll..]*
+@example("中文ABC 中文abc abc中文 ABC中文")  # Lo is in both: the upper run backtracks to it
+@example("AʰB Aʰ ʰA ǅA Aǅa")  # Lm likewise; Lt only in the upper run
+@example("\u0301A! \u0301! \u0301's !\u0301a")  # a leading mark is the leading char, then a letter
+@example(" \u0301a \u0301\u0301A")  # a mark after the optional leading character
+@example("DON'T don't it'\u017f We'LL you'Ve i'M 'S")  # contractions end letter runs, any case
+@example("x'\u212a x''s 's")  # the Kelvin sign is k, not s
+@example("a\tb\xa0c\x85d\u2028e\r\nf\rg")  # the leading character: any but \r, \n
+@example("12345 ١٢٣٤ Ⅻ½²3")  # numbers in threes
+@example(" !?\r\n/\r\n/x !/ /")  # [\r\n/]* after punctuation
+@example("a  \n  ")  # no \s++$: "  \n", "  "
+@example("a  \n  b \n\n \r\n  x")  # \s*[\r\n]+ ends at the last newline of the run
+@example("a  b  ")  # \s+(?!\S)
+@example("\x1c\x1d\x1e\x1f x\x1c")
+def test_o200k_equals_regex(text):
+    assert _core.split("o200k", text) == regex.findall(patterns.O200K, text)
+
+
 def test_unicode_tables_match_installed_regex():
     """Every code point is classified as the installed `regex` does (else regenerate the tables:
     python scripts/gen_unicode_tables.py)."""
@@ -40,9 +106,47 @@ def test_unicode_tables_match_installed_regex():
     for start in range(0, len(chars), 4096):
         block = chars[start : start + 4096]
         text = "a".join(block)  # interleave a letter so every character is tested in context
-        assert _core.split("gpt2", text) == regex.findall(patterns.GPT2, text), f"block at {start}"
+        for name in ("gpt2", "cl100k", "o200k"):
+            rx = patterns.NAMED[name]
+            assert _core.split(name, text) == regex.findall(rx, text), f"{name}: block at {start}"
+
+
+# Every code point between copies of a character that each pattern treats specially: an upper
+# and a lower case letter (o200k's case runs), a space (the optional leading character), an
+# apostrophe (contractions: "'ſ" is "'s" case-insensitively), a newline, a digit, punctuation.
+@pytest.mark.parametrize("name", ["cl100k", "o200k"])
+@pytest.mark.parametrize("sep", ["A", " ", "'", "\n", "1", "!", "\u0301"])
+def test_every_code_point_in_context(name, sep):
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    rx = regex.compile(patterns.NAMED[name])
+    for start in range(0, len(chars), 4096):
+        text = sep.join(chars[start : start + 4096])
+        assert _core.split(name, text) == rx.findall(text), f"{name}: block at {start}"
+
+
+# One character of each kind the patterns tell apart: Lu, Ll, Lt, Lm, Lo, a mark, a number,
+# spaces, \r, \n, punctuation, "/" (o200k), and the apostrophe with contraction letters.
+SHORT_ALPHABET = "Aaǅʰ中\u03011 \t\r\n!/'sL"
+
+
+@pytest.mark.parametrize("name", ["gpt2", "cl100k", "o200k"])
+def test_all_short_strings(name):
+    """Every string of up to 4 characters from SHORT_ALPHABET."""
+    rx = regex.compile(patterns.NAMED[name])
+    for n in range(5):
+        for chars in itertools.product(SHORT_ALPHABET, repeat=n):
+            text = "".join(chars)
+            assert _core.split(name, text) == rx.findall(text), repr(text)
 
 
 def test_none_pattern_is_whole_text():
     assert _core.split(None, "a b  c") == ["a b  c"]
     assert _core.split(None, "") == []
+
+
+def test_builtin_names():
+    assert patterns.BUILTIN == {"gpt2", "cl100k", "o200k"}
+    for name in patterns.BUILTIN:
+        assert _core.split(name, "Hi there") == ["Hi", " there"]
+    with pytest.raises(ValueError, match="built-in"):
+        _core.split("p50k", "x")
