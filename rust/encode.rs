@@ -54,7 +54,7 @@ pub struct Encoder {
     /// (left id, right id) -> (rank, merged id).
     pairs: FxHashMap<Pair, (u32, u32)>,
     /// Token bytes -> id, for pieces that encode to exactly one token.
-    whole: FxHashMap<Vec<u8>, u32>,
+    whole: BytesMap<u32>,
     specials: SpecialSplitter,
     special_ids: Vec<u32>,
     pub pattern: Pattern,
@@ -115,19 +115,19 @@ impl Encoder {
             tokens,
             byte_ids,
             pairs,
-            whole: FxHashMap::default(),
+            whole: BytesMap::default(),
             specials: SpecialSplitter::new::<&str>(&[]),
             special_ids: Vec::new(),
             pattern,
         };
         // Whole-piece lookup only for tokens that BPE rebuilds as themselves.
-        let mut whole = FxHashMap::default();
+        let mut whole = BytesMap::default();
         let mut out = Vec::new();
         for (bytes, &id) in &ids {
             out.clear();
             enc.bpe(bytes, &mut out);
             if out.len() == 1 && out[0] == id {
-                whole.insert(bytes.clone(), id);
+                whole.insert(bytes, id);
             }
         }
         enc.whole = whole;
@@ -154,7 +154,10 @@ impl Encoder {
             }
         }
         // tiktoken looks every piece up whole first.
-        let whole = ids.clone();
+        let mut whole = BytesMap::default();
+        for (t, &id) in &ids {
+            whole.insert(t, id);
+        }
         let mut enc = Encoder {
             tokens,
             byte_ids,
@@ -327,21 +330,39 @@ impl Encoder {
         }
     }
 
+    /// Encodes the pieces of a stretch of text, remembering the pieces that needed BPE.
+    fn encode_segment(&self, text: &str, out: &mut Vec<u32>, cache: &mut PieceCache) {
+        self.pattern.for_each_piece(text, |p| {
+            let piece = p.as_bytes();
+            if piece.len() == 1 {
+                out.push(self.byte_ids[piece[0] as usize]);
+            } else if let Some(&id) = self.whole.get(piece) {
+                out.push(id);
+            } else if let Some(ids) = cache.get(piece) {
+                out.extend_from_slice(ids);
+            } else {
+                let at = out.len();
+                self.bpe(piece, out);
+                cache.insert(piece, &out[at..]);
+            }
+        });
+    }
+
     /// Encodes text without special-token handling.
     pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
-        self.pattern
-            .for_each_piece(text, |p| self.encode_piece(p.as_bytes(), out));
+        self.encode_segment(text, out, &mut PieceCache::default());
     }
 
     /// Encodes text; special tokens in it become their ids.
     pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
+        let mut cache = PieceCache::default();
         let mut last = 0;
         for (start, end, k) in self.specials.matches(text) {
-            self.encode_ordinary_into(&text[last..start], out);
+            self.encode_segment(&text[last..start], out, &mut cache);
             out.push(self.special_ids[k]);
             last = end;
         }
-        self.encode_ordinary_into(&text[last..], out);
+        self.encode_segment(&text[last..], out, &mut cache);
     }
 
     pub fn encode(&self, text: &str) -> Vec<u32> {
@@ -506,6 +527,91 @@ impl Encoder {
             }
         }
         Ok(out)
+    }
+}
+
+/// A map keyed by byte strings. Strings of at most 15 bytes (nearly every piece) are packed
+/// with their length into one u128, so a lookup is a multiply and an integer compare rather
+/// than hashing and comparing memory.
+struct BytesMap<V> {
+    short: FxHashMap<u128, V>,
+    long: FxHashMap<Vec<u8>, V>,
+}
+
+impl<V> Default for BytesMap<V> {
+    fn default() -> Self {
+        BytesMap {
+            short: FxHashMap::default(),
+            long: FxHashMap::default(),
+        }
+    }
+}
+
+impl<V> BytesMap<V> {
+    #[inline(always)]
+    fn pack(key: &[u8]) -> Option<u128> {
+        if key.len() > 15 {
+            return None;
+        }
+        let mut buf = [0u8; 16];
+        buf[..key.len()].copy_from_slice(key);
+        buf[15] = key.len() as u8;
+        Some(u128::from_le_bytes(buf))
+    }
+
+    #[inline]
+    fn get(&self, key: &[u8]) -> Option<&V> {
+        match Self::pack(key) {
+            Some(k) => self.short.get(&k),
+            None => self.long.get(key),
+        }
+    }
+
+    fn insert(&mut self, key: &[u8], value: V) {
+        match Self::pack(key) {
+            Some(k) => self.short.insert(k, value),
+            None => self.long.insert(key.to_vec(), value),
+        };
+    }
+
+    fn len(&self) -> usize {
+        self.short.len() + self.long.len()
+    }
+
+    fn clear(&mut self) {
+        self.short.clear();
+        self.long.clear();
+    }
+}
+
+/// Ids of pieces that went through BPE, for the length of one encode call: words that are not
+/// tokens themselves recur (names, inflections), and a lookup is much cheaper than BPE.
+#[derive(Default)]
+struct PieceCache {
+    map: BytesMap<(u32, u32)>,
+    ids: Vec<u32>,
+}
+
+impl PieceCache {
+    /// Entries kept before the cache starts over (bounds its memory on huge inputs).
+    const LIMIT: usize = 1 << 16;
+
+    #[inline]
+    fn get(&self, piece: &[u8]) -> Option<&[u32]> {
+        self.map
+            .get(piece)
+            .map(|&(s, n)| &self.ids[s as usize..(s + n) as usize])
+    }
+
+    #[inline]
+    fn insert(&mut self, piece: &[u8], ids: &[u32]) {
+        if self.map.len() >= Self::LIMIT {
+            self.map.clear();
+            self.ids.clear();
+        }
+        self.map
+            .insert(piece, (self.ids.len() as u32, ids.len() as u32));
+        self.ids.extend_from_slice(ids);
     }
 }
 
