@@ -11,13 +11,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# The package, built in release mode by maturin through pip.
+# The package with PyTorch, built in release mode by maturin through pip.
 setup: $(BIN)/python
-	$(BIN)/pip install --quiet .
+	$(BIN)/pip install --quiet ".[lm]"
 
-# Editable install with the test and benchmark tools.
+# Editable install with PyTorch (fastbpe.lm) and the test and benchmark tools.
 setup-dev: $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,lm]"
 
 demo: setup
 	$(BIN)/fastbpe demo

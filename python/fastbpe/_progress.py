@@ -21,6 +21,7 @@ class Bar:
         self.start = time.perf_counter()
         self.last_draw = 0.0
         self.n = 0.0
+        self.postfix = ""  # shown after the counts (e.g. "loss 3.21")
 
     def __call__(self, n: float) -> None:
         self.n = n
@@ -44,7 +45,9 @@ class Bar:
             )
         else:
             text = f"\r{self.desc}: {done:,.1f} {self.unit} [{elapsed:.1f}s, {rate:,.1f} {self.unit}/s]"
-        sys.stderr.write(text)
+        if self.postfix:
+            text += f" {self.postfix}"
+        sys.stderr.write(text + "\x1b[K")  # clear what a longer previous line left
         sys.stderr.flush()
 
     def close(self) -> None:

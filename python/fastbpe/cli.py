@@ -90,16 +90,168 @@ def cmd_compare(args) -> None:
         print(f"| {name} | {tok.vocab_size:,} | {ratio:.2f} | {unk_rate:.2%} | {seconds:.3f} |")
 
 
+def _split_tokens(path: str, val_path: str, fraction: float, eot: int | None) -> tuple[int, int]:
+    """Move the last `fraction` of a token file (from a document start when possible) into
+    `val_path`; both files and their metadata are rewritten atomically."""
+    import json
+
+    import numpy as np
+
+    from fastbpe.lm_free import copy_tokens
+
+    with open(path + ".json") as f:
+        meta = json.load(f)
+    data = np.memmap(path, dtype=np.dtype(meta["dtype"]).newbyteorder("<"), mode="r")
+    n = len(data)
+    cut = int(n * (1 - fraction))
+    if eot is not None:
+        # Start the validation split just after an end-of-text token, so no document is cut.
+        window = np.asarray(data[cut : min(n, cut + 1_000_000)])
+        hits = np.flatnonzero(window == eot)
+        if len(hits):
+            cut += int(hits[0]) + 1
+    if not 0 < cut < n:
+        _die(f"{path}: {n} tokens are too few to split off a validation fraction of {fraction}")
+    copy_tokens(data, cut, n, val_path, {**meta, "num_tokens": n - cut, "split": "val"})
+    copy_tokens(data, 0, cut, path, {**meta, "num_tokens": cut, "split": "train"})
+    return cut, n - cut
+
+
+def cmd_encode(args) -> None:
+    import fastbpe
+
+    if not os.path.isfile(args.corpus):
+        _die(f"no such file: {args.corpus}")
+    if not os.path.isfile(args.tokenizer):
+        _die(f"no such tokenizer: {args.tokenizer} (make one with fastbpe train-tokenizer)")
+    if args.val_out and not 0 < args.val_fraction < 1:
+        _die(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    try:
+        tok = fastbpe.Tokenizer.load(args.tokenizer)
+    except ValueError as e:
+        _die(str(e))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        arr = tok.encode_file(args.corpus, args.out, num_threads=args.threads,
+                              metadata={"tokenizer": os.path.abspath(args.tokenizer)})
+    except (ValueError, OSError) as e:
+        _die(str(e))
+    seconds = time.perf_counter() - t0
+    n = len(arr)
+    del arr
+    mb = os.path.getsize(args.corpus) / 1e6
+    print(f"encoded {args.corpus} ({mb:.1f} MB) into {n:,} tokens in {seconds:.2f} s ({mb / seconds:.1f} MB/s)")
+    if args.val_out:
+        eot = tok.special_token_ids.get("<|endoftext|>")
+        n_train, n_val = _split_tokens(args.out, args.val_out, args.val_fraction, eot)
+        print(f"split: {n_train:,} training tokens in {args.out}, {n_val:,} validation tokens in {args.val_out}")
+
+
+def _lm():
+    try:
+        import fastbpe.lm as lm
+    except ImportError as e:
+        _die(str(e))
+    return lm
+
+
+def cmd_lm_train(args) -> None:
+    lm = _lm()
+    for p in (args.train, args.val):
+        if not os.path.isfile(p):
+            _die(f"no such token file: {p} (make one with fastbpe encode)")
+        if not os.path.isfile(p + ".json"):
+            _die(f"{p}.json is missing: token files need the metadata fastbpe encode writes beside them")
+    overrides = {k: v for k, v in {
+        "max_steps": args.max_steps, "seed": args.seed, "precision": args.precision, "device": args.device,
+        "compile": args.compile or None, "batch_size": args.batch_size, "eval_every": args.eval_every,
+        "checkpoint_every": args.checkpoint_every, "max_lr": args.lr,
+    }.items() if v is not None}
+    try:
+        config = lm.preset(args.preset, **overrides)
+        config.validate()
+        result = lm.train_lm(config, args.train, args.val, args.out, resume=args.resume)
+    except (ValueError, lm.TrainingDiverged) as e:
+        _die(str(e))
+    if result.first_val_loss is not None and result.last_val_loss is not None:
+        print(f"validation loss {result.first_val_loss:.3f} -> {result.last_val_loss:.3f} after {result.steps} steps "
+              f"({result.tokens_per_s:,.0f} tokens/s); loss curve: {os.path.join(args.out, 'loss.png')}")
+    if result.stopped_by:
+        raise SystemExit(130 if result.stopped_by == "SIGINT" else 143)
+
+
+def load_run(run_dir: str):
+    """(model, tokenizer) from a run folder's newest valid checkpoint and its tokenizer.json."""
+    import fastbpe
+
+    lm = _lm()
+    from fastbpe.lm.config import config_from_dict
+    from fastbpe.lm.trainer import newest_valid_checkpoint
+
+    tok_path = os.path.join(run_dir, "tokenizer.json")
+    if not os.path.isdir(run_dir):
+        _die(f"no such run folder: {run_dir}")
+    if not os.path.isfile(tok_path):
+        _die(f"{tok_path} is missing: the run's token files did not name their tokenizer")
+    found = newest_valid_checkpoint(run_dir)
+    if found is None:
+        _die(f"no checkpoint in {run_dir}")
+    _, ckpt = found
+    config = config_from_dict(ckpt["config"])
+    model = lm.TransformerLM(config.vocab_size, config.context_length, config.d_model, config.num_layers,
+                             config.num_heads, config.d_ff, config.rope_theta)
+    model.load_state_dict(ckpt["model"])
+    return model, fastbpe.Tokenizer.load(tok_path)
+
+
+def cmd_lm_generate(args) -> None:
+    import torch
+
+    lm = _lm()
+    model, tok = load_run(args.run)
+    gen = torch.Generator().manual_seed(args.seed)
+    for i in range(args.samples):
+        text = lm.generate(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                           top_p=args.top_p, generator=gen)
+        print(f"--- sample {i + 1}\n{args.prompt}{text}")
+
+
+def cmd_napkin(args) -> None:
+    lm = _lm()  # noqa: F841 - a clear error when torch is missing
+    from fastbpe.lm.accounting import napkin_main
+
+    napkin_main(args.rest)
+
+
 def cmd_demo(args) -> None:
+    """The main job: corpus -> tokenizer -> token files -> a trained tiny LM -> samples."""
     from fastbpe import corpus as corpus_mod
 
     path = args.corpus or str(corpus_mod.shakespeare())
     out = args.out
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    ns = argparse.Namespace(
-        corpus=[path], vocab_size=args.vocab_size, out=out, special_token=["<|endoftext|>"], pattern="gpt2", threads=None
-    )
-    cmd_train_tokenizer(ns)
+    os.makedirs(out, exist_ok=True)
+    tok_path = os.path.join(out, "tokenizer.json")
+    print("== 1/4 train a tokenizer")
+    cmd_train_tokenizer(argparse.Namespace(corpus=[path], vocab_size=args.vocab_size, out=tok_path,
+                                           special_token=["<|endoftext|>"], pattern="gpt2", threads=None))
+    if args.tokenizer_only:
+        return
+    print("\n== 2/4 encode train and validation splits")
+    train_bin, val_bin = os.path.join(out, "train.bin"), os.path.join(out, "val.bin")
+    cmd_encode(argparse.Namespace(corpus=path, tokenizer=tok_path, out=train_bin, val_out=val_bin,
+                                  val_fraction=0.05, threads=None))
+    print("\n== 3/4 train a language model")
+    import torch
+
+    preset = args.preset or ("small" if torch.cuda.is_available() else "tiny")
+    run_dir = os.path.join(out, "run")
+    cmd_lm_train(argparse.Namespace(train=train_bin, val=val_bin, out=run_dir, preset=preset, max_steps=args.max_steps,
+                                    seed=0, precision=None, device=None, compile=False, batch_size=None,
+                                    eval_every=None, checkpoint_every=None, lr=None, resume=False))
+    print("\n== 4/4 sample from it")
+    cmd_lm_generate(argparse.Namespace(run=run_dir, prompt=args.prompt, max_new_tokens=120, temperature=0.8,
+                                       top_p=0.95, seed=0, samples=2))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,10 +276,55 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-bytes", type=int, default=5_000_000, help="read at most this many characters")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("demo", help="the main job: train a tokenizer on the default corpus and summarize it")
+    p = sub.add_parser("encode", help="encode a text file into a flat token array (np.memmap-ready)")
+    p.add_argument("corpus", help="a UTF-8 text file")
+    p.add_argument("--tokenizer", required=True, help="a tokenizer saved by train-tokenizer")
+    p.add_argument("--out", required=True, help="the token file (its dtype goes to OUT.json)")
+    p.add_argument("--val-out", help="also split off the last --val-fraction of the tokens into this file")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--threads", type=int, default=None, help="default: all cores")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("lm", help="train and sample language models")
+    lm_sub = p.add_subparsers(dest="lm_command", required=True)
+    q = lm_sub.add_parser("train", help="train a TransformerLM on token files")
+    q.add_argument("--train", required=True, help="training tokens (from fastbpe encode)")
+    q.add_argument("--val", required=True, help="validation tokens")
+    q.add_argument("--out", required=True, help="the run folder (checkpoints, metrics.jsonl, loss.png)")
+    q.add_argument("--preset", default="tiny", help="tiny, small or gpt2-small (default tiny)")
+    q.add_argument("--max-steps", type=int)
+    q.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
+    q.add_argument("--seed", type=int)
+    q.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    q.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    q.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
+    q.add_argument("--batch-size", type=int)
+    q.add_argument("--lr", type=float, help="peak learning rate")
+    q.add_argument("--eval-every", type=int)
+    q.add_argument("--checkpoint-every", type=int)
+    q.set_defaults(func=cmd_lm_train)
+    q = lm_sub.add_parser("generate", help="sample text from a trained run")
+    q.add_argument("--run", required=True, help="a run folder written by lm train")
+    q.add_argument("--prompt", default="", help="text to continue")
+    q.add_argument("--max-new-tokens", type=int, default=200)
+    q.add_argument("--temperature", type=float, default=0.8)
+    q.add_argument("--top-p", type=float, default=0.95)
+    q.add_argument("--samples", type=int, default=1)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_lm_generate)
+
+    p = sub.add_parser("napkin", help="the lecture's napkin math: training time and memory (see --help)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_napkin)
+
+    p = sub.add_parser("demo", help="the main job: tokenizer, token files, a tiny LM and samples, on the default corpus")
     p.add_argument("--corpus", help="a text file instead of the default Shakespeare corpus")
     p.add_argument("--vocab-size", type=int, default=4096)
-    p.add_argument("--out", default="runs/demo/tokenizer.json")
+    p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
+    p.add_argument("--preset", help="default: tiny on CPU, small on a GPU")
+    p.add_argument("--max-steps", type=int, help="default: the preset's")
+    p.add_argument("--prompt", default="ROMEO:", help="what the samples continue")
+    p.add_argument("--tokenizer-only", action="store_true", help="stop after training the tokenizer")
     p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)

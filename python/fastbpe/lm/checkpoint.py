@@ -1,0 +1,86 @@
+"""Checkpoints: model, optimizer and iteration (and whatever else the caller adds) in one file.
+
+Writes to a path are atomic (temporary file in the same folder, fsync, rename), so a crash
+leaves the previous checkpoint intact; loading uses `weights_only=True` (no code runs from the
+file) and checks the format version.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import IO, BinaryIO
+
+import torch
+
+FORMAT = "fastbpe.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is truncated, corrupt, or not one of ours."""
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under torch.compile / DDP wrappers, whose state dict has the plain names."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def save_checkpoint(model, optimizer, iteration: int, out: str | os.PathLike | BinaryIO | IO[bytes], **extra) -> None:
+    """Save model and optimizer state and the iteration; `extra` entries are stored alongside
+    (tensors, numbers, strings, lists and dicts of them)."""
+    obj = {
+        "format": FORMAT,
+        "version": VERSION,
+        "iteration": int(iteration),
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        **extra,
+    }
+    if not isinstance(out, (str, os.PathLike)):
+        torch.save(obj, out)
+        return
+    path = os.fspath(out)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_checkpoint(src: str | os.PathLike | BinaryIO | IO[bytes], map_location="cpu") -> dict:
+    """The checkpoint's contents, validated; CheckpointError names the file when it is not a
+    complete checkpoint of this format."""
+    name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<file object>")
+    try:
+        obj = torch.load(src, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{name} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}: {e}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{name} is not a fastbpe checkpoint")
+    if obj.get("version") != VERSION:
+        raise CheckpointError(f"{name} has checkpoint version {obj.get('version')!r}; this fastbpe reads version {VERSION}")
+    return obj
+
+
+def load_checkpoint(src, model, optimizer) -> int:
+    """Restore model and optimizer state from `src`; returns the saved iteration."""
+    obj = read_checkpoint(src)
+    unwrap(model).load_state_dict(obj["model"])
+    if optimizer is not None and obj.get("optimizer") is not None:
+        optimizer.load_state_dict(obj["optimizer"])
+    return obj["iteration"]

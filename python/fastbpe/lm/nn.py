@@ -1,0 +1,260 @@
+"""Transformer building blocks, written out (CS336 assignment 1's names, shapes and conventions,
+so its adapters and state dicts map one to one).
+
+Every module keeps its parameters under the handout's names: `Linear.weight` is (out, in),
+`Embedding.weight` (num, dim), `RMSNorm.weight` (d_model), `SwiGLU.w1/w2/w3`, attention
+`q_proj/k_proj/v_proj/output_proj`, blocks `ln1/attn/ln2/ffn`, the LM `token_embeddings/layers/
+ln_final/lm_head`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+
+def _check_last_dim(x: Tensor, size: int, what: str) -> None:
+    if x.shape[-1] != size:
+        raise ValueError(f"{what} expects inputs whose last dimension is {size}, got shape {tuple(x.shape)}")
+
+
+class Linear(nn.Module):
+    """y = x W^T without bias. `init="trunc_normal"` (the handout: N(0, 2/(in+out)) cut at 3
+    sigma) or `"xavier"` (the lecture's 1/sqrt(in) scale)."""
+
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None, init: str = "trunc_normal"):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        if init == "trunc_normal":
+            std = math.sqrt(2.0 / (in_features + out_features))
+            nn.init.trunc_normal_(self.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+        elif init == "xavier":
+            with torch.no_grad():
+                self.weight.normal_(0.0, 1.0 / math.sqrt(in_features))
+        else:
+            raise ValueError(f"init must be 'trunc_normal' or 'xavier', not {init!r}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_last_dim(x, self.in_features, "Linear")
+        return F.linear(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Embedding(nn.Module):
+    """Rows of `weight` (num_embeddings, embedding_dim), initialized N(0, 1) cut at 3."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        nn.init.trunc_normal_(self.weight, mean=0.0, std=1.0, a=-3.0, b=3.0)
+
+    def forward(self, token_ids: Tensor) -> Tensor:
+        if token_ids.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"Embedding expects integer token ids, got {token_ids.dtype}")
+        return self.weight[token_ids]
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 (squares of bf16 activations
+    overflow and lose precision), returned in the input's dtype."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.d_model, self.eps = d_model, eps
+        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_last_dim(x, self.d_model, "RMSNorm")
+        in_dtype = x.dtype
+        x = x.to(torch.float32)
+        rms = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (x * rms * self.weight.to(torch.float32)).to(in_dtype)
+
+
+def silu(x: Tensor) -> Tensor:
+    """x * sigmoid(x)."""
+    return x * torch.sigmoid(x)
+
+
+class SwiGLU(nn.Module):
+    """w2(silu(w1 x) * w3 x): the gated feed-forward of LLaMA."""
+
+    def __init__(self, d_model: int, d_ff: int, device=None, dtype=None):
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+        self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # F.silu is the fused kernel of the same function as `silu` above.
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE: rotates each adjacent pair (x[2k], x[2k+1]) of a d_k-dim vector at position i by
+    the angle i * theta^(-2k/d_k). Tables for max_seq_len positions are precomputed."""
+
+    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
+        super().__init__()
+        if d_k % 2:
+            raise ValueError(f"RoPE needs an even d_k, got {d_k}")
+        self.d_k, self.max_seq_len = d_k, max_seq_len
+        inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float32) / d_k)
+        angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float32), inv_freq)
+        # Not saved in state dicts: they are a function of the constructor's arguments.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: Tensor, token_positions: Tensor) -> Tensor:
+        _check_last_dim(x, self.d_k, "RotaryEmbedding")
+        if token_positions.shape[-1] != x.shape[-2]:
+            raise ValueError(
+                f"token_positions {tuple(token_positions.shape)} must end with the sequence length {x.shape[-2]}"
+            )
+        cos, sin = self.cos[token_positions], self.sin[token_positions]  # (..., seq, d_k/2)
+        x1, x2 = x[..., 0::2].float(), x[..., 1::2].float()
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return out.flatten(-2).to(x.dtype)
+
+
+def softmax(x: Tensor, dim: int) -> Tensor:
+    """exp(x - max) / sum(exp(x - max)): subtracting the max keeps exp from overflowing."""
+    x = x - x.amax(dim=dim, keepdim=True)
+    e = torch.exp(x)
+    return e / e.sum(dim=dim, keepdim=True)
+
+
+def scaled_dot_product_attention(Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(Q K^T / sqrt(d_k)) V over any leading dims; `mask` True where attention is allowed.
+
+    The readable definition. The model calls torch's fused kernel (flash attention on GPUs),
+    which the tests show computes the same thing."""
+    if Q.shape[-1] != K.shape[-1] or K.shape[-2] != V.shape[-2]:
+        raise ValueError(f"attention shapes do not fit: Q {tuple(Q.shape)}, K {tuple(K.shape)}, V {tuple(V.shape)}")
+    scores = Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])
+    if mask is not None:
+        if mask.shape[-2:] != scores.shape[-2:]:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not end with (queries, keys) = {tuple(scores.shape[-2:])}")
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return softmax(scores, dim=-1) @ V
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Causal multi-head self-attention; RoPE on queries and keys when `theta` is given."""
+
+    def __init__(self, d_model: int, num_heads: int, max_seq_len: int | None = None, theta: float | None = None, device=None, dtype=None):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+        self.d_model, self.num_heads = d_model, num_heads
+        self.q_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.rope = None
+        if theta is not None:
+            if max_seq_len is None:
+                raise ValueError("RoPE (theta) needs max_seq_len")
+            self.rope = RotaryEmbedding(theta, d_model // num_heads, max_seq_len, device=device)
+
+    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
+        seq = x.shape[-2]
+        q, k, v = (rearrange(p(x), "... s (h d) -> ... h s d", h=self.num_heads) for p in (self.q_proj, self.k_proj, self.v_proj))
+        if self.rope is not None:
+            if token_positions is None:
+                token_positions = torch.arange(seq, device=x.device)
+            # (..., seq) positions -> (..., 1, seq): shared by the heads, not lined up with them.
+            token_positions = token_positions.unsqueeze(-2)
+            q, k = self.rope(q, token_positions), self.rope(k, token_positions)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.output_proj(rearrange(out, "... h s d -> ... s (h d)"))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(ln1(x)), then + ffn(ln2(.))."""
+
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, max_seq_len: int, theta: float | None, device=None, dtype=None):
+        super().__init__()
+        self.ln1 = RMSNorm(d_model, device=device, dtype=dtype)
+        self.attn = MultiHeadSelfAttention(d_model, num_heads, max_seq_len, theta, device=device, dtype=dtype)
+        self.ln2 = RMSNorm(d_model, device=device, dtype=dtype)
+        self.ffn = SwiGLU(d_model, d_ff, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.ln1(x), token_positions)
+        return x + self.ffn(self.ln2(x))
+
+
+class TransformerLM(nn.Module):
+    """Token embeddings, `num_layers` pre-norm blocks, a final RMSNorm and an (untied) LM head."""
+
+    def __init__(self, vocab_size: int, context_length: int, d_model: int, num_layers: int, num_heads: int, d_ff: int, rope_theta: float | None = 10000.0, device=None, dtype=None):
+        super().__init__()
+        self.vocab_size, self.context_length = vocab_size, context_length
+        self.token_embeddings = Embedding(vocab_size, d_model, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(
+            TransformerBlock(d_model, num_heads, d_ff, context_length, rope_theta, device=device, dtype=dtype) for _ in range(num_layers)
+        )
+        self.ln_final = RMSNorm(d_model, device=device, dtype=dtype)
+        self.lm_head = Linear(d_model, vocab_size, device=device, dtype=dtype)
+
+    def forward(self, token_ids: Tensor) -> Tensor:
+        if token_ids.shape[-1] > self.context_length:
+            raise ValueError(f"sequence length {token_ids.shape[-1]} exceeds context_length {self.context_length}")
+        x = self.token_embeddings(token_ids)
+        positions = torch.arange(token_ids.shape[-1], device=token_ids.device)
+        for layer in self.layers:
+            x = layer(x, positions)
+        return self.lm_head(self.ln_final(x))
+
+
+class Cruncher(nn.Module):
+    """The lecture's toy model: `num_layers` square linear layers, then a linear head to one
+    number per example."""
+
+    def __init__(self, dim: int, num_layers: int, device=None, dtype=None):
+        super().__init__()
+        self.layers = nn.ModuleList(Linear(dim, dim, device=device, dtype=dtype, init="xavier") for _ in range(num_layers))
+        self.final = Linear(dim, 1, device=device, dtype=dtype, init="xavier")
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return self.final(x).squeeze(-1)
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean over all leading dims of -log softmax(logits)[target], via log-sum-exp (stable:
+    the max is subtracted before exp, and softmax itself is never formed)."""
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not match: "
+                         "targets must have the logits' shape without the last (vocabulary) dimension")
+    logits = logits.float()
+    m = logits.amax(dim=-1, keepdim=True)
+    lse = (logits - m).exp().sum(dim=-1).log() + m.squeeze(-1)
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (lse - picked).mean()
+
+
+@torch.no_grad()
+def clip_grad_norm_(parameters, max_norm: float, eps: float = 1e-6) -> Tensor:
+    """Scale all gradients together so their global L2 norm is at most `max_norm`; returns the
+    norm before clipping."""
+    if max_norm < 0:
+        raise ValueError(f"max_norm must be non-negative, got {max_norm}")
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    norms = torch._foreach_norm(grads, 2.0)
+    total = torch.linalg.vector_norm(torch.stack([n.to(grads[0].device, torch.float32) for n in norms]), 2.0)
+    scale = torch.clamp(max_norm / (total + eps), max=1.0)
+    torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+    return total
