@@ -96,6 +96,7 @@ class Tokenizer:
         # "merges": the pairs are the merges (CS336, GPT-2 files); "ranks": tiktoken's rule,
         # any two parts whose concatenation is a token merge, by that token's rank.
         self._rule = "merges"
+        self._fingerprint: str | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -300,10 +301,20 @@ class Tokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def fingerprint(self) -> str:
-        """SHA-256 of the tokenizer's canonical JSON: its identity."""
-        import hashlib
+        """SHA-256 over what decides the ids (rule, pattern, special tokens, vocabulary and, under
+        the merge rule, the merges): the tokenizer's identity, recorded beside token files."""
+        if self._fingerprint is None:
+            import hashlib
 
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+            h = hashlib.sha256()
+            h.update(json.dumps([self._rule, self.pattern, sorted(self.special_token_ids.items())]).encode())
+            for i, t in sorted(self.vocab.items()):
+                h.update(b"%d:%d:" % (i, len(t)) + t)
+            if self._rule == "merges":
+                for a, b in self.merges:
+                    h.update(b"%d:%d:" % (len(a), len(b)) + a + b)
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     def __repr__(self) -> str:
         return (
@@ -390,6 +401,7 @@ class Tokenizer:
         tok.vocab, tok.pattern, tok._rule = vocab, pattern, "ranks"
         tok.special_tokens, tok.special_token_ids = list(specials), specials
         tok._merges = None  # derived from the ranks when first asked for
+        tok._fingerprint = None
         return tok
 
     @property
