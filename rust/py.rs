@@ -8,7 +8,7 @@ use pyo3::exceptions::{
     PyFileNotFoundError, PyIsADirectoryError, PyKeyError, PyOSError, PyValueError,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
 
 use crate::count::{self, CountError, Counts, Interrupted, SpecialSplitter};
 use crate::encode::{BuildError, Encoder};
@@ -238,6 +238,24 @@ impl std::fmt::Debug for PyBytesRepr<'_> {
 #[pyclass(module = "fastbpe._core", frozen)]
 pub struct CoreEncoder {
     enc: Encoder,
+    /// One Python int per id, made once: building a result list is then a reference-count
+    /// bump per token instead of allocating an int object (the largest cost of returning
+    /// millions of ids).
+    ints: Vec<Py<PyAny>>,
+}
+
+impl CoreEncoder {
+    fn new(py: Python<'_>, enc: Encoder) -> PyResult<Self> {
+        let ints = (0..enc.id_limit() as u32)
+            .map(|i| Ok(i.into_pyobject(py)?.into_any().unbind()))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(CoreEncoder { enc, ints })
+    }
+
+    /// `ids` as a Python list of ints.
+    fn list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, ids.iter().map(|&i| self.ints[i as usize].bind(py)))
+    }
 }
 
 #[pymethods]
@@ -256,7 +274,7 @@ impl CoreEncoder {
         let enc = py
             .detach(|| Encoder::from_merges(&vocab, &merges, &specials, pattern))
             .map_err(build_error)?;
-        Ok(CoreEncoder { enc })
+        CoreEncoder::new(py, enc)
     }
 
     /// From tiktoken ranks (token bytes -> rank, which is also the id).
@@ -271,30 +289,39 @@ impl CoreEncoder {
         let enc = py
             .detach(|| Encoder::from_ranks(&ranks, &specials, pattern))
             .map_err(build_error)?;
-        Ok(CoreEncoder { enc })
+        CoreEncoder::new(py, enc)
     }
 
-    fn encode(&self, py: Python<'_>, text: &str) -> Vec<u32> {
-        if text.len() < 4096 {
-            return self.enc.encode(text);
-        }
-        py.detach(|| self.enc.encode(text))
+    fn encode<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyList>> {
+        // Short texts: releasing and retaking the GIL would cost more than the work.
+        let ids = if text.len() < 4096 {
+            self.enc.encode(text)
+        } else {
+            py.detach(|| self.enc.encode(text))
+        };
+        self.list(py, &ids)
     }
 
-    fn encode_ordinary(&self, py: Python<'_>, text: &str) -> Vec<u32> {
-        if text.len() < 4096 {
-            return self.enc.encode_ordinary(text);
-        }
-        py.detach(|| self.enc.encode_ordinary(text))
+    fn encode_ordinary<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyList>> {
+        let ids = if text.len() < 4096 {
+            self.enc.encode_ordinary(text)
+        } else {
+            py.detach(|| self.enc.encode_ordinary(text))
+        };
+        self.list(py, &ids)
     }
 
     /// Ids of pieces cut elsewhere (a custom regex applied in Python).
-    fn encode_pieces(&self, pieces: Vec<String>) -> Vec<u32> {
+    fn encode_pieces<'py>(
+        &self,
+        py: Python<'py>,
+        pieces: Vec<String>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let mut out = Vec::new();
         for p in &pieces {
             self.enc.encode_piece(p.as_bytes(), &mut out);
         }
-        out
+        self.list(py, &out)
     }
 
     /// Ids as a little-endian buffer of `width`-byte integers (2 or 4), for numpy.
@@ -319,14 +346,19 @@ impl CoreEncoder {
     }
 
     #[pyo3(signature = (texts, num_threads, with_specials=true))]
-    fn encode_batch(
+    fn encode_batch<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         texts: Vec<String>,
         num_threads: usize,
         with_specials: bool,
-    ) -> Vec<Vec<u32>> {
-        py.detach(|| self.enc.encode_batch(&texts, num_threads, with_specials))
+    ) -> PyResult<Bound<'py, PyList>> {
+        let all = py.detach(|| self.enc.encode_batch(&texts, num_threads, with_specials));
+        let lists = all
+            .iter()
+            .map(|ids| self.list(py, ids))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, lists)
     }
 
     /// Streaming: the length in characters of the longest prefix of `text` that can be

@@ -261,14 +261,21 @@ class Tokenizer:
         return np.memmap(out_path, dtype=dtype.newbyteorder("<"), mode="r")
 
     def _encode_file_python(self, path: str, tmp: str, dtype: np.dtype, bar) -> int:
+        """Custom patterns: stream the file's lines through `encode_iterable`."""
         n = 0
-        done = 0
-        with open(path, encoding="utf-8", newline="") as f, open(tmp, "wb") as out:
+        with open(path, "rb") as f, open(tmp, "wb") as out:
 
             def lines():
-                nonlocal done
-                for line in f:
-                    done += len(line)
+                done = 0
+                for raw in f:
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise ValueError(
+                            f"'{path}' is not valid UTF-8: invalid byte sequence at byte offset {done + e.start}; "
+                            "re-encode the file as UTF-8 (for example with iconv)"
+                        ) from None
+                    done += len(raw)
                     if bar:
                         bar(done)
                     yield line
