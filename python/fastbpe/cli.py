@@ -97,7 +97,7 @@ def _split_tokens(path: str, val_path: str, fraction: float, eot: int | None) ->
 
     import numpy as np
 
-    from fastbpe.lm_free import copy_tokens
+    from fastbpe.token_files import copy_tokens
 
     with open(path + ".json") as f:
         meta = json.load(f)

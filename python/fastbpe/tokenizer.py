@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property, lru_cache
 
@@ -13,6 +12,7 @@ import numpy as np
 import regex
 
 from fastbpe import _core, _progress, patterns
+from fastbpe._io import temporary_path, write_atomic
 
 UnknownTokenError = _core.UnknownTokenError
 
@@ -228,9 +228,7 @@ class Tokenizer:
             raise ValueError(f"dtype must be uint16 or uint32, not {dtype}")
         if max(self.vocab) >= 1 << (8 * dtype.itemsize):
             raise ValueError(f"dtype {dtype} cannot hold id {max(self.vocab)}: use uint32")
-        directory = os.path.dirname(os.path.abspath(out_path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".bin", dir=directory)
-        os.close(fd)
+        tmp = temporary_path(out_path, ".bin")
         bar = _progress.Bar(f"encoding {os.path.basename(path)}", os.path.getsize(path), "MB", 1e6) if _progress.wanted(progress) else None
         try:
             if self._custom is None:
@@ -250,7 +248,7 @@ class Tokenizer:
                 "tokenizer_sha256": self.fingerprint(),
                 **(metadata or {}),
             }
-            _write_atomic(out_path + ".json", json.dumps(meta, indent=1).encode())
+            write_atomic(out_path + ".json", json.dumps(meta, indent=1).encode())
             os.replace(tmp, out_path)
         except BaseException:
             if os.path.exists(tmp):
@@ -429,7 +427,7 @@ class Tokenizer:
             for i, t in sorted(self.vocab.items())
             if i not in special_ids
         ]
-        _write_atomic(os.fspath(path), b"".join(lines))
+        write_atomic(os.fspath(path), b"".join(lines))
 
     def to_huggingface(self, path: str | os.PathLike) -> None:
         """Write a `tokenizer.json` that `tokenizers.Tokenizer.from_file` loads, with the same ids."""
@@ -471,7 +469,7 @@ class Tokenizer:
                 "merges": [[token_to_str(a), token_to_str(b)] for a, b in self.merges],
             },
         }
-        _write_atomic(os.fspath(path), json.dumps(data, ensure_ascii=False).encode("utf-8"))
+        write_atomic(os.fspath(path), json.dumps(data, ensure_ascii=False).encode("utf-8"))
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -489,7 +487,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as JSON (atomically: a complete file or none)."""
-        _write_atomic(os.fspath(path), json.dumps(self.to_dict(), ensure_ascii=False, indent=1).encode("utf-8"))
+        write_atomic(os.fspath(path), json.dumps(self.to_dict(), ensure_ascii=False, indent=1).encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
@@ -526,22 +524,6 @@ def _threads(num_threads: int | None) -> int:
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be a positive int or None, not {num_threads!r}")
     return num_threads
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, fsync, rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _merges_from_ranks(vocab: dict[int, bytes], skip: set[int]) -> list[tuple[bytes, bytes]]:

@@ -8,10 +8,11 @@ file) and checks the format version.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import IO, BinaryIO
 
 import torch
+
+from fastbpe._io import atomic_writer
 
 FORMAT = "fastbpe.checkpoint"
 VERSION = 1
@@ -46,18 +47,8 @@ def save_checkpoint(model, optimizer, iteration: int, out: str | os.PathLike | B
     if not isinstance(out, (str, os.PathLike)):
         torch.save(obj, out)
         return
-    path = os.fspath(out)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(out, suffix=".pt") as f:
+        torch.save(obj, f)
 
 
 def read_checkpoint(src: str | os.PathLike | BinaryIO | IO[bytes], map_location="cpu") -> dict:

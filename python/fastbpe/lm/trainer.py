@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from fastbpe import _progress
+from fastbpe._io import write_atomic
 from fastbpe.lm import accounting
 from fastbpe.lm.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, unwrap
 from fastbpe.lm.config import TrainConfig
@@ -135,7 +136,7 @@ def peak_flops(device: torch.device) -> tuple[str, float] | None:
                 return key, value
         return None
     if device.type == "cpu":
-        return "cpu (measured fp32 matmul)", accounting.measure_cpu_matmul_peak(n=512, repeats=3)
+        return "cpu (measured fp32 matmul)", accounting.measure_cpu_matmul_peak(n=1024, repeats=5)
     return None
 
 
@@ -403,7 +404,4 @@ def _write_json(path: str, obj) -> None:
 
 
 def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode())
