@@ -19,3 +19,15 @@ def _tiktoken_cache(monkeypatch):
     cache = SHARED / "tiktoken_cache"
     if cache.exists():
         monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: intra-op threads only add synchronization, which costs seconds per step
+    on a small machine that other processes keep busy."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -21,14 +21,7 @@ TEXT = (
 ) * 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronization, which costs seconds per step
-    on a small machine that other processes keep busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_tokens(path, values, dtype, byteorder="little"):

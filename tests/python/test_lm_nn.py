@@ -28,14 +28,7 @@ from fastbpe.lm.nn import (  # noqa: E402
 VOCAB, CTX, D, LAYERS, HEADS, DFF = 50, 16, 32, 2, 4, 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronization, which costs seconds per step
-    on a small machine that other processes keep busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_lm(seed=0, **kwargs):
