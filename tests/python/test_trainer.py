@@ -137,6 +137,7 @@ flat = torch.cat([p.detach().flatten() for p in r.model.parameters()])
 rank0 = flat.clone()
 dist.broadcast(rank0, 0)
 print("RANK", dist.get_rank(), "IDENTICAL", bool(torch.equal(flat, rank0)), "VAL", r.last_val_loss, flush=True)
+dist.barrier()  # no rank tears down its connections while another still uses them
 dist.destroy_process_group()
 """
 

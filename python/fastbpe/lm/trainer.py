@@ -385,6 +385,7 @@ def train_lm(
         if main and os.path.exists(metrics_path):
             plot_loss(metrics_path, os.path.join(run_dir, "loss.png"), title=os.path.basename(os.path.abspath(run_dir)))
         if owns_group:
+            dist.barrier()  # no rank tears down its connections while another still uses them
             dist.destroy_process_group()
     tps = tokens_seen / train_time if train_time else 0.0
     return RunResult(step, first_val, last_val, tps, stopped_by, run_dir, model)
