@@ -183,8 +183,9 @@ pub(crate) fn last_safe_cut(
     specials.last_special_end(&buf[lo..]).map(|e| lo + e)
 }
 
-/// Size of the blocks read from a file; each chunk handed to a worker is about this big.
-const BLOCK: usize = 4 << 20;
+/// Size of the blocks read from a file when counting; each chunk handed to a worker is about
+/// this big (every worker keeps its own counts, so bigger chunks cost nothing).
+const COUNT_BLOCK: usize = 4 << 20;
 
 /// Opens a file for reading, refusing directories with `IsADirectory`.
 fn open_file(path: &Path) -> Result<File, CountError> {
@@ -197,23 +198,24 @@ fn open_file(path: &Path) -> Result<File, CountError> {
     Ok(File::open(path)?)
 }
 
-/// Reads a file in chunks of about `BLOCK` bytes cut only at safe places (`last_safe_cut`) and
+/// Reads a file in chunks of about `block` bytes cut only at safe places (`last_safe_cut`) and
 /// hands each to `send(file offset, chunk)`, in order; `send` returns false to stop early.
 /// `hook(bytes_read)` runs after every block and may stop the reading.
 pub fn read_chunks(
     path: &Path,
     pattern: Pattern,
     specials: &SpecialSplitter,
+    block: usize,
     hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
     mut send: impl FnMut(u64, Vec<u8>) -> bool,
 ) -> Result<(), CountError> {
     let mut file = open_file(path)?;
-    let mut buf: Vec<u8> = Vec::with_capacity(BLOCK * 2);
+    let mut buf: Vec<u8> = Vec::with_capacity(block * 2);
     let mut offset = 0u64; // file offset of buf[0]
     let mut read_total = 0u64;
     loop {
         let old_len = buf.len();
-        buf.resize(old_len + BLOCK, 0);
+        buf.resize(old_len + block, 0);
         let n = read_full(&mut file, &mut buf[old_len..])?;
         buf.truncate(old_len + n);
         read_total += n as u64;
@@ -277,9 +279,16 @@ pub fn count_file(
                 })
             })
             .collect();
-        let read_result = read_chunks(path, pattern, specials, hook, |offset, chunk| {
-            first_bad.load(Ordering::Relaxed) == u64::MAX && tx.send((offset, chunk)).is_ok()
-        });
+        let read_result = read_chunks(
+            path,
+            pattern,
+            specials,
+            COUNT_BLOCK,
+            hook,
+            |offset, chunk| {
+                first_bad.load(Ordering::Relaxed) == u64::MAX && tx.send((offset, chunk)).is_ok()
+            },
+        );
         drop(tx);
         let maps: Result<Vec<Counts>, CountError> = workers
             .into_iter()

@@ -20,8 +20,9 @@ use std::collections::BinaryHeap;
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use rustc_hash::FxHashMap;
 
@@ -355,14 +356,28 @@ impl Encoder {
 
     /// Encodes text; special tokens in it become their ids.
     pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
-        let mut cache = PieceCache::default();
+        self.encode_cached(text, true, out, &mut PieceCache::default());
+    }
+
+    /// `encode_into` (or `encode_ordinary_into` without specials) with a cache that outlives
+    /// the call: a thread encoding many texts keeps one, so short texts still find their words.
+    fn encode_cached(
+        &self,
+        text: &str,
+        with_specials: bool,
+        out: &mut Vec<u32>,
+        cache: &mut PieceCache,
+    ) {
+        if !with_specials {
+            return self.encode_segment(text, out, cache);
+        }
         let mut last = 0;
         for (start, end, k) in self.specials.matches(text) {
-            self.encode_segment(&text[last..start], out, &mut cache);
+            self.encode_segment(&text[last..start], out, cache);
             out.push(self.special_ids[k]);
             last = end;
         }
-        self.encode_segment(&text[last..], out, &mut cache);
+        self.encode_segment(&text[last..], out, cache);
     }
 
     pub fn encode(&self, text: &str) -> Vec<u32> {
@@ -392,41 +407,134 @@ impl Encoder {
         num_threads: usize,
         with_specials: bool,
     ) -> Vec<Vec<u32>> {
-        let one = |t: &S| {
-            if with_specials {
-                self.encode(t.as_ref())
-            } else {
-                self.encode_ordinary(t.as_ref())
-            }
-        };
+        let mut all = Vec::with_capacity(texts.len());
+        let done: Result<(), std::convert::Infallible> = self.encode_batch_in_order(
+            texts,
+            num_threads,
+            with_specials,
+            |take| take(),
+            |ids| {
+                all.push(ids.to_vec());
+                Ok(())
+            },
+        );
+        match done {
+            Ok(()) => all,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Encodes many texts on `num_threads` threads and hands each result to `sink` on the
+    /// calling thread, in input order, as soon as it and all before it are done: the caller
+    /// converts early results (into Python lists, say) while later texts are still encoding.
+    /// Every blocking wait for results runs inside `wait` (the Python binding releases the GIL
+    /// there). An error from `sink` stops the workers and is returned.
+    pub fn encode_batch_in_order<S, W, E>(
+        &self,
+        texts: &[S],
+        num_threads: usize,
+        with_specials: bool,
+        mut wait: W,
+        mut sink: impl FnMut(&[u32]) -> Result<(), E>,
+    ) -> Result<(), E>
+    where
+        S: AsRef<str> + Sync,
+        W: FnMut(&(dyn Fn() -> Option<Group> + Sync)) -> Option<Group>,
+    {
         let threads = num_threads.clamp(1, texts.len().max(1));
         if threads == 1 {
-            return texts.iter().map(one).collect();
+            let mut cache = PieceCache::default();
+            let mut ids = Vec::new();
+            for t in texts {
+                ids.clear();
+                self.encode_cached(t.as_ref(), with_specials, &mut ids, &mut cache);
+                sink(&ids)?;
+            }
+            return Ok(());
         }
         // Texts are handed out in small groups from a shared counter, so long and short texts
-        // balance across threads.
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let group = (texts.len() / (threads * 8)).clamp(1, 256);
-        let results: Mutex<Vec<(usize, Vec<Vec<u32>>)>> = Mutex::new(Vec::new());
+        // balance across threads; finished groups wait in `ready` until their turn.
+        let group = (texts.len() / (threads * 16)).clamp(1, 256);
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let ready: Mutex<FxHashMap<usize, Group>> = Mutex::default();
+        let arrived = Condvar::new();
+        let running = AtomicUsize::new(threads);
+        // Counts a worker out however it ends, so a panic cannot leave the caller waiting.
+        struct Exit<'a>(
+            &'a AtomicUsize,
+            &'a Mutex<FxHashMap<usize, Group>>,
+            &'a Condvar,
+        );
+        impl Drop for Exit<'_> {
+            fn drop(&mut self) {
+                let _held = lock(self.1);
+                self.0.fetch_sub(1, Ordering::SeqCst);
+                self.2.notify_all();
+            }
+        }
         std::thread::scope(|scope| {
             for _ in 0..threads {
-                scope.spawn(|| loop {
-                    let start = next.fetch_add(group, std::sync::atomic::Ordering::Relaxed);
-                    if start >= texts.len() {
-                        break;
+                scope.spawn(|| {
+                    let _exit = Exit(&running, &ready, &arrived);
+                    let mut cache = PieceCache::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        let start = next.fetch_add(group, Ordering::Relaxed);
+                        if start >= texts.len() {
+                            break;
+                        }
+                        let part = &texts[start..(start + group).min(texts.len())];
+                        let bytes: usize = part.iter().map(|t| t.as_ref().len()).sum();
+                        let mut done = Group {
+                            ids: Vec::with_capacity(bytes / 4 + 1),
+                            ends: Vec::with_capacity(part.len()),
+                        };
+                        for t in part {
+                            self.encode_cached(
+                                t.as_ref(),
+                                with_specials,
+                                &mut done.ids,
+                                &mut cache,
+                            );
+                            done.ends.push(done.ids.len());
+                        }
+                        lock(&ready).insert(start, done);
+                        arrived.notify_all();
                     }
-                    let end = (start + group).min(texts.len());
-                    let part: Vec<Vec<u32>> = texts[start..end].iter().map(one).collect();
-                    results
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push((start, part));
                 });
             }
-        });
-        let mut parts = results.into_inner().unwrap_or_else(PoisonError::into_inner);
-        parts.sort_unstable_by_key(|(start, _)| *start);
-        parts.into_iter().flat_map(|(_, p)| p).collect()
+            // The calling thread takes the groups in order. None: every worker has ended
+            // without producing the group (a panic, which the scope then passes on).
+            let take = |start: usize| {
+                let mut map = lock(&ready);
+                loop {
+                    if let Some(done) = map.remove(&start) {
+                        return Some(done);
+                    }
+                    if running.load(Ordering::SeqCst) == 0 {
+                        return None;
+                    }
+                    map = arrived.wait(map).unwrap_or_else(PoisonError::into_inner);
+                }
+            };
+            let mut start = 0;
+            while start < texts.len() {
+                let ready_now = lock(&ready).remove(&start);
+                let Some(done) = ready_now.or_else(|| wait(&|| take(start))) else {
+                    break;
+                };
+                start += done.ends.len();
+                let mut from = 0;
+                for &end in &done.ends {
+                    if let Err(e) = sink(&done.ids[from..end]) {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                    from = end;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Byte length of the longest prefix of `text` that can be encoded now without knowing what
@@ -464,9 +572,14 @@ impl Encoder {
                 let done_tx = done_tx.clone();
                 let work_rx = &work_rx;
                 scope.spawn(move || {
+                    let mut cache = PieceCache::default();
                     while let Some((seq, offset, chunk)) = recv_shared(work_rx) {
                         let r = match std::str::from_utf8(&chunk) {
-                            Ok(text) => Ok(self.encode(text)),
+                            Ok(text) => {
+                                let mut ids = Vec::with_capacity(text.len() / 4 + 1);
+                                self.encode_cached(text, true, &mut ids, &mut cache);
+                                Ok(ids)
+                            }
                             Err(e) => Err(offset + e.valid_up_to() as u64),
                         };
                         if done_tx.send((seq, r)).is_err() {
@@ -501,14 +614,21 @@ impl Encoder {
                 Ok(total)
             });
             let mut seq = 0usize;
-            let read = read_chunks(path, self.pattern, &self.specials, hook, |offset, chunk| {
-                if ticket_rx.recv().is_err() {
-                    return false;
-                }
-                let ok = work_tx.send((seq, offset, chunk)).is_ok();
-                seq += 1;
-                ok
-            });
+            let read = read_chunks(
+                path,
+                self.pattern,
+                &self.specials,
+                FILE_BLOCK,
+                hook,
+                |offset, chunk| {
+                    if ticket_rx.recv().is_err() {
+                        return false;
+                    }
+                    let ok = work_tx.send((seq, offset, chunk)).is_ok();
+                    seq += 1;
+                    ok
+                },
+            );
             drop(work_tx);
             drop(ticket_rx);
             let written = writer_thread.join().map_err(|_| worker_panicked())?;
@@ -548,15 +668,33 @@ impl<V> Default for BytesMap<V> {
 }
 
 impl<V> BytesMap<V> {
+    /// The bytes of `key` (little-endian) with its length in the top byte; None past 15 bytes.
+    /// Two overlapping loads cover any length without a variable-length copy: the bytes they
+    /// share are equal, so OR-ing them changes nothing.
     #[inline(always)]
     fn pack(key: &[u8]) -> Option<u128> {
-        if key.len() > 15 {
-            return None;
-        }
-        let mut buf = [0u8; 16];
-        buf[..key.len()].copy_from_slice(key);
-        buf[15] = key.len() as u8;
-        Some(u128::from_le_bytes(buf))
+        let n = key.len();
+        let bytes = match n {
+            0 => 0,
+            1..=3 => {
+                key[0] as u128
+                    | (key[n / 2] as u128) << (8 * (n / 2))
+                    | (key[n - 1] as u128) << (8 * (n - 1))
+            }
+            4..=7 => {
+                let lo = u32::from_le_bytes([key[0], key[1], key[2], key[3]]) as u128;
+                let hi =
+                    u32::from_le_bytes([key[n - 4], key[n - 3], key[n - 2], key[n - 1]]) as u128;
+                lo | hi << (8 * (n - 4))
+            }
+            8..=15 => {
+                let lo = u64::from_le_bytes(key[..8].try_into().ok()?) as u128;
+                let hi = u64::from_le_bytes(key[n - 8..].try_into().ok()?) as u128;
+                lo | hi << (8 * (n - 8))
+            }
+            _ => return None,
+        };
+        Some(bytes | (n as u128) << 120)
     }
 
     #[inline]
@@ -615,6 +753,22 @@ impl PieceCache {
     }
 }
 
+/// The ids of a run of consecutive texts of a batch, one after another; text `i` of the run
+/// ends at `ends[i]`.
+pub struct Group {
+    ids: Vec<u32>,
+    ends: Vec<usize>,
+}
+
+/// Bytes per chunk of a file being encoded: small enough that a 20 MB file still spreads
+/// evenly over the threads (each worker's `PieceCache` carries over from chunk to chunk).
+const FILE_BLOCK: usize = 1 << 20;
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Appends ids as little-endian integers of `width` bytes (2: the caller knows they fit).
 pub fn ids_to_le_bytes(ids: &[u32], width: usize, out: &mut Vec<u8>) {
     out.reserve(ids.len() * width);
@@ -628,6 +782,19 @@ pub fn ids_to_le_bytes(ids: &[u32], width: usize, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pack_equals_the_bytes_and_length() {
+        let data: Vec<u8> = (1..=20u8).map(|b| b.wrapping_mul(37)).collect();
+        for n in 0..=15 {
+            let mut want = [0u8; 16];
+            want[..n].copy_from_slice(&data[..n]);
+            want[15] = n as u8;
+            let got = BytesMap::<()>::pack(&data[..n]);
+            assert_eq!(got, Some(u128::from_le_bytes(want)), "length {n}");
+        }
+        assert_eq!(BytesMap::<()>::pack(&data[..16]), None);
+    }
 
     fn toy() -> Encoder {
         let mut vocab: Vec<(u32, Vec<u8>)> = (0..=255u8).map(|b| (b as u32, vec![b])).collect();
@@ -690,5 +857,47 @@ mod tests {
         let text = "abc aab <|e|> zz";
         assert_eq!(e.decode_bytes(&e.encode(text)).unwrap(), text.as_bytes());
         assert_eq!(e.decode_bytes(&[1_000_000]), Err(1_000_000));
+    }
+
+    #[test]
+    fn batch_in_input_order_on_any_thread_count() {
+        let e = toy();
+        let texts: Vec<String> = (0..5000)
+            .map(|i| "ab c aab<|e|>".repeat(i % 7) + &"x".repeat(i % 13))
+            .collect();
+        let want: Vec<Vec<u32>> = texts.iter().map(|t| e.encode(t)).collect();
+        for threads in [1, 2, 3, 8] {
+            assert_eq!(
+                e.encode_batch(&texts, threads, true),
+                want,
+                "threads={threads}"
+            );
+        }
+        let ordinary: Vec<Vec<u32>> = texts.iter().map(|t| e.encode_ordinary(t)).collect();
+        assert_eq!(e.encode_batch(&texts, 2, false), ordinary);
+        assert!(e.encode_batch::<&str>(&[], 2, true).is_empty());
+    }
+
+    #[test]
+    fn batch_sink_error_stops_and_is_returned() {
+        let e = toy();
+        let texts = vec!["abc"; 10_000];
+        let mut seen = 0;
+        let r = e.encode_batch_in_order(
+            &texts,
+            2,
+            true,
+            |take| take(),
+            |ids| {
+                assert_eq!(ids, [257]);
+                seen += 1;
+                if seen == 1234 {
+                    Err("full")
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        assert_eq!((r, seen), (Err("full"), 1234));
     }
 }

@@ -1,6 +1,7 @@
 """Encoding: exact against tiktoken and the pure-Python reference; batches, numpy, streaming, files,
 other formats, long repetitive input, and bad input."""
 
+import gc
 import gzip
 import itertools
 import json
@@ -315,8 +316,23 @@ def test_encode_batch_equals_encode(request, name, num_threads):
     texts = lines + ["", EOT, "a" + EOT + EOT + "b", "x" * 5000, " " * 3000 + "\n" * 100, corpus("zh_fortunes.txt")[:20_000]]
     assert len(texts) > 2 * 8 * 256  # several groups of texts per thread
     assert tok.encode_batch(texts, num_threads=num_threads) == [tok.encode(t) for t in texts]
+    assert tok.encode_batch(texts[::-1], num_threads=num_threads + 1) == [tok.encode(t) for t in texts[::-1]]
     assert tok.encode_batch(tuple(texts[:50]), num_threads=num_threads) == [tok.encode(t) for t in texts[:50]]
     assert tok.encode_batch([], num_threads=num_threads) == []
+
+
+@pytest.mark.parametrize("name", ["gpt2", "cl100k"])
+def test_id_lists_are_plain_lists_the_collector_skips(request, name):
+    # Lists of ints cannot form cycles; untracked, they cost the collector nothing (the named
+    # patterns encode in Rust; a custom regex's lists are made in Python).
+    tok = request.getfixturevalue(name)
+    results = [tok.encode("hello world"), tok.encode_ordinary("hello world"), *tok.encode_batch(["a b", "c"] * 300, num_threads=2)]
+    for ids in results:
+        assert type(ids) is list and not gc.is_tracked(ids)
+    ids = results[0]
+    ids.append(7)
+    ids.append([1])  # still an ordinary, mutable list
+    assert ids[-2:] == [7, [1]] and ids[:-2] == tok.encode("hello world")
 
 
 @settings(HYP, max_examples=100)
