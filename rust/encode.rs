@@ -453,13 +453,34 @@ impl Encoder {
             return Ok(());
         }
         // Texts are handed out in small groups from a shared counter, so long and short texts
-        // balance across threads; finished groups wait in `ready` until their turn.
+        // balance across threads; finished groups wait in `ready` until their turn. The calling
+        // thread is one of the `threads`: it turns finished groups into results in order, and
+        // when the next one is not finished yet it encodes a group itself rather than wait.
         let group = (texts.len() / (threads * 16)).clamp(1, 256);
         let next = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
         let ready: Mutex<FxHashMap<usize, Group>> = Mutex::default();
         let arrived = Condvar::new();
-        let running = AtomicUsize::new(threads);
+        let running = AtomicUsize::new(threads - 1);
+        // Claims the next group and encodes it; None when every group has been claimed.
+        let encode_next = |cache: &mut PieceCache| -> Option<Group> {
+            let start = next.fetch_add(group, Ordering::Relaxed);
+            if start >= texts.len() || stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            let part = &texts[start..(start + group).min(texts.len())];
+            let bytes: usize = part.iter().map(|t| t.as_ref().len()).sum();
+            let mut done = Group {
+                start,
+                ids: Vec::with_capacity(bytes / 4 + 1),
+                ends: Vec::with_capacity(part.len()),
+            };
+            for t in part {
+                self.encode_cached(t.as_ref(), with_specials, &mut done.ids, cache);
+                done.ends.push(done.ids.len());
+            }
+            Some(done)
+        };
         // Counts a worker out however it ends, so a panic cannot leave the caller waiting.
         struct Exit<'a>(
             &'a AtomicUsize,
@@ -474,37 +495,18 @@ impl Encoder {
             }
         }
         std::thread::scope(|scope| {
-            for _ in 0..threads {
+            for _ in 1..threads {
                 scope.spawn(|| {
                     let _exit = Exit(&running, &ready, &arrived);
                     let mut cache = PieceCache::default();
-                    while !stop.load(Ordering::Relaxed) {
-                        let start = next.fetch_add(group, Ordering::Relaxed);
-                        if start >= texts.len() {
-                            break;
-                        }
-                        let part = &texts[start..(start + group).min(texts.len())];
-                        let bytes: usize = part.iter().map(|t| t.as_ref().len()).sum();
-                        let mut done = Group {
-                            ids: Vec::with_capacity(bytes / 4 + 1),
-                            ends: Vec::with_capacity(part.len()),
-                        };
-                        for t in part {
-                            self.encode_cached(
-                                t.as_ref(),
-                                with_specials,
-                                &mut done.ids,
-                                &mut cache,
-                            );
-                            done.ends.push(done.ids.len());
-                        }
-                        lock(&ready).insert(start, done);
+                    while let Some(done) = encode_next(&mut cache) {
+                        lock(&ready).insert(done.start, done);
                         arrived.notify_all();
                     }
                 });
             }
-            // The calling thread takes the groups in order. None: every worker has ended
-            // without producing the group (a panic, which the scope then passes on).
+            // Waits for the group at `start` from the workers. None: every worker has ended
+            // without producing it (a panic, which the scope then passes on).
             let take = |start: usize| {
                 let mut map = lock(&ready);
                 loop {
@@ -517,11 +519,23 @@ impl Encoder {
                     map = arrived.wait(map).unwrap_or_else(PoisonError::into_inner);
                 }
             };
+            let own_cache = Mutex::new(PieceCache::default());
             let mut start = 0;
             while start < texts.len() {
                 let ready_now = lock(&ready).remove(&start);
-                let Some(done) = ready_now.or_else(|| wait(&|| take(start))) else {
-                    break;
+                let done = match ready_now {
+                    Some(done) => done,
+                    None => match wait(&|| encode_next(&mut lock(&own_cache))) {
+                        Some(done) if done.start == start => done,
+                        Some(done) => {
+                            lock(&ready).insert(done.start, done);
+                            continue;
+                        }
+                        None => match wait(&|| take(start)) {
+                            Some(done) => done,
+                            None => break,
+                        },
+                    },
                 };
                 start += done.ends.len();
                 let mut from = 0;
@@ -753,9 +767,10 @@ impl PieceCache {
     }
 }
 
-/// The ids of a run of consecutive texts of a batch, one after another; text `i` of the run
-/// ends at `ends[i]`.
+/// The ids of a run of consecutive texts of a batch, the first being text `start`, one after
+/// another; text `start + i` ends at `ends[i]`.
 pub struct Group {
+    start: usize,
     ids: Vec<u32>,
     ends: Vec<usize>,
 }
