@@ -47,6 +47,9 @@ impl Ord for Entry {
     }
 }
 
+/// Merges in priority order, each as (left bytes, right bytes).
+pub type Merges = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Learns up to `num_merges` merges from words (piece bytes) and their counts.
 ///
 /// Returns the merges as `(left bytes, right bytes)` in creation order; fewer than `num_merges`
@@ -55,7 +58,7 @@ pub fn train<'a, I>(
     words: I,
     num_merges: usize,
     hook: &mut dyn FnMut(usize) -> Result<(), Interrupted>,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Interrupted>
+) -> Result<Merges, Interrupted>
 where
     I: IntoIterator<Item = (&'a [u8], u64)>,
 {
