@@ -349,18 +349,9 @@ impl Encoder {
         });
     }
 
-    /// Encodes text without special-token handling.
-    pub fn encode_ordinary_into(&self, text: &str, out: &mut Vec<u32>) {
-        self.encode_segment(text, out, &mut PieceCache::default());
-    }
-
-    /// Encodes text; special tokens in it become their ids.
-    pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
-        self.encode_cached(text, true, out, &mut PieceCache::default());
-    }
-
-    /// `encode_into` (or `encode_ordinary_into` without specials) with a cache that outlives
-    /// the call: a thread encoding many texts keeps one, so short texts still find their words.
+    /// Encodes `text` into `out`; with `with_specials`, special tokens in it become their ids,
+    /// otherwise they are plain text. The cache may outlive the call: a thread encoding many
+    /// texts keeps one, so short texts still find their words.
     fn encode_cached(
         &self,
         text: &str,
@@ -380,16 +371,21 @@ impl Encoder {
         self.encode_segment(&text[last..], out, cache);
     }
 
-    pub fn encode(&self, text: &str) -> Vec<u32> {
+    /// `encode` with special tokens, `encode_ordinary` without.
+    pub fn encode_with(&self, text: &str, with_specials: bool) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 4 + 1);
-        self.encode_into(text, &mut out);
+        self.encode_cached(text, with_specials, &mut out, &mut PieceCache::default());
         out
     }
 
+    /// Encodes text; special tokens in it become their ids.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.encode_with(text, true)
+    }
+
+    /// Encodes text without special-token handling.
     pub fn encode_ordinary(&self, text: &str) -> Vec<u32> {
-        let mut out = Vec::with_capacity(text.len() / 4 + 1);
-        self.encode_ordinary_into(text, &mut out);
-        out
+        self.encode_with(text, false)
     }
 
     /// Special-token matches in `text` as (start, end, id).
@@ -427,8 +423,9 @@ impl Encoder {
     /// Encodes many texts on `num_threads` threads and hands each result to `sink` on the
     /// calling thread, in input order, as soon as it and all before it are done: the caller
     /// converts early results (into Python lists, say) while later texts are still encoding.
-    /// Every blocking wait for results runs inside `wait` (the Python binding releases the GIL
-    /// there). An error from `sink` stops the workers and is returned.
+    /// The calling thread's own encoding and its waits for other threads' results run inside
+    /// `wait` (the Python binding releases the GIL there); `sink` runs outside it. An error from
+    /// `sink` stops the workers and is returned.
     pub fn encode_batch_in_order<S, W, E>(
         &self,
         texts: &[S],
@@ -442,20 +439,10 @@ impl Encoder {
         W: FnMut(&(dyn Fn() -> Option<Group> + Sync)) -> Option<Group>,
     {
         let threads = num_threads.clamp(1, texts.len().max(1));
-        if threads == 1 {
-            let mut cache = PieceCache::default();
-            let mut ids = Vec::new();
-            for t in texts {
-                ids.clear();
-                self.encode_cached(t.as_ref(), with_specials, &mut ids, &mut cache);
-                sink(&ids)?;
-            }
-            return Ok(());
-        }
         // Texts are handed out in small groups from a shared counter, so long and short texts
         // balance across threads; finished groups wait in `ready` until their turn. The calling
-        // thread is one of the `threads`: it turns finished groups into results in order, and
-        // when the next one is not finished yet it encodes a group itself rather than wait.
+        // thread is one of the `threads` (with one, the only one): it turns finished groups into
+        // results in order, and when the next one is not finished it encodes a group itself.
         let group = (texts.len() / (threads * 16)).clamp(1, 256);
         let next = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);

@@ -253,6 +253,22 @@ impl CoreEncoder {
         Ok(CoreEncoder { enc, ints })
     }
 
+    /// The ids of `text` as a list, special tokens as their ids or not. Short texts keep the GIL:
+    /// releasing and retaking it would cost more than the work.
+    fn encode_list<'py>(
+        &self,
+        py: Python<'py>,
+        text: &str,
+        with_specials: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let ids = if text.len() < 4096 {
+            self.enc.encode_with(text, with_specials)
+        } else {
+            py.detach(|| self.enc.encode_with(text, with_specials))
+        };
+        self.list(py, &ids)
+    }
+
     /// `ids` as a Python list of ints, left out of the cyclic garbage collector: a list that
     /// holds only ints cannot be part of a cycle, and a tracked one is walked item by item at
     /// every collection that reaches it (a batch of short texts makes thousands of lists, and
@@ -302,22 +318,11 @@ impl CoreEncoder {
     }
 
     fn encode<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyList>> {
-        // Short texts: releasing and retaking the GIL would cost more than the work.
-        let ids = if text.len() < 4096 {
-            self.enc.encode(text)
-        } else {
-            py.detach(|| self.enc.encode(text))
-        };
-        self.list(py, &ids)
+        self.encode_list(py, text, true)
     }
 
     fn encode_ordinary<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyList>> {
-        let ids = if text.len() < 4096 {
-            self.enc.encode_ordinary(text)
-        } else {
-            py.detach(|| self.enc.encode_ordinary(text))
-        };
-        self.list(py, &ids)
+        self.encode_list(py, text, false)
     }
 
     /// Ids of pieces cut elsewhere (a custom regex applied in Python).
@@ -342,11 +347,7 @@ impl CoreEncoder {
         with_specials: bool,
     ) -> Bound<'py, PyByteArray> {
         let buf = py.detach(|| {
-            let ids = if with_specials {
-                self.enc.encode(text)
-            } else {
-                self.enc.encode_ordinary(text)
-            };
+            let ids = self.enc.encode_with(text, with_specials);
             let mut buf = Vec::new();
             crate::encode::ids_to_le_bytes(&ids, width, &mut buf);
             buf
