@@ -402,24 +402,73 @@ fn cl100k_piece_end(s: &[u8], pos: usize) -> usize {
             }
         }
     }
+    // 4, else a run of whitespace.
+    let run = match punct_or_space(s, (pos, next), b, k, after, false) {
+        Tail::Punct(end) => return end,
+        Tail::Space(run) => run,
+    };
+    if run.end == s.len() {
+        // 5. `\s++$`: the run reaches the end of the text. (`$` also matches before a final
+        // "\n", but the possessive `\s++` has taken that "\n" already and never gives it back.)
+        run.end
+    } else if run.after_newline != 0 {
+        // 6. `\s*[\r\n]`: backtracks to the last \r or \n of the run.
+        run.after_newline
+    } else if run.last_start > pos {
+        // 7. `\s+(?!\S)`: backs off one character, leaving the last space of the run to start
+        // the next piece (usually " word").
+        run.last_start
+    } else {
+        // 8. A single whitespace character before a non-space.
+        run.end
+    }
+}
+
+/// How a cl100k or o200k piece ends once neither a letter nor a number alternative matched.
+enum Tail {
+    /// ` ?[^\s\p{L}\p{N}]+[\r\n]*` (`[\r\n/]*` for o200k) matched; the piece ends here.
+    Punct(usize),
+    /// A run of whitespace; each pattern decides where in it the piece ends.
+    Space(WhitespaceRun),
+}
+
+/// A run of whitespace [pos, end): `last_start` is where its last character starts,
+/// `after_newline` is just past its last \r or \n (0: none).
+struct WhitespaceRun {
+    end: usize,
+    last_start: usize,
+    after_newline: usize,
+}
+
+/// The tail shared by cl100k and o200k at `pos`, whose first byte is `b`, whose character has
+/// class `k` and ends at `next`, and `after` the class and length of the character there.
+/// `slash`: `/` joins the newline run.
+#[inline(always)]
+fn punct_or_space(
+    s: &[u8],
+    (pos, next): (usize, usize),
+    b: u8,
+    k: u8,
+    after: Option<(u8, usize)>,
+    slash: bool,
+) -> Tail {
     if k != WS {
-        // 4. without the space: a run of punctuation, then any \r and \n after it.
+        // 4. without the space: a run of punctuation (marks included), then any \r, \n (and /).
         let end = run_end_in(s, next, PUNCT);
-        return newlines_end(s, end, false);
+        return Tail::Punct(newlines_end(s, end, slash));
     }
     if b == b' ' {
         if let Some((k2, n2)) = after {
             if is_in(k2, PUNCT) {
                 // 4. with the space.
                 let end = run_end_in(s, next + n2, PUNCT);
-                return newlines_end(s, end, false);
+                return Tail::Punct(newlines_end(s, end, slash));
             }
         }
     }
-    // A run of whitespace [pos, end).
     let mut end = next;
-    let mut last_start = pos; // start of its last character
-    let mut after_newline = if b == b'\r' || b == b'\n' { next } else { 0 }; // 0: no \r or \n
+    let mut last_start = pos;
+    let mut after_newline = if b == b'\r' || b == b'\n' { next } else { 0 };
     while end < s.len() {
         let (k, n) = class_at(s, end);
         if k != WS {
@@ -431,21 +480,11 @@ fn cl100k_piece_end(s: &[u8], pos: usize) -> usize {
         last_start = end;
         end += n;
     }
-    if end == s.len() {
-        // 5. `\s++$`: the run reaches the end of the text. (`$` also matches before a final
-        // "\n", but the possessive `\s++` has taken that "\n" already and never gives it back.)
-        end
-    } else if after_newline != 0 {
-        // 6. `\s*[\r\n]`: backtracks to the last \r or \n of the run.
-        after_newline
-    } else if last_start > pos {
-        // 7. `\s+(?!\S)`: backs off one character, leaving the last space of the run to start
-        // the next piece (usually " word").
-        last_start
-    } else {
-        // 8. A single whitespace character before a non-space.
-        end
-    }
+    Tail::Space(WhitespaceRun {
+        end,
+        last_start,
+        after_newline,
+    })
 }
 
 /// Byte index after the run of `\r`, `\n` (and `/` when `slash`) starting at `i`.
@@ -557,46 +596,22 @@ fn o200k_piece_end(s: &[u8], pos: usize) -> usize {
             }
         }
     }
-    if k != WS {
-        // 4. without the space: a run of punctuation (marks included), then any \r, \n, /.
-        let end = run_end_in(s, next, PUNCT);
-        return newlines_end(s, end, true);
-    }
-    if b == b' ' {
-        if let Some((k2, n2)) = after {
-            if is_in(k2, PUNCT) {
-                // 4. with the space.
-                let end = run_end_in(s, next + n2, PUNCT);
-                return newlines_end(s, end, true);
-            }
-        }
-    }
-    // A run of whitespace [pos, end).
-    let mut end = next;
-    let mut last_start = pos;
-    let mut after_newline = if b == b'\r' || b == b'\n' { next } else { 0 };
-    while end < s.len() {
-        let (k, n) = class_at(s, end);
-        if k != WS {
-            break;
-        }
-        if s[end] == b'\r' || s[end] == b'\n' {
-            after_newline = end + 1;
-        }
-        last_start = end;
-        end += n;
-    }
-    if after_newline != 0 {
+    // 4, else a run of whitespace.
+    let run = match punct_or_space(s, (pos, next), b, k, after, true) {
+        Tail::Punct(end) => return end,
+        Tail::Space(run) => run,
+    };
+    if run.after_newline != 0 {
         // 5. `\s*[\r\n]+`: `\s*` backtracks to the last \r or \n of the run, which `[\r\n]+`
         // then takes (the character after it is not \r or \n). Unlike cl100k there is no
         // `\s++$`, so "  \n  " at the end of the text is "  \n", "  ".
-        after_newline
-    } else if end == s.len() || last_start == pos {
+        run.after_newline
+    } else if run.end == s.len() || run.last_start == pos {
         // 6 at the end of the text, or 7 for a single whitespace character before a non-space.
-        end
+        run.end
     } else {
         // 6. `\s+(?!\S)`: backs off one character.
-        last_start
+        run.last_start
     }
 }
 
