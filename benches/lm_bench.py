@@ -73,9 +73,8 @@ PROBE = dict(max_steps=30, eval_every=5, checkpoint_every=7)
 
 def prepare_data(corpus: str, vocab_size: int, cache: str) -> tuple[str, str, dict]:
     """Tokenizer + train/val token files in `cache`, rebuilt only when the corpus or vocab changes."""
-    import numpy as np
-
     import fastbpe
+    from fastbpe import token_files
 
     corpus = os.path.abspath(corpus)
     st = os.stat(corpus)
@@ -94,15 +93,9 @@ def prepare_data(corpus: str, vocab_size: int, cache: str) -> tuple[str, str, di
     t0 = time.perf_counter()
     tok = fastbpe.train(corpus, vocab_size, progress=False)
     tok.save(tok_path)
-    tok.encode_file(corpus, train_bin, metadata={"tokenizer": tok_path}, progress=False)
-    with open(train_bin + ".json") as f:
-        meta = json.load(f)
-    data = np.fromfile(train_bin, dtype=np.dtype(meta["dtype"]).newbyteorder("<"))
-    cut = int(len(data) * (1 - VAL_FRACTION))
-    for path, part, split in ((val_bin, data[cut:], "val"), (train_bin, data[:cut], "train")):
-        part.tofile(path)
-        with open(path + ".json", "w") as f:
-            json.dump({**meta, "num_tokens": len(part), "split": split}, f, indent=1)
+    with token_files.scratch_path(train_bin) as whole:
+        tok.encode_file(corpus, whole, metadata={"tokenizer": tok_path}, progress=False)
+        token_files.split_tokens(whole, train_bin, val_bin, VAL_FRACTION)
     with open(stamp_path, "w") as f:
         json.dump(stamp, f)
     return train_bin, val_bin, {"reused": False, "seconds": time.perf_counter() - t0}

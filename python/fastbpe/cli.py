@@ -3,15 +3,109 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import time
 import warnings
 
 
-def _die(msg: str) -> None:
-    print(f"fastbpe: error: {msg}", file=sys.stderr)
+def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror and e.filename is None:
+        return e.strerror  # a message that names its file itself: without "[Errno N]"
+    return str(e)
+
+
+def _die(msg) -> None:
+    """One line on stderr and exit status 2; `msg` may be an exception."""
+    print(f"fastbpe: error: {_message(msg) if isinstance(msg, BaseException) else msg}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, without the source line that raised them."""
+    print(f"fastbpe: warning: {message}", file=file or sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors (a missing argument, a value that is not a number) as one line, exit 2."""
+
+    def error(self, message: str) -> None:
+        _die(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _input_file(path: str, what: str = "file") -> None:
+    """Exit with one line unless `path` is a file this process can read."""
+    if not os.path.exists(path):
+        _die(f"no such {what}: {path}")
+    if os.path.isdir(path):
+        _die(f"{path} is a folder; give a {what} inside it")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        _die(f"cannot read {path}: {e.strerror or e}")
+
+
+def _outputs(outputs: list[tuple[str, str]], inputs: list[tuple[str, str]]) -> None:
+    """Exit with one line unless every output can be written without replacing an input or
+    another output; runs before any long work. Missing folders are created."""
+    from fastbpe import _io
+
+    try:
+        _io.refuse_overwrite(outputs, inputs)
+        for _, path in outputs:
+            _io.check_writable(path, create_folder=True)
+    except (ValueError, OSError) as e:
+        _die(e)
+
+
+def _token_outputs(outputs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Token files and their sidecars, which are written too."""
+    from fastbpe.token_files import sidecar_path
+
+    return [item for what, p in outputs for item in ((what, p), (f"the sidecar of {what}", sidecar_path(p)))]
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that temporary files are removed."""
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C and SIGTERM end the command with one line and status 130 or 143, after the writers
+    have removed their temporary files (a `kill -9` cannot be caught: the next write into the
+    same folder removes what it left)."""
+
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("fastbpe: interrupted; unfinished outputs were removed", file=sys.stderr)
+        raise SystemExit(130) from None
+    except _Terminated:
+        print("fastbpe: terminated (SIGTERM); unfinished outputs were removed", file=sys.stderr)
+        raise SystemExit(143) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _load_tokenizer(path: str):
+    import fastbpe
+
+    _input_file(path, "tokenizer")
+    try:
+        return fastbpe.Tokenizer.load(path)
+    except (ValueError, OSError) as e:
+        _die(f"{path}: {e}" if path not in str(e) else str(e))
 
 
 def _summary(tok, corpus: str, seconds: float, num_merges: int) -> None:
@@ -31,25 +125,37 @@ def _summary(tok, corpus: str, seconds: float, num_merges: int) -> None:
     print("last merges       " + "  ".join(repr(t.decode("utf-8", errors="replace")) for t in last))
 
 
+def _check_pattern(pattern: str) -> None:
+    """A plain word that is not a pattern's name is a typo, not a regex (as a regex it would keep
+    only the places where that word occurs)."""
+    from fastbpe import patterns
+
+    names = sorted(patterns.NAMED)
+    if pattern != "none" and pattern not in names and pattern.replace("_", "").isalnum():
+        _die(f"--pattern {pattern!r} is not a pattern name ({', '.join(names + ['none'])}) and not a regex")
+
+
 def cmd_train_tokenizer(args) -> None:
     import fastbpe
 
     for p in args.corpus:
-        if not os.path.isfile(p):
-            _die(f"no such file: {p}")
+        _input_file(p)
+    _check_pattern(args.pattern)
+    _outputs([("--out", args.out)], [("the corpus", p) for p in args.corpus])
     t0 = time.perf_counter()
-    try:
-        tok = fastbpe.train(
-            args.corpus,
-            args.vocab_size,
-            special_tokens=args.special_token,
-            pattern=None if args.pattern == "none" else args.pattern,
-            num_threads=args.threads,
-        )
-    except (ValueError, OSError) as e:
-        _die(str(e))
-    seconds = time.perf_counter() - t0
-    tok.save(args.out)
+    with _interruptible():
+        try:
+            tok = fastbpe.train(
+                args.corpus,
+                args.vocab_size,
+                special_tokens=args.special_token,
+                pattern=None if args.pattern == "none" else args.pattern,
+                num_threads=args.threads,
+            )
+            seconds = time.perf_counter() - t0
+            tok.save(args.out)
+        except (ValueError, OSError) as e:
+            _die(e)
     _summary(tok, args.corpus[0], seconds, len(tok.merges))
     print(f"saved             {args.out}")
 
@@ -59,18 +165,24 @@ def cmd_compare(args) -> None:
     import fastbpe
     from fastbpe.simple import ByteTokenizer, CharacterTokenizer, WordTokenizer, compression_ratio
 
-    if not os.path.isfile(args.file):
-        _die(f"no such file: {args.file}")
-    with open(args.file, encoding="utf-8", errors="replace", newline="") as f:
-        text = f.read(args.max_bytes)
+    _input_file(args.file)
+    if args.max_bytes < 1:
+        _die(f"--max-bytes must be positive, got {args.max_bytes}")
+    bpe = _load_tokenizer(args.tokenizer) if args.tokenizer else None
+    try:
+        with open(args.file, encoding="utf-8", errors="replace", newline="") as f:
+            text = f.read(args.max_bytes)
+    except OSError as e:
+        _die(f"cannot read {args.file}: {e.strerror or e}")
     # Word vocabulary and BPE are learned on the first 90% and measured on the whole text, so
     # the word tokenizer meets unseen words as it would in use.
     cut = int(len(text) * 0.9)
     train_part = text[:cut]
-    if args.tokenizer:
-        bpe = fastbpe.Tokenizer.load(args.tokenizer)
-    else:
-        bpe = fastbpe.train(iter([train_part]), args.vocab_size, progress=False)
+    if bpe is None:
+        try:
+            bpe = fastbpe.train(iter([train_part]), args.vocab_size, progress=False)
+        except ValueError as e:
+            _die(f"{args.file}: {e}")
     tokenizers = [
         ("character", CharacterTokenizer()),
         ("byte", ByteTokenizer()),
@@ -90,62 +202,54 @@ def cmd_compare(args) -> None:
         print(f"| {name} | {tok.vocab_size:,} | {ratio:.2f} | {unk_rate:.2%} | {seconds:.3f} |")
 
 
-def _split_tokens(path: str, val_path: str, fraction: float, eot: int | None) -> tuple[int, int]:
-    """Move the last `fraction` of a token file (from a document start when possible) into
-    `val_path`; both files and their metadata are rewritten atomically."""
-    import json
-
-    import numpy as np
-
-    from fastbpe.token_files import copy_tokens
-
-    with open(path + ".json") as f:
-        meta = json.load(f)
-    data = np.memmap(path, dtype=np.dtype(meta["dtype"]).newbyteorder("<"), mode="r")
-    n = len(data)
-    cut = int(n * (1 - fraction))
-    if eot is not None:
-        # Start the validation split just after an end-of-text token, so no document is cut.
-        window = np.asarray(data[cut : min(n, cut + 1_000_000)])
-        hits = np.flatnonzero(window == eot)
-        if len(hits):
-            cut += int(hits[0]) + 1
-    if not 0 < cut < n:
-        _die(f"{path}: {n} tokens are too few to split off a validation fraction of {fraction}")
-    copy_tokens(data, cut, n, val_path, {**meta, "num_tokens": n - cut, "split": "val"})
-    copy_tokens(data, 0, cut, path, {**meta, "num_tokens": cut, "split": "train"})
-    return cut, n - cut
-
-
 def cmd_encode(args) -> None:
-    import fastbpe
+    from fastbpe import token_files
 
-    if not os.path.isfile(args.corpus):
-        _die(f"no such file: {args.corpus}")
-    if not os.path.isfile(args.tokenizer):
-        _die(f"no such tokenizer: {args.tokenizer} (make one with fastbpe train-tokenizer)")
-    if args.val_out and not 0 < args.val_fraction < 1:
+    _input_file(args.corpus)
+    _input_file(args.tokenizer, "tokenizer")
+    if args.val_out is not None and not 0 < args.val_fraction < 1:
         _die(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
-    try:
-        tok = fastbpe.Tokenizer.load(args.tokenizer)
-    except ValueError as e:
-        _die(str(e))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    outputs = [("--out", args.out)] + ([("--val-out", args.val_out)] if args.val_out is not None else [])
+    _outputs(_token_outputs(outputs), [("the corpus", args.corpus), ("--tokenizer", args.tokenizer)])
+    tok = _load_tokenizer(args.tokenizer)
     t0 = time.perf_counter()
-    try:
-        arr = tok.encode_file(args.corpus, args.out, num_threads=args.threads,
-                              metadata={"tokenizer": os.path.abspath(args.tokenizer)})
-    except (ValueError, OSError) as e:
-        _die(str(e))
-    seconds = time.perf_counter() - t0
-    n = len(arr)
-    del arr
-    mb = os.path.getsize(args.corpus) / 1e6
-    print(f"encoded {args.corpus} ({mb:.1f} MB) into {n:,} tokens in {seconds:.2f} s ({mb / seconds:.1f} MB/s)")
-    if args.val_out:
-        eot = tok.special_token_ids.get("<|endoftext|>")
-        n_train, n_val = _split_tokens(args.out, args.val_out, args.val_fraction, eot)
-        print(f"split: {n_train:,} training tokens in {args.out}, {n_val:,} validation tokens in {args.val_out}")
+    with _interruptible(), contextlib.ExitStack() as stack:
+        # With a validation split, nothing goes under --out before the split: the whole stream
+        # is encoded into a scratch file first (removed at the end, whatever happens).
+        target = stack.enter_context(token_files.scratch_path(args.out)) if args.val_out is not None else args.out
+        try:
+            arr = tok.encode_file(args.corpus, target, num_threads=args.threads,
+                                  metadata={"tokenizer": os.path.abspath(args.tokenizer)})
+        except (ValueError, OSError) as e:
+            _die(_message(e).replace(target, args.out))
+        seconds = time.perf_counter() - t0
+        n = len(arr)
+        del arr
+        mb = os.path.getsize(args.corpus) / 1e6
+        print(f"encoded {args.corpus} ({mb:.1f} MB) into {n:,} tokens in {seconds:.2f} s ({mb / max(seconds, 1e-9):.1f} MB/s)")
+        if args.val_out is not None:
+            eot = tok.special_token_ids.get("<|endoftext|>")
+            try:
+                n_train, n_val = token_files.split_tokens(target, args.out, args.val_out, args.val_fraction, eot)
+            except (ValueError, OSError) as e:
+                _die(f"{args.corpus}: {e}")
+            print(f"split: {n_train:,} training tokens in {args.out}, {n_val:,} validation tokens in {args.val_out}")
+
+
+def cmd_verify_tokens(args) -> None:
+    """Check token files completely: sidecar, size and checksum, and report the largest id."""
+    from fastbpe import token_files
+
+    for path in args.files:
+        try:
+            scan = token_files.scan_tokens(path)
+        except (ValueError, OSError) as e:
+            _die(e)
+        meta = scan.metadata
+        checked = "checksum ok" if scan.checksum_verified else "size ok, no checksum recorded (re-encode to add one)"
+        largest = "" if scan.max_id is None else f", largest id {scan.max_id:,}"
+        vocab = f" (vocab_size {meta['vocab_size']:,})" if isinstance(meta.get("vocab_size"), int) else ""
+        print(f"{path}: {meta['num_tokens']:,} {meta['dtype']} tokens{largest}{vocab}, {checked}")
 
 
 def _lm():
@@ -255,7 +359,7 @@ def cmd_demo(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="fastbpe", description="Byte-level BPE tokenizers and the LM path after them.")
+    parser = _Parser(prog="fastbpe", description="Byte-level BPE tokenizers and the LM path after them.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train-tokenizer", help="learn a BPE tokenizer from text files")
@@ -284,6 +388,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=None, help="default: all cores")
     p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("verify-tokens", help="check token files: sidecar, size, checksum; print the largest id")
+    p.add_argument("files", nargs="+", help="token files written by fastbpe encode")
+    p.set_defaults(func=cmd_verify_tokens)
 
     p = sub.add_parser("lm", help="train and sample language models")
     lm_sub = p.add_subparsers(dest="lm_command", required=True)
@@ -332,6 +440,7 @@ def main(argv: list[str] | None = None) -> None:
         args.special_token = ["<|endoftext|>"]
     with warnings.catch_warnings():
         warnings.simplefilter("default")
+        warnings.showwarning = _show_warning
         args.func(args)
 
 

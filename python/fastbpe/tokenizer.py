@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property, lru_cache
 
 import numpy as np
 import regex
 
-from fastbpe import _core, _progress, patterns
-from fastbpe._io import temporary_path, write_atomic
+from fastbpe import _core, _progress, patterns, token_files
+from fastbpe._io import refuse_overwrite, write_atomic
 
 UnknownTokenError = _core.UnknownTokenError
 
@@ -219,54 +221,50 @@ class Tokenizer:
         """Encode a UTF-8 file into a flat token array on disk; returns it as an np.memmap.
 
         The file is cut at safe places (after special tokens, between lines), encoded in
-        parallel, and streamed to disk in order with bounded memory. The data is written under a
-        temporary name and renamed when complete; `<out_path>.json` records the dtype, the number
-        of tokens and the tokenizer (with any `metadata` given).
+        parallel, and streamed to disk in order with bounded memory. `out_path` and its sidecar
+        `<out_path>.json` (dtype, number of tokens, size, checksum, the tokenizer, any `metadata`
+        given) appear together and complete, or not at all: see `fastbpe.token_files`. An output
+        that is the input file (or a link to it) is refused with ValueError.
         """
         path, out_path = os.fspath(path), os.fspath(out_path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no such file: '{path}'")
         if os.path.isdir(path):
             raise IsADirectoryError(f"'{path}' is a directory; give a text file")
+        refuse_overwrite([("out_path", out_path), ("its sidecar", token_files.sidecar_path(out_path))], [("the input", path)])
         dtype = self.dtype if dtype is None else np.dtype(dtype)
         if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
             raise ValueError(f"dtype must be uint16 or uint32, not {dtype}")
         if max(self.vocab) >= 1 << (8 * dtype.itemsize):
             raise ValueError(f"dtype {dtype} cannot hold id {max(self.vocab)}: use uint32")
-        tmp = temporary_path(out_path, ".bin")
+        meta = {
+            "vocab_size": self.vocab_size,
+            "source": os.path.abspath(path),
+            "tokenizer_sha256": self.fingerprint(),
+            **(metadata or {}),
+        }
         bar = _progress.Bar(f"encoding {os.path.basename(path)}", os.path.getsize(path), "MB", 1e6) if _progress.wanted(progress) else None
-        try:
+        with token_files.TokenWriter(out_path, dtype, meta) as writer:
             if self._custom is None:
-                n = self._core.encode_file(path, tmp, dtype.itemsize, _threads(num_threads), bar)
+                try:
+                    n = self._core.encode_file(path, writer.tmp, dtype.itemsize, _threads(num_threads), bar)
+                except OSError as e:
+                    named = _write_error(e, out_path)
+                    if named is None:
+                        raise
+                    raise named from None
+                writer.adopt(n)
             else:
-                n = self._encode_file_python(path, tmp, dtype, bar)
+                n = self._encode_file_python(path, writer, bar)
             if bar:
                 bar.close()
-            meta = {
-                "format": "fastbpe.tokens",
-                "version": 1,
-                "dtype": dtype.name,
-                "byteorder": "little",
-                "num_tokens": n,
-                "vocab_size": self.vocab_size,
-                "source": os.path.abspath(path),
-                "tokenizer_sha256": self.fingerprint(),
-                **(metadata or {}),
-            }
-            write_atomic(out_path + ".json", json.dumps(meta, indent=1).encode())
-            os.replace(tmp, out_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         if n == 0:
             return np.zeros(0, dtype=dtype)  # an empty file cannot be memory-mapped
         return np.memmap(out_path, dtype=dtype.newbyteorder("<"), mode="r")
 
-    def _encode_file_python(self, path: str, tmp: str, dtype: np.dtype, bar) -> int:
+    def _encode_file_python(self, path: str, writer: token_files.TokenWriter, bar) -> int:
         """Custom patterns: stream the file's lines through `encode_iterable`."""
-        n = 0
-        with open(path, "rb") as f, open(tmp, "wb") as out:
+        with open(path, "rb") as f:
 
             def lines():
                 done = 0
@@ -287,12 +285,10 @@ class Tokenizer:
             for i in self.encode_iterable(lines()):
                 batch.append(i)
                 if len(batch) >= 1 << 20:
-                    out.write(np.asarray(batch, dtype=dtype.newbyteorder("<")).tobytes())
-                    n += len(batch)
+                    writer.write(np.asarray(batch, dtype=writer.dtype))
                     batch = []
-            out.write(np.asarray(batch, dtype=dtype.newbyteorder("<")).tobytes())
-            n += len(batch)
-        return n
+            writer.write(np.asarray(batch, dtype=writer.dtype))
+        return writer.num_tokens
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes of the tokens, concatenated."""
@@ -521,6 +517,19 @@ class Tokenizer:
         if tok.special_token_ids != specials:
             raise ValueError(f"{path}: special token ids {specials} do not match the vocabulary")
         return tok
+
+
+# Errors that only writing can cause. The Rust encoder reports every I/O error against the file it
+# reads, as "'<input>': <reason> (os error N)"; these name the output instead.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _write_error(e: OSError, out_path: str) -> OSError | None:
+    m = re.search(r"\(os error (\d+)\)$", str(e))
+    code = int(m.group(1)) if m else e.errno
+    if code in _WRITE_ERRNOS:
+        return OSError(code, f"cannot write '{out_path}': {os.strerror(code)}")
+    return None
 
 
 def _threads(num_threads: int | None) -> int:

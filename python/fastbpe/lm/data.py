@@ -1,12 +1,12 @@
 """Token arrays on disk -> training batches.
 
 Token files are the flat arrays `Tokenizer.encode_file` writes, with their dtype recorded in
-`<file>.json` beside them (never guessed: reading uint32 data as uint16 silently yields garbage).
+`<file>.json` beside them (never guessed: reading uint32 data as uint16 silently yields garbage);
+`fastbpe.token_files` owns the format and its checks.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
@@ -15,27 +15,27 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from fastbpe import token_files
+
 
 def token_metadata(path: str | os.PathLike) -> dict:
-    """The `<path>.json` that `encode_file` wrote beside a token file."""
-    meta_path = os.fspath(path) + ".json"
-    if not os.path.exists(meta_path):
-        raise FileNotFoundError(
-            f"{meta_path} is missing: token files carry their dtype there; write them with "
-            "`fastbpe encode` or Tokenizer.encode_file, or pass dtype= explicitly"
-        )
-    with open(meta_path) as f:
-        return json.load(f)
+    """The validated sidecar `<path>.json` that `encode_file` wrote beside a token file (see
+    `fastbpe.token_files.read_metadata`)."""
+    return token_files.read_metadata(path)
 
 
-def open_tokens(path: str | os.PathLike, dtype=None) -> np.memmap:
-    """A token file as a read-only np.memmap, its dtype from the metadata beside it."""
+def open_tokens(path: str | os.PathLike, dtype=None, *, verify: bool = False) -> np.memmap:
+    """A token file as a read-only np.memmap, its dtype from the sidecar beside it, after the
+    checks of `fastbpe.token_files.read_tokens` (sidecar, file size; with `verify`, the checksum).
+    With an explicit `dtype` the file is read as raw little-endian ids and no sidecar is needed."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such token file: '{path}'")
     if dtype is None:
-        meta = token_metadata(path)
-        dtype = np.dtype(meta["dtype"]).newbyteorder("<" if meta.get("byteorder", "little") == "little" else ">")
+        return token_files.read_tokens(path, verify=verify)[0]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such token file: '{path}'")
+    dtype = token_files.token_dtype(dtype).newbyteorder("<")
+    if os.path.getsize(path) % dtype.itemsize:
+        raise ValueError(f"'{path}' holds {os.path.getsize(path)} bytes, not a whole number of {dtype.name} ids")
     return np.memmap(path, dtype=dtype, mode="r")
 
 
