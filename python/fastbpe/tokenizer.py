@@ -232,11 +232,14 @@ class Tokenizer:
         if os.path.isdir(path):
             raise IsADirectoryError(f"'{path}' is a directory; give a text file")
         refuse_overwrite([("out_path", out_path), ("its sidecar", token_files.sidecar_path(out_path))], [("the input", path)])
-        dtype = self.dtype if dtype is None else np.dtype(dtype)
-        if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
-            raise ValueError(f"dtype must be uint16 or uint32, not {dtype}")
-        if max(self.vocab) >= 1 << (8 * dtype.itemsize):
-            raise ValueError(f"dtype {dtype} cannot hold id {max(self.vocab)}: use uint32")
+        if dtype is None:
+            dtype = self.dtype  # fits every id
+        else:
+            dtype = np.dtype(dtype)
+            if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32)):
+                raise ValueError(f"dtype must be uint16 or uint32, not {dtype}")
+            if max(self.vocab) >= 1 << (8 * dtype.itemsize):
+                raise ValueError(f"dtype {dtype} cannot hold id {max(self.vocab)}: use uint32")
         meta = {
             "vocab_size": self.vocab_size,
             "source": os.path.abspath(path),
