@@ -94,6 +94,13 @@ def _check_id(i, what: str) -> int:
 def _check_vocab(vocab: Mapping[int, bytes]) -> dict[int, bytes]:
     if not isinstance(vocab, Mapping):
         raise TypeError(f"vocab must be a mapping of id -> token bytes, not {type(vocab).__name__}")
+    # Plain ints and bytes, as every loader and trainer gives, are checked in bulk.
+    if (
+        all(type(i) is int for i in vocab.keys())
+        and all(type(t) is bytes and t for t in vocab.values())
+        and (not vocab or (min(vocab) >= 0 and max(vocab) < ID_LIMIT))
+    ):
+        return dict(vocab)
     out: dict[int, bytes] = {}
     for i, t in vocab.items():
         i = _check_id(i, "vocab")
@@ -108,6 +115,9 @@ def _check_vocab(vocab: Mapping[int, bytes]) -> dict[int, bytes]:
 def _check_merges(merges: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     if isinstance(merges, (str, *BytesLike)) or not isinstance(merges, Iterable):
         raise TypeError(f"merges must be a list of (left bytes, right bytes) pairs, not {type(merges).__name__}")
+    merges = list(merges)
+    if all(type(m) is tuple and len(m) == 2 and type(m[0]) is bytes and type(m[1]) is bytes for m in merges):
+        return merges
     out = []
     for n, m in enumerate(merges):
         try:
@@ -155,21 +165,21 @@ def _special_only(
     vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], ids: dict[str, int], added: set[int]
 ) -> set[int]:
     """The ids of special tokens that are not also ordinary tokens. A special token whose id the
-    vocabulary already had, whose bytes no other ordinary id holds, and which BPE needs (a single
-    byte, or a merge's part or result) stays an ordinary token too: plain text that BPE builds
+    vocabulary already had, whose bytes no other ordinary id holds, and which BPE builds (a
+    single byte or a merge's result) stays an ordinary token too: plain text that BPE builds
     into its bytes gives that same id."""
     special = set(ids.values())
     ordinary_bytes = {t for i, t in vocab.items() if i not in special}
-    in_merges: set[bytes] | None = None
+    pairs: set[tuple[bytes, bytes]] | None = None
     out = set()
     for i in special:
         t = vocab[i]
         if i in added or t in ordinary_bytes:
             out.add(i)
         elif len(t) > 1:
-            if in_merges is None:
-                in_merges = {p for a, b in merges for p in (a, b, a + b)}
-            if t not in in_merges:
+            if pairs is None:
+                pairs = set(merges)
+            if not any((t[:k], t[k:]) in pairs for k in range(1, len(t))):
                 out.add(i)
     return out
 
@@ -233,26 +243,32 @@ class Tokenizer:
     def _check_ordinary_tokens(self) -> None:
         """Ordinary tokens are distinct, include the 256 bytes, and hold each merge's parts and
         result (what the encoder needs; checked here so that errors come at construction)."""
-        by_bytes: dict[bytes, int] = {}
-        for i, t in sorted(self.vocab.items()):
-            if i in self._special_only:
-                continue
-            if t in by_bytes:
-                raise ValueError(
-                    f"ids {by_bytes[t]} and {i} both have the token {t!r}: each token has one id "
-                    "(only a special token may share its bytes with another token)"
-                )
-            by_bytes[t] = i
+        ordinary = dict(self.vocab)
+        for i in self._special_only:
+            del ordinary[i]
+        tokens = set(ordinary.values())
+        if len(tokens) < len(ordinary):
+            first: dict[bytes, int] = {}
+            for i, t in sorted(ordinary.items()):
+                if t in first:
+                    raise ValueError(
+                        f"ids {first[t]} and {i} both have the token {t!r}: each token has one id "
+                        "(only a special token may share its bytes with another token)"
+                    )
+                first[t] = i
         for b in range(256):
-            if bytes([b]) not in by_bytes:
+            if bytes([b]) not in tokens:
                 raise ValueError(
                     f"the vocabulary has no token for the single byte {b:#04x}; byte-level BPE needs all 256"
                 )
-        for n, (a, b) in enumerate(self._merges or ()):
+        merges = self._merges or ()
+        if all(a in tokens and b in tokens and a + b in tokens for a, b in merges):
+            return
+        for n, (a, b) in enumerate(merges):
             for part in (a, b):
-                if part not in by_bytes:
+                if part not in tokens:
                     raise _MergeError(n, f"merge {n} {(a, b)!r}: part {part!r} is not in the vocabulary")
-            if a + b not in by_bytes:
+            if a + b not in tokens:
                 raise _MergeError(n, f"merge {n} {(a, b)!r}: its result {a + b!r} is not in the vocabulary")
 
     @property
@@ -769,13 +785,12 @@ def _read_merges_txt(path: str) -> tuple[list[tuple[bytes, bytes]], list[int]]:
 def _read_tiktoken(path: str) -> dict[int, bytes]:
     """A `.tiktoken` rank file: rank -> token bytes."""
     vocab: dict[int, bytes] = {}
-    line_of: dict[int, int] = {}
     rank_of: dict[bytes, int] = {}
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
             parts = line.split()
+            if not parts:
+                continue
             token = b""
             if len(parts) == 2 and parts[1].isdigit():
                 try:
@@ -788,15 +803,27 @@ def _read_tiktoken(path: str) -> dict[int, bytes]:
             if rank >= ID_LIMIT:
                 raise ValueError(f"{path}:{lineno}: rank {rank} is out of range; ranks are in [0, 2**32)")
             if rank in vocab:
-                raise ValueError(f"{path}:{lineno}: rank {rank} is given twice (line {line_of[rank]} and line {lineno})")
+                first = _line_of_rank(path, rank)
+                raise ValueError(f"{path}:{lineno}: rank {rank} is given twice (line {first} and line {lineno})")
             if token in rank_of:
                 first = rank_of[token]
                 raise ValueError(
-                    f"{path}:{lineno}: token {token!r} is given twice (rank {first} on line {line_of[first]}, "
-                    f"rank {rank} on line {lineno})"
+                    f"{path}:{lineno}: token {token!r} is given twice (rank {first} on line "
+                    f"{_line_of_rank(path, first)}, rank {rank} on line {lineno})"
                 )
-            vocab[rank], line_of[rank], rank_of[token] = token, lineno, rank
+            vocab[rank] = token
+            rank_of[token] = rank
     return vocab
+
+
+def _line_of_rank(path: str, rank: int) -> int:
+    """The first line of a rank file that gives `rank` (for error messages)."""
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) == rank:
+                return lineno
+    return 0
 
 
 def _check_special_ids(special_tokens: Mapping[str, int] | None) -> dict[str, int]:
@@ -840,7 +867,7 @@ def _merges_field(path: str, raw) -> list[tuple[bytes, bytes]]:
         raise ValueError(f"{path}: the field 'merges' must be an array of pairs, not an {_json_type(raw)}")
     merges = []
     for n, m in enumerate(raw):
-        if not (isinstance(m, list) and len(m) == 2 and all(isinstance(p, str) and p for p in m)):
+        if not (type(m) is list and len(m) == 2 and type(m[0]) is str and type(m[1]) is str and m[0] and m[1]):
             raise ValueError(f"{path}: the field 'merges' has {m!r} at {n}; each merge is a pair of token strings")
         where = f"{path}: the field 'merges', item {n}"
         merges.append((str_to_token(m[0], where), str_to_token(m[1], where)))
