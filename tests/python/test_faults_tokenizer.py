@@ -174,6 +174,19 @@ def test_empty_matches_make_no_empty_pieces():
     assert b"" not in tok.vocab.values()
 
 
+@pytest.mark.parametrize("pattern", [r"\w+", r"[a-z]+", r" ?\p{L}+", r"\d"])
+def test_custom_pattern_pieces_equal_hugging_face_isolated_split(tmp_path, pattern):
+    """`to_huggingface` writes a custom pattern as Split(pattern, "Isolated"), which keeps the
+    text between matches as pieces too: the ids agree."""
+    import tokenizers
+
+    tok = trained(pattern)
+    tok.to_huggingface(tmp_path / "tok.json")
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tok.json"))
+    text = "Hello, world!! 12 naïve 中文 cats" + EOT + "sat."
+    assert tok.encode(text) == hf.encode(text).ids
+
+
 @lru_cache(maxsize=None)
 def trained(pattern):
     with warnings.catch_warnings():
