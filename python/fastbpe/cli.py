@@ -125,14 +125,16 @@ def _summary(tok, corpus: str, seconds: float, num_merges: int) -> None:
     print("last merges       " + "  ".join(repr(t.decode("utf-8", errors="replace")) for t in last))
 
 
-def _check_pattern(pattern: str) -> None:
-    """A plain word that is not a pattern's name is a typo, not a regex (as a regex it would keep
-    only the places where that word occurs)."""
+def _check_pattern(pattern: str) -> str | None:
+    """The --pattern value as train() takes it, checked before any work ("none": no pattern)."""
     from fastbpe import patterns
 
-    names = sorted(patterns.NAMED)
-    if pattern != "none" and pattern not in names and pattern.replace("_", "").isalnum():
-        _die(f"--pattern {pattern!r} is not a pattern name ({', '.join(names + ['none'])}) and not a regex")
+    if pattern == "none":
+        return None
+    try:
+        return patterns.canonical(pattern)
+    except ValueError as e:
+        _die(e)
 
 
 def cmd_train_tokenizer(args) -> None:
@@ -140,7 +142,7 @@ def cmd_train_tokenizer(args) -> None:
 
     for p in args.corpus:
         _input_file(p)
-    _check_pattern(args.pattern)
+    pattern = _check_pattern(args.pattern)
     _outputs([("--out", args.out)], [("the corpus", p) for p in args.corpus])
     t0 = time.perf_counter()
     with _interruptible():
@@ -149,7 +151,7 @@ def cmd_train_tokenizer(args) -> None:
                 args.corpus,
                 args.vocab_size,
                 special_tokens=args.special_token,
-                pattern=None if args.pattern == "none" else args.pattern,
+                pattern=pattern,
                 num_threads=args.threads,
             )
             seconds = time.perf_counter() - t0
@@ -369,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--special-token", action="append", default=None, help="repeatable; default: <|endoftext|>"
     )
-    p.add_argument("--pattern", default="gpt2", help="gpt2, cl100k, o200k, none, or a regex (default gpt2)")
+    p.add_argument("--pattern", default="gpt2", help="gpt2, cl100k, o200k (or tiktoken's r50k_base, cl100k_base, o200k_base), none, or a regex (default gpt2)")
     p.add_argument("--threads", type=int, default=None, help="default: all cores")
     p.set_defaults(func=cmd_train_tokenizer)
 

@@ -3,9 +3,23 @@
 The named patterns are tiktoken's own for those encodings; fastbpe has hand-written splitters
 for the ones listed in `BUILTIN` (exactly equal to `regex.findall(pattern, text)`), and applies
 any other pattern with Python's `regex` module.
+
+A pattern is a name, a regex or None:
+- A string made only of ASCII letters, digits, `_` and `-` is a *name*: "gpt2", "cl100k",
+  "o200k", or tiktoken's encoding names "r50k_base", "cl100k_base", "o200k_base" (aliases of
+  those three). Any other string of only those characters is refused (ValueError listing the names), so a typo
+  never becomes a regex that matches a literal word. A regex made only of those characters (a
+  literal word, which is rarely a useful pre-tokenizer) is written as a group: "(?:abc)".
+- Any other string is a regex. Its pieces are its non-empty matches (the whole match, whatever
+  groups it has) and, as pieces of their own, the stretches of text between them: no text is
+  ever dropped, so decoding gives back the text for every pattern (see `pieces`). The named
+  patterns match all text, so for them this is exactly `regex.findall`.
+- None: no pre-tokenization (each stretch between special tokens is one piece).
 """
 
 from __future__ import annotations
+
+import regex
 
 # GPT-2 (tiktoken's r50k_base/gpt2). Equivalent to the original
 # r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+".
@@ -32,14 +46,86 @@ O200K = "|".join(
 
 NAMED = {"gpt2": GPT2, "cl100k": CL100K, "o200k": O200K}
 
+# tiktoken's encoding names, for the pattern each of them uses.
+ALIASES = {"r50k_base": "gpt2", "cl100k_base": "cl100k", "o200k_base": "o200k"}
+
 # Names with a hand-written splitter in the Rust core.
 BUILTIN = frozenset({"gpt2", "cl100k", "o200k"})
 
+# What a pattern name looks like; any other string is a regex.
+_NAME = regex.compile(r"[A-Za-z0-9_-]+")
 
-def resolve(pattern: str | None) -> str | None:
-    """The regex for a pattern name or a custom regex (None: no pre-tokenization)."""
+
+def canonical(pattern: str | None) -> str | None:
+    """The pattern as a tokenizer keeps it: a name from `NAMED` (aliases resolved), a regex
+    (checked to compile), or None. Raises ValueError for an unknown name or a bad regex."""
     if pattern is None:
         return None
     if not isinstance(pattern, str):
         raise TypeError(f"pattern must be a str (a name or a regex) or None, not {type(pattern).__name__}")
-    return NAMED.get(pattern, pattern)
+    if _NAME.fullmatch(pattern):
+        if pattern in NAMED:
+            return pattern
+        if pattern in ALIASES:
+            return ALIASES[pattern]
+        raise ValueError(_unknown_name(pattern))
+    try:
+        regex.compile(pattern)
+    except (regex.error, ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise ValueError(f"invalid pattern {pattern!r}: {e}") from None
+    return pattern
+
+
+def _unknown_name(pattern: str) -> str:
+    names = ", ".join(repr(n) for n in [*NAMED, *ALIASES])
+    lower = pattern.lower()
+    guess = lower if lower in NAMED else ALIASES.get(lower)
+    hint = f" (did you mean {guess!r}?)" if guess else ""
+    return (
+        f"unknown pattern name {pattern!r}{hint}. The names are {names}, or None for no pre-tokenization. "
+        f"A pattern of only letters, digits, '_' and '-' is read as a name: to use it as a regex, "
+        f"write it as a group, e.g. '(?:{pattern})'"
+    )
+
+
+def resolve(pattern: str | None) -> str | None:
+    """The regex for a pattern name or a custom regex (None: no pre-tokenization)."""
+    pattern = canonical(pattern)
+    return NAMED.get(pattern, pattern) if pattern is not None else None
+
+
+def compile(pattern: str | None):
+    """The compiled `regex` of a pattern (None: no pre-tokenization)."""
+    source = resolve(pattern)
+    return None if source is None else regex.compile(source)
+
+
+def pieces(rx, text: str) -> list[str]:
+    """The pieces of `text` under the compiled regex `rx`: each non-empty match (the whole
+    match) and each stretch of text before, between or after the matches, in order.
+
+    Contract: no piece is empty and `"".join(pieces(rx, text)) == text`. For a pattern whose
+    matches cover the text (the named ones) this equals `rx.findall(text)`; empty matches
+    (`\\w*` between words) are skipped; text the pattern does not match is kept, never dropped.
+    """
+    if rx.groups == 0 and not rx.flags & regex.REVERSE:
+        # The usual case, at the speed of findall: matches that add up to the whole text are
+        # the pieces (non-overlapping and in order, they can only cover it one way).
+        found = rx.findall(text)
+        if sum(map(len, found)) == len(text):
+            return [p for p in found if p]
+    spans = [m.span() for m in rx.finditer(text)]
+    if rx.flags & regex.REVERSE:
+        spans.reverse()  # (?r) finds matches from the end
+    out = []
+    at = 0
+    for start, end in spans:
+        if start == end:
+            continue
+        if start > at:
+            out.append(text[at:start])
+        out.append(text[start:end])
+        at = end
+    if at < len(text):
+        out.append(text[at:])
+    return out

@@ -26,11 +26,19 @@ def split_on_special_tokens(text: str, special_tokens: Iterable[str]) -> list[st
 
 
 def pretokenize(text: str, pattern: str | None = "gpt2") -> list[str]:
-    """The pieces of `text` under `pattern` (a name, a regex, or None for the whole text)."""
+    """The pieces of `text` under `pattern` (a name, a regex, or None for the whole text): the
+    text cut at both ends of every non-empty match, so the matches and the text between them
+    are pieces and no text is lost (for the named patterns, whose matches cover all text, this
+    is `regex.findall`)."""
     rx = patterns.resolve(pattern)
     if rx is None:
         return [text] if text else []
-    return regex.findall(rx, text)
+    cuts = {0, len(text)}
+    for m in regex.finditer(rx, text):
+        if m.end() > m.start():
+            cuts.update(m.span())
+    cuts = sorted(cuts)
+    return [text[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
 def count_pieces(texts: Iterable[str], special_tokens: Iterable[str], pattern: str | None) -> Counter:

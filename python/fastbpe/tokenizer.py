@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import errno
 import json
+import operator
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -20,6 +21,11 @@ UnknownTokenError = _core.UnknownTokenError
 
 FORMAT = "fastbpe.tokenizer"
 VERSION = 1
+
+# Ids are 32-bit: they must be below this.
+ID_LIMIT = 1 << 32
+
+BytesLike = (bytes, bytearray, memoryview)
 
 
 @lru_cache(maxsize=1)
@@ -54,12 +60,148 @@ def str_to_token(text: str, where: str) -> bytes:
         raise ValueError(f"{where}: {text!r} has a character outside GPT-2's byte alphabet: {e}") from None
 
 
+def check_special_tokens(special_tokens: Iterable[str] | None) -> list[str]:
+    """The special tokens as a list: distinct non-empty strings (`Tokenizer` and `train` both
+    validate them here)."""
+    if special_tokens is None:
+        return []
+    if isinstance(special_tokens, str):
+        raise TypeError(f"special_tokens must be a list of strings, not one string: use [{special_tokens!r}]")
+    if not isinstance(special_tokens, Iterable):
+        raise TypeError(f"special_tokens must be a list of strings, not {type(special_tokens).__name__}")
+    specials = list(special_tokens)
+    for s in specials:
+        if not isinstance(s, str):
+            raise TypeError(f"special tokens must be strings, got {s!r}")
+        if not s:
+            raise ValueError("special tokens must not be empty strings")
+    seen = set()
+    for s in specials:
+        if s in seen:
+            raise ValueError(f"special token {s!r} is given twice")
+        seen.add(s)
+    return specials
+
+
+def _check_id(i, what: str) -> int:
+    """`i` as an int id in [0, 2**32); `what` names it in errors."""
+    if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+        raise TypeError(f"{what}: id {i!r} is not an int")
+    i = int(i)
+    if not 0 <= i < ID_LIMIT:
+        raise ValueError(f"{what}: id {i} is out of range; ids are in [0, 2**32)")
+    return i
+
+
+def _check_vocab(vocab: Mapping[int, bytes]) -> dict[int, bytes]:
+    if not isinstance(vocab, Mapping):
+        raise TypeError(f"vocab must be a mapping of id -> token bytes, not {type(vocab).__name__}")
+    # Plain ints and bytes, as every loader and trainer gives, are checked in bulk.
+    if (
+        all(type(i) is int for i in vocab.keys())
+        and all(type(t) is bytes and t for t in vocab.values())
+        and (not vocab or (min(vocab) >= 0 and max(vocab) < ID_LIMIT))
+    ):
+        return dict(vocab)
+    out: dict[int, bytes] = {}
+    for i, t in vocab.items():
+        i = _check_id(i, "vocab")
+        if not isinstance(t, BytesLike):
+            raise TypeError(f"vocab[{i}] is {type(t).__name__} {t!r}, not bytes: give each token's bytes, e.g. 'x'.encode()")
+        if len(t) == 0:
+            raise ValueError(f"vocab[{i}] is empty: every token has at least one byte")
+        out[i] = bytes(t)
+    return out
+
+
+def _check_merges(merges: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    if isinstance(merges, (str, *BytesLike)) or not isinstance(merges, Iterable):
+        raise TypeError(f"merges must be a list of (left bytes, right bytes) pairs, not {type(merges).__name__}")
+    merges = list(merges)
+    if all(type(m) is tuple and len(m) == 2 and type(m[0]) is bytes and type(m[1]) is bytes for m in merges):
+        return merges
+    out = []
+    for n, m in enumerate(merges):
+        try:
+            a, b = m
+        except (TypeError, ValueError):
+            raise TypeError(f"merge {n} is {m!r}: each merge is a pair (left bytes, right bytes)") from None
+        if not isinstance(a, BytesLike) or not isinstance(b, BytesLike):
+            raise TypeError(f"merge {n} is {m!r}: each merge is a pair (left bytes, right bytes)")
+        out.append((bytes(a), bytes(b)))
+    return out
+
+
+class _MergeError(ValueError):
+    """A merge that does not fit the vocabulary; `index` is its position in the merges."""
+
+    def __init__(self, index: int, message: str):
+        super().__init__(message)
+        self.index = index
+
+
+def _special_ids(vocab: dict[int, bytes], specials: list[str]) -> tuple[dict[str, int], set[int]]:
+    """Each special token's id, and the ids added for them. A special token whose bytes are in
+    `vocab` takes that id (the largest, if several: a CS336 vocabulary lists the special tokens
+    after the merges); the others get new ids after the largest, in order (added to `vocab`)."""
+    holder: dict[bytes, int] = {}
+    for i, t in vocab.items():
+        if i > holder.get(t, -1):
+            holder[t] = i
+    ids: dict[str, int] = {}
+    added: set[int] = set()
+    for s in specials:
+        b = s.encode("utf-8")
+        if b not in holder:
+            new_id = max(vocab, default=-1) + 1
+            if new_id >= ID_LIMIT:
+                raise ValueError(f"no id left for special token {s!r}: ids are in [0, 2**32)")
+            vocab[new_id] = b
+            holder[b] = new_id
+            added.add(new_id)
+        ids[s] = holder[b]
+    return ids, added
+
+
+def _special_only(
+    vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], ids: dict[str, int], added: set[int]
+) -> set[int]:
+    """The ids of special tokens that are not also ordinary tokens. A special token whose id the
+    vocabulary already had, whose bytes no other ordinary id holds, and which BPE builds (a
+    single byte or a merge's result) stays an ordinary token too: plain text that BPE builds
+    into its bytes gives that same id."""
+    special = set(ids.values())
+    ordinary_bytes = {t for i, t in vocab.items() if i not in special}
+    pairs: set[tuple[bytes, bytes]] | None = None
+    out = set()
+    for i in special:
+        t = vocab[i]
+        if i in added or t in ordinary_bytes:
+            out.add(i)
+        elif len(t) > 1:
+            if pairs is None:
+                pairs = set(merges)
+            if not any((t[:k], t[k:]) in pairs for k in range(1, len(t))):
+                out.add(i)
+    return out
+
+
 class Tokenizer:
     """A byte-level BPE tokenizer.
 
-    `vocab` maps id -> token bytes, `merges` lists `(left, right)` byte pairs in priority order,
-    `special_tokens` are strings that always map to their own id, and `pattern` is the
-    pre-tokenization pattern (a name from `fastbpe.patterns.NAMED`, a regex, or None).
+    `vocab` maps id -> token bytes (ids are ints in [0, 2**32); tokens are bytes, bytearray or
+    memoryview, never empty, and no two ordinary tokens have the same bytes); `merges` lists
+    `(left, right)` byte pairs in priority order, each part and each result a token; the 256
+    single bytes must all be tokens. `special_tokens` are strings that always map to their own
+    id: a special token whose bytes are already in `vocab` takes that id (the largest, when a
+    CS336 vocabulary also lists it after the merges; if that id is an ordinary token too, such as
+    GPT-2's "Hello", it keeps its role in the merges and plain text that BPE builds into those
+    bytes gives the same id); the others get new ids after the largest. `pattern` is the
+    pre-tokenization pattern: a name ("gpt2", "cl100k", "o200k" or tiktoken's "r50k_base",
+    "cl100k_base", "o200k_base"), a regex (text it does not match is kept as pieces of its own),
+    or None; see `fastbpe.patterns`.
+
+    Bad arguments raise TypeError (wrong types) or ValueError (wrong values) naming the entry.
     """
 
     def __init__(
@@ -69,36 +211,67 @@ class Tokenizer:
         special_tokens: Iterable[str] | None = None,
         pattern: str | None = "gpt2",
     ):
-        self.vocab: dict[int, bytes] = {int(i): bytes(t) for i, t in vocab.items()}
-        self._merges: list[tuple[bytes, bytes]] | None = [(bytes(a), bytes(b)) for a, b in merges]
-        self.pattern = pattern
-        specials = list(special_tokens or [])
-        if len(set(specials)) != len(specials):
-            raise ValueError(f"special_tokens has duplicates: {specials}")
-        if any(not isinstance(s, str) or not s for s in specials):
-            raise ValueError("special tokens must be non-empty strings")
-        # Special tokens take the id the vocab gives their bytes (the last such id, since
-        # special tokens come after the merges); missing ones are appended.
-        by_bytes = {t: i for i, t in sorted(self.vocab.items())}
-        self.special_token_ids: dict[str, int] = {}
-        for s in specials:
-            b = s.encode("utf-8")
-            if b not in by_bytes:
-                new_id = max(self.vocab, default=-1) + 1
-                self.vocab[new_id] = b
-                by_bytes[b] = new_id
-            self.special_token_ids[s] = by_bytes[b]
-        self.special_tokens: list[str] = specials
-        known = set(by_bytes)
-        for n, (a, b) in enumerate(self._merges):
-            if a not in known or b not in known:
-                missing = a if a not in known else b
-                raise ValueError(f"merge {n} {(a, b)!r}: part {missing!r} is not in the vocabulary")
+        vocab = _check_vocab(vocab)
+        merges = _check_merges(merges)
+        specials = check_special_tokens(special_tokens)
+        pattern = patterns.canonical(pattern)
+        ids, added = _special_ids(vocab, specials)
+        self._setup(vocab, merges, ids, pattern, "merges", _special_only(vocab, merges, ids, added))
 
+    def _setup(
+        self,
+        vocab: dict[int, bytes],
+        merges: list[tuple[bytes, bytes]] | None,
+        special_token_ids: dict[str, int],
+        pattern: str | None,
+        rule: str,
+        special_only: set[int],
+    ) -> None:
+        """Set the fields from checked parts (`pattern` made canonical) and check that they fit
+        together."""
+        self.vocab: dict[int, bytes] = vocab
+        self._merges: list[tuple[bytes, bytes]] | None = merges
+        self.pattern = pattern
+        self.special_tokens: list[str] = list(special_token_ids)
+        self.special_token_ids: dict[str, int] = dict(special_token_ids)
+        # Ids that are special tokens only (not ordinary tokens the encoder builds from bytes).
+        self._special_only = frozenset(special_only)
         # "merges": the pairs are the merges (CS336, GPT-2 files); "ranks": tiktoken's rule,
         # any two parts whose concatenation is a token merge, by that token's rank.
-        self._rule = "merges"
+        self._rule = rule
         self._fingerprint: str | None = None
+        self._check_ordinary_tokens()
+
+    def _check_ordinary_tokens(self) -> None:
+        """Ordinary tokens are distinct, include the 256 bytes, and hold each merge's parts and
+        result (what the encoder needs; checked here so that errors come at construction)."""
+        ordinary = dict(self.vocab)
+        for i in self._special_only:
+            del ordinary[i]
+        tokens = set(ordinary.values())
+        if len(tokens) < len(ordinary):
+            first: dict[bytes, int] = {}
+            for i, t in sorted(ordinary.items()):
+                if t in first:
+                    raise ValueError(
+                        f"ids {first[t]} and {i} both have the token {t!r}: each token has one id "
+                        "(only a special token may share its bytes with another token)"
+                    )
+                first[t] = i
+        for b in range(256):
+            if bytes([b]) not in tokens:
+                raise ValueError(
+                    f"the vocabulary has no token for the single byte {b:#04x}; byte-level BPE needs all 256"
+                )
+        merges = self._merges or ()
+        if all(a in tokens and b in tokens and a + b in tokens for a, b in merges):
+            return
+        for n, (a, b) in enumerate(merges):
+            for part in (a, b):
+                if part not in tokens:
+                    raise _MergeError(n, f"merge {n} {(a, b)!r}: part {part!r} is not in the vocabulary")
+            if a + b not in tokens:
+                raise _MergeError(n, f"merge {n} {(a, b)!r}: its result {a + b!r} is not in the vocabulary")
 
     @property
     def vocab_size(self) -> int:
@@ -110,8 +283,7 @@ class Tokenizer:
     def _core(self) -> _core.CoreEncoder:
         name = self.pattern if self.pattern in patterns.BUILTIN else "whole"
         specials = list(self.special_token_ids.items())
-        special_ids = set(self.special_token_ids.values())
-        vocab = [(i, t) for i, t in self.vocab.items() if i not in special_ids]
+        vocab = [(i, t) for i, t in self.vocab.items() if i not in self._special_only]
         if self._rule == "ranks":
             return _core.CoreEncoder.from_ranks([(t, i) for i, t in vocab], specials, name)
         return _core.CoreEncoder.from_merges(vocab, self.merges, specials, name)
@@ -121,7 +293,7 @@ class Tokenizer:
         """For patterns without a Rust splitter: (piece regex, special-token regex) in Python."""
         if self.pattern is None or self.pattern in patterns.BUILTIN:
             return None
-        rx = regex.compile(patterns.resolve(self.pattern))
+        rx = patterns.compile(self.pattern)
         ordered = sorted(self.special_tokens, key=len, reverse=True)
         special_rx = regex.compile("(" + "|".join(regex.escape(s) for s in ordered) + ")") if ordered else None
         return rx, special_rx
@@ -134,7 +306,7 @@ class Tokenizer:
             if i % 2 == 1:
                 out.append(self.special_token_ids[part])
             elif part:
-                out.extend(self._core.encode_pieces(rx.findall(part)))
+                out.extend(self._core.encode_pieces(patterns.pieces(rx, part)))
         return out
 
     def encode(self, text: str) -> list[int]:
@@ -294,16 +466,33 @@ class Tokenizer:
         return writer.num_tokens
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        """The bytes of the tokens, concatenated."""
+        """The bytes of the tokens, concatenated. Ids are ints (numpy integers too); an id not in
+        the vocabulary raises UnknownTokenError naming it, a non-integer TypeError."""
         if isinstance(ids, np.ndarray):
             ids = ids.tolist()
         elif not isinstance(ids, (list, tuple)):
             ids = list(ids)
         try:
             return self._core.decode_bytes(ids)
-        except (OverflowError, TypeError):
-            bad = next(i for i in ids if not isinstance(i, int) or not 0 <= i < 1 << 32)
-            raise UnknownTokenError(f"token id {bad!r} is not in the vocabulary") from None
+        except (OverflowError, TypeError, UnknownTokenError):
+            bad = self._bad_id(ids)
+            if bad is None:
+                raise
+            raise bad from None
+
+    def _bad_id(self, ids: Sequence) -> Exception | None:
+        """The error for the first id in `ids` that is not a token (the core's errors name the
+        id only when every item was a 32-bit unsigned int)."""
+        for k, x in enumerate(ids):
+            try:
+                i = operator.index(x)
+            except TypeError:
+                return TypeError(f"token ids must be ints: item {k} is {type(x).__name__} {x!r}")
+            if not 0 <= i < ID_LIMIT or self._core.token_bytes(i) is None:
+                return UnknownTokenError(
+                    f"token id {i} is not in the vocabulary (ids go up to {max(self.vocab)})"
+                )
+        return None
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of the tokens; invalid UTF-8 becomes U+FFFD."""
@@ -351,32 +540,18 @@ class Tokenizer:
         special_tokens: Iterable[str] | None = None,
     ) -> Tokenizer:
         """GPT-2's `vocab.json` (token strings in its byte-to-unicode alphabet -> id) and
-        `merges.txt` (one "left right" pair per line, a `#version` line allowed first)."""
+        `merges.txt` (one "left right" pair per line, a `#version` line allowed first). A special
+        token already in `vocab.json` takes its id there (see `Tokenizer`)."""
+        specials = check_special_tokens(special_tokens)
         vocab_filepath, merges_filepath = os.fspath(vocab_filepath), os.fspath(merges_filepath)
-        with open(vocab_filepath, encoding="utf-8") as f:
-            try:
-                raw = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{vocab_filepath}: not JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{vocab_filepath}: expected a JSON object of token -> id")
-        vocab: dict[int, bytes] = {}
-        for text, i in raw.items():
-            if not isinstance(i, int):
-                raise ValueError(f"{vocab_filepath}: token {text!r} has id {i!r}, not an int")
-            vocab[i] = str_to_token(text, f"{vocab_filepath}: token {text!r}")
-        merges: list[tuple[bytes, bytes]] = []
-        with open(merges_filepath, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if (lineno == 1 and line.startswith("#version")) or not line.strip():
-                    continue
-                parts = line.split(" ")
-                if len(parts) != 2 or not parts[0] or not parts[1]:
-                    raise ValueError(f"{merges_filepath}:{lineno}: expected two tokens separated by one space, got {line!r}")
-                where = f"{merges_filepath}:{lineno}"
-                merges.append((str_to_token(parts[0], where), str_to_token(parts[1], where)))
-        return cls(vocab, merges, special_tokens, pattern="gpt2")
+        vocab = _read_vocab_json(vocab_filepath)
+        merges, lines = _read_merges_txt(merges_filepath)
+        try:
+            return cls(vocab, merges, specials, pattern="gpt2")
+        except _MergeError as e:
+            raise ValueError(f"{merges_filepath}:{lines[e.index]}: {e} of {vocab_filepath}") from None
+        except ValueError as e:
+            raise ValueError(f"{vocab_filepath}: {e}") from None
 
     @classmethod
     def from_tiktoken(
@@ -386,37 +561,33 @@ class Tokenizer:
         special_tokens: Mapping[str, int] | None = None,
     ) -> Tokenizer:
         """A `.tiktoken` rank file (`base64(token) rank` per line), with tiktoken's rule: any two
-        adjacent parts whose concatenation is a token merge, the lowest rank first."""
+        adjacent parts whose concatenation is a token merge, the lowest rank first.
+
+        `pattern` is a pattern name such as "cl100k_base" (see `fastbpe.patterns`); special
+        tokens come with their ids (`{"<|endoftext|>": 100257}`), which the file must not use.
+        A rank or a token that the file gives twice is refused."""
         path = os.fspath(path)
-        vocab: dict[int, bytes] = {}
-        with open(path, "rb") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                parts = line.split()
-                try:
-                    if len(parts) != 2:
-                        raise ValueError
-                    token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
-                except ValueError:
-                    raise ValueError(f"{path}:{lineno}: expected 'base64-token rank', got {line[:80]!r}") from None
-                vocab[rank] = token
-        specials = dict(special_tokens or {})
+        pattern = patterns.canonical(pattern)
+        specials = _check_special_ids(special_tokens)
+        vocab = _read_tiktoken(path)
         for s, i in specials.items():
             if i in vocab:
-                raise ValueError(f"special token {s!r} has id {i}, which {path} already gives to {vocab[i]!r}")
+                raise ValueError(
+                    f"special token {s!r} has id {i}, which {path} already gives to {vocab[i]!r}: "
+                    "give it an id the file does not use"
+                )
             vocab[i] = s.encode("utf-8")
         tok = cls.__new__(cls)
-        tok.vocab, tok.pattern, tok._rule = vocab, pattern, "ranks"
-        tok.special_tokens, tok.special_token_ids = list(specials), specials
-        tok._merges = None  # derived from the ranks when first asked for
-        tok._fingerprint = None
+        try:
+            tok._setup(vocab, None, specials, pattern, "ranks", set(specials.values()))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
         return tok
 
     @property
     def merges(self) -> list[tuple[bytes, bytes]]:
         if self._merges is None:
-            self._merges = _merges_from_ranks(self.vocab, set(self.special_token_ids.values()))
+            self._merges = _merges_from_ranks(self.vocab, self._special_only)
         return self._merges
 
     @merges.setter
@@ -424,18 +595,17 @@ class Tokenizer:
         self._merges = value
 
     def to_tiktoken(self, path: str | os.PathLike) -> None:
-        """Write a `.tiktoken` rank file (special tokens are not part of that format)."""
-        special_ids = set(self.special_token_ids.values())
+        """Write a `.tiktoken` rank file (special tokens are not part of that format, except those
+        that are ordinary tokens too)."""
         lines = [
             base64.b64encode(t) + b" " + str(i).encode() + b"\n"
             for i, t in sorted(self.vocab.items())
-            if i not in special_ids
+            if i not in self._special_only
         ]
         write_atomic(os.fspath(path), b"".join(lines))
 
     def to_huggingface(self, path: str | os.PathLike) -> None:
         """Write a `tokenizer.json` that `tokenizers.Tokenizer.from_file` loads, with the same ids."""
-        special_ids = set(self.special_token_ids.values())
         if self.pattern == "gpt2":
             pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
         elif self.pattern is None:
@@ -469,7 +639,7 @@ class Tokenizer:
                 "fuse_unk": False,
                 "byte_fallback": False,
                 "ignore_merges": self._rule == "ranks",
-                "vocab": {token_to_str(t): i for i, t in sorted(self.vocab.items()) if i not in special_ids},
+                "vocab": {token_to_str(t): i for i, t in sorted(self.vocab.items()) if i not in self._special_only},
                 "merges": [[token_to_str(a), token_to_str(b)] for a, b in self.merges],
             },
         }
@@ -495,13 +665,10 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Read a file written by `save`."""
+        """Read a file written by `save`. A malformed file raises ValueError naming the file and
+        the field."""
         path = os.fspath(path)
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not a fastbpe tokenizer file (bad JSON: {e})") from None
+        data = _read_json(path, "a fastbpe tokenizer file")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"{path} is not a fastbpe tokenizer file (no \"format\": \"{FORMAT}\")")
         if data.get("version") != VERSION:
@@ -509,16 +676,27 @@ class Tokenizer:
                 f"{path} has format version {data.get('version')!r}; this fastbpe reads version {VERSION}: "
                 "upgrade fastbpe"
             )
-        vocab = {int(i): str_to_token(t, f"{path} vocab {i}") for i, t in data["vocab"].items()}
-        merges = [
-            (str_to_token(a, f"{path} merge {n}"), str_to_token(b, f"{path} merge {n}"))
-            for n, (a, b) in enumerate(data["merges"])
-        ]
-        specials = data["special_tokens"]
-        tok = cls(vocab, merges, list(specials), pattern=data["pattern"])
-        tok._rule = data.get("rule", "merges")
-        if tok.special_token_ids != specials:
-            raise ValueError(f"{path}: special token ids {specials} do not match the vocabulary")
+        for key in ("pattern", "special_tokens", "vocab", "merges"):
+            if key not in data:
+                raise ValueError(f"{path}: the field {key!r} is missing")
+        rule = data.get("rule", "merges")
+        if rule not in ("merges", "ranks"):
+            raise ValueError(f"{path}: the field 'rule' is {rule!r}; expected 'merges' or 'ranks'")
+        try:
+            pattern = patterns.canonical(data["pattern"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: the field 'pattern': {e}") from None
+        vocab = _vocab_field(path, data["vocab"])
+        merges = _merges_field(path, data["merges"])
+        specials = _special_tokens_field(path, data["special_tokens"], vocab)
+        special_only = set(specials.values()) if rule == "ranks" else _special_only(vocab, merges, specials, set())
+        tok = cls.__new__(cls)
+        try:
+            tok._setup(vocab, merges, specials, pattern, rule, special_only)
+        except _MergeError as e:
+            raise ValueError(f"{path}: the field 'merges' does not fit the field 'vocab': {e}") from None
+        except ValueError as e:
+            raise ValueError(f"{path}: the field 'vocab': {e}") from None
         return tok
 
 
@@ -533,6 +711,195 @@ def _write_error(e: OSError, out_path: str) -> OSError | None:
     if code in _WRITE_ERRNOS:
         return OSError(code, f"cannot write '{out_path}': {os.strerror(code)}")
     return None
+
+
+# ---- reading files ------------------------------------------------------------------------------
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _read_json(path: str, what: str):
+    """The JSON value in `path`; ValueError naming the file if it is not UTF-8 JSON, or if an
+    object has a key twice (JSON parsers differ on which one wins)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not {what}: not UTF-8 (invalid byte at offset {e.start})") from None
+    except _DuplicateKey as e:
+        raise ValueError(f"{path}: the key {e.args[0]!r} appears twice in one JSON object") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not {what} (bad JSON: nested too deeply)") from None
+    except ValueError as e:
+        raise ValueError(f"{path} is not {what} (bad JSON: {e})") from None
+
+
+def _json_type(value) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def _read_vocab_json(path: str) -> dict[int, bytes]:
+    """GPT-2's `vocab.json`: token string -> id."""
+    raw = _read_json(path, "a vocab.json of token -> id")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object of token -> id, not an {_json_type(raw)}")
+    vocab: dict[int, bytes] = {}
+    names: dict[int, str] = {}
+    for text, i in raw.items():
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ValueError(f"{path}: token {text!r} has id {i!r}, not an int")
+        if not 0 <= i < ID_LIMIT:
+            raise ValueError(f"{path}: token {text!r} has id {i}, out of range; ids are in [0, 2**32)")
+        if i in names:
+            raise ValueError(f"{path}: id {i} is given to two tokens, {names[i]!r} and {text!r}; each id names one token")
+        if not text:
+            raise ValueError(f"{path}: id {i} has the empty string as its token; every token has at least one byte")
+        vocab[i] = str_to_token(text, f"{path}: token {text!r}")
+        names[i] = text
+    return vocab
+
+
+def _read_merges_txt(path: str) -> tuple[list[tuple[bytes, bytes]], list[int]]:
+    """GPT-2's `merges.txt`: the merges and the line number of each."""
+    merges: list[tuple[bytes, bytes]] = []
+    lines: list[int] = []
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a merges.txt: not UTF-8 (invalid byte at offset {e.start})") from None
+    # Lines end as in a file opened in text mode (\n, \r\n or \r).
+    for lineno, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
+        if (lineno == 1 and line.startswith("#version")) or not line.strip():
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not parts[0] or not parts[1]:
+            raise ValueError(f"{path}:{lineno}: expected two tokens separated by one space, got {line!r}")
+        where = f"{path}:{lineno}"
+        merges.append((str_to_token(parts[0], where), str_to_token(parts[1], where)))
+        lines.append(lineno)
+    return merges, lines
+
+
+def _read_tiktoken(path: str) -> dict[int, bytes]:
+    """A `.tiktoken` rank file: rank -> token bytes."""
+    vocab: dict[int, bytes] = {}
+    rank_of: dict[bytes, int] = {}
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            token = b""
+            if len(parts) == 2 and parts[1].isdigit():
+                try:
+                    token = base64.b64decode(parts[0], validate=True)
+                except ValueError:
+                    pass
+            if not token:
+                raise ValueError(f"{path}:{lineno}: expected 'base64-token rank', got {line[:80]!r}")
+            rank = int(parts[1])
+            if rank >= ID_LIMIT:
+                raise ValueError(f"{path}:{lineno}: rank {rank} is out of range; ranks are in [0, 2**32)")
+            if rank in vocab:
+                first = _line_of_rank(path, rank)
+                raise ValueError(f"{path}:{lineno}: rank {rank} is given twice (line {first} and line {lineno})")
+            if token in rank_of:
+                first = rank_of[token]
+                raise ValueError(
+                    f"{path}:{lineno}: token {token!r} is given twice (rank {first} on line "
+                    f"{_line_of_rank(path, first)}, rank {rank} on line {lineno})"
+                )
+            vocab[rank] = token
+            rank_of[token] = rank
+    return vocab
+
+
+def _line_of_rank(path: str, rank: int) -> int:
+    """The first line of a rank file that gives `rank` (for error messages)."""
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) == rank:
+                return lineno
+    return 0
+
+
+def _check_special_ids(special_tokens: Mapping[str, int] | None) -> dict[str, int]:
+    """Special tokens with their ids (`from_tiktoken`)."""
+    if special_tokens is None:
+        return {}
+    if not isinstance(special_tokens, Mapping):
+        raise TypeError(
+            f"special_tokens must be a dict of special token -> id, e.g. {{'<|endoftext|>': 100257}}, "
+            f"not {type(special_tokens).__name__}"
+        )
+    names = check_special_tokens(list(special_tokens))
+    out: dict[str, int] = {}
+    owner: dict[int, str] = {}
+    for s in names:
+        i = _check_id(special_tokens[s], f"special token {s!r}")
+        if i in owner:
+            raise ValueError(f"special tokens {owner[i]!r} and {s!r} both have id {i}; each needs its own")
+        out[s], owner[i] = i, s
+    return out
+
+
+_DECIMAL = regex.compile(r"0|[1-9][0-9]*")
+
+
+def _vocab_field(path: str, raw) -> dict[int, bytes]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the field 'vocab' must be an object of id -> token, not an {_json_type(raw)}")
+    vocab: dict[int, bytes] = {}
+    for k, t in raw.items():
+        if not _DECIMAL.fullmatch(k) or int(k) >= ID_LIMIT:
+            raise ValueError(f"{path}: the field 'vocab' has the key {k!r}; keys are ids, integers in [0, 2**32)")
+        if not isinstance(t, str) or not t:
+            raise ValueError(f"{path}: the field 'vocab' gives id {k} {t!r}; tokens are non-empty strings")
+        vocab[int(k)] = str_to_token(t, f"{path}: the field 'vocab', id {k}")
+    return vocab
+
+
+def _merges_field(path: str, raw) -> list[tuple[bytes, bytes]]:
+    if not isinstance(raw, list):
+        raise ValueError(f"{path}: the field 'merges' must be an array of pairs, not an {_json_type(raw)}")
+    merges = []
+    for n, m in enumerate(raw):
+        if not (type(m) is list and len(m) == 2 and type(m[0]) is str and type(m[1]) is str and m[0] and m[1]):
+            raise ValueError(f"{path}: the field 'merges' has {m!r} at {n}; each merge is a pair of token strings")
+        where = f"{path}: the field 'merges', item {n}"
+        merges.append((str_to_token(m[0], where), str_to_token(m[1], where)))
+    return merges
+
+
+def _special_tokens_field(path: str, raw, vocab: dict[int, bytes]) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the field 'special_tokens' must be an object of token -> id, not an {_json_type(raw)}")
+    for s, i in raw.items():
+        if not s:
+            raise ValueError(f"{path}: the field 'special_tokens' has an empty special token")
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ValueError(f"{path}: the field 'special_tokens' gives {s!r} the id {i!r}, not an int")
+        if vocab.get(i) != s.encode("utf-8"):
+            raise ValueError(
+                f"{path}: the field 'special_tokens' gives {s!r} the id {i}, "
+                f"but the field 'vocab' has {vocab.get(i)!r} there"
+            )
+    return dict(raw)
 
 
 def _threads(num_threads: int | None) -> int:

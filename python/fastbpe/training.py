@@ -11,7 +11,7 @@ from typing import Union
 import regex
 
 from fastbpe import _core, _progress, patterns
-from fastbpe.tokenizer import Tokenizer
+from fastbpe.tokenizer import ID_LIMIT, Tokenizer, check_special_tokens
 
 PathLike = Union[str, os.PathLike]
 
@@ -19,25 +19,6 @@ PathLike = Union[str, os.PathLike]
 _TEXT_BATCH_CHARS = 8 << 20
 # Custom patterns read files in blocks of this many bytes (cut after special tokens).
 _CUSTOM_BLOCK = 4 << 20
-
-
-def _check_special_tokens(special_tokens: Iterable[str] | None) -> list[str]:
-    if special_tokens is None:
-        return []
-    if isinstance(special_tokens, str):
-        raise TypeError(f"special_tokens must be a list of strings, not one string: use [{special_tokens!r}]")
-    specials = list(special_tokens)
-    for s in specials:
-        if not isinstance(s, str):
-            raise TypeError(f"special tokens must be strings, got {s!r}")
-        if not s:
-            raise ValueError("special tokens must not be empty strings")
-    seen = set()
-    for s in specials:
-        if s in seen:
-            raise ValueError(f"special token {s!r} is given twice")
-        seen.add(s)
-    return specials
 
 
 def _inputs(input) -> tuple[list[str], Iterable[str] | None]:
@@ -69,10 +50,11 @@ def _batches(texts: Iterable[str]) -> Iterator[list[str]]:
 
 
 def _count_custom_text(text: str, rx, special_rx, counts: Counter) -> None:
+    """Counts the pieces of `text` under a custom regex (its matches and the text between them)."""
     segments = special_rx.split(text) if special_rx is not None else [text]
     for seg in segments:
-        for m in rx.finditer(seg):
-            counts[m.group().encode("utf-8")] += 1
+        for piece in patterns.pieces(rx, seg):
+            counts[piece.encode("utf-8")] += 1
 
 
 def _count_custom_file(path: str, rx, special_tokens: list[str], counts: Counter, bar) -> None:
@@ -139,13 +121,16 @@ def train(
     input: a path, a list/tuple of paths, or any other iterable of texts (a generator, say);
         each file and each text is pre-tokenized on its own.
     vocab_size: 256 byte tokens + the merges + the special tokens.
-    special_tokens: split the text and never merged; they take the last ids.
-    pattern: "gpt2", "cl100k", "o200k", a custom regex, or None (BPE over the raw bytes of each
-        stretch between special tokens).
+    special_tokens: split the text and never merged; they take the last ids (validated as
+        `Tokenizer` validates them).
+    pattern: "gpt2", "cl100k", "o200k" (or tiktoken's "r50k_base", "cl100k_base",
+        "o200k_base"), a custom regex (text it does not match is counted as pieces of its own),
+        or None (BPE over the raw bytes of each stretch between special tokens); an unknown name
+        is a ValueError (see `fastbpe.patterns`).
     num_threads: threads for counting (default: all cores).
     progress: a bar on stderr (default: when stderr is a terminal).
     """
-    specials = _check_special_tokens(special_tokens)
+    specials = check_special_tokens(special_tokens)
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
         raise TypeError(f"vocab_size must be an int, not {type(vocab_size).__name__}")
     minimum = 256 + len(specials)
@@ -154,18 +139,15 @@ def train(
             f"vocab_size={vocab_size} is too small: the minimum is {minimum} "
             f"(256 byte tokens + {len(specials)} special tokens)"
         )
+    if vocab_size > ID_LIMIT:
+        raise ValueError(f"vocab_size={vocab_size} is too large: ids are 32-bit, so the maximum is 2**32")
     if num_threads is None:
         num_threads = os.cpu_count() or 1
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be a positive int or None, not {num_threads!r}")
-    rx_source = patterns.resolve(pattern)
+    pattern = patterns.canonical(pattern)
     builtin = pattern is None or pattern in patterns.BUILTIN
-    rx = None
-    if not builtin:
-        try:
-            rx = regex.compile(rx_source)
-        except regex.error as e:
-            raise ValueError(f"invalid pattern {pattern!r}: {e}") from None
+    rx = None if builtin else patterns.compile(pattern)
     special_rx = _special_regex(specials)
     show = _progress.wanted(progress)
     paths, texts = _inputs(input)
@@ -197,7 +179,7 @@ def train(
 
     num_merges = vocab_size - minimum
     bar = _progress.Bar("merging", num_merges, "merges") if show else None
-    merges = _core.train_merges(counts, num_merges, bar)
+    merges = _core.train_merges(counts, _possible_merges(counts, num_merges), bar)
     if bar:
         bar.close()
     if len(merges) < num_merges:
@@ -213,6 +195,15 @@ def train(
     for s in specials:
         vocab[len(vocab)] = s.encode("utf-8")
     return Tokenizer(vocab, merges, specials, pattern)
+
+
+def _possible_merges(counts: _core.WordCounts, num_merges: int) -> int:
+    """`num_merges`, or fewer when the pieces cannot make that many (each merge joins two parts
+    of some piece, and a piece of n bytes has n - 1 joins), so that a huge vocab_size does not
+    make the core reserve room for merges that cannot exist."""
+    if num_merges <= 1 << 20:
+        return num_merges
+    return min(num_merges, sum(len(piece) - 1 for piece in counts.to_dict()))
 
 
 def train_bpe(
