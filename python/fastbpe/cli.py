@@ -313,8 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_lm_generate)
 
+    # napkin's options belong to accounting.napkin_main (which needs torch): they pass through
+    # to it, --help included.
     p = sub.add_parser("napkin", help="the lecture's napkin math: training time and memory (see --help)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_napkin)
 
     p = sub.add_parser("demo", help="the main job: tokenizer, token files, a tiny LM and samples, on the default corpus")
@@ -327,7 +328,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokenizer-only", action="store_true", help="stop after training the tokenizer")
     p.set_defaults(func=cmd_demo)
 
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "napkin":
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if getattr(args, "special_token", "unset") is None:
         args.special_token = ["<|endoftext|>"]
     with warnings.catch_warnings():
