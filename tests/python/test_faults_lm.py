@@ -101,6 +101,59 @@ def cli_error(capsys, argv) -> str:
     return err[0]
 
 
+# ---- 3. messages ---------------------------------------------------------------------------
+
+
+class _DiskFillsUp:
+    """A file whose writes fail with ENOSPC once `room` bytes are written (a partial write first)."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        data = bytes(data)
+        if len(data) > self.room:
+            self.f.write(data[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def fill_disk(monkeypatch, room: int, after_writes: int = 0):
+    """Checkpoint writes after the first `after_writes` find only `room` bytes of free disk."""
+    real = ckpt_mod.atomic_writer
+    calls = []
+
+    @contextlib.contextmanager
+    def writer(path, suffix=""):
+        calls.append(path)
+        with real(path, suffix) as f:
+            yield f if len(calls) <= after_writes else _DiskFillsUp(f, room)
+
+    monkeypatch.setattr(ckpt_mod, "atomic_writer", writer)
+
+
+def test_a_full_disk_during_a_checkpoint_says_so(tmp_path, monkeypatch, one_torch_thread):
+    from fastbpe.lm import AdamW, TransformerLM
+
+    model = TransformerLM(50, 8, 16, 1, 2, 32)
+    opt = AdamW(model.parameters())
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(model, opt, 1, path)
+    good = path.read_bytes()
+    fill_disk(monkeypatch, room=len(good) // 3)
+    with pytest.raises(OSError) as exc:
+        save_checkpoint(model, opt, 2, path)
+    assert exc.value.errno == errno.ENOSPC
+    assert str(path) in str(exc.value) and "disk is full" in str(exc.value) and "intact" in str(exc.value)
+    assert names(tmp_path) == ["ckpt.pt"]  # the temporary file is gone
+    assert path.read_bytes() == good and read_checkpoint(path)["iteration"] == 1
+
+
 # ---- 4. napkin and determinism -------------------------------------------------------------
 
 NAPKIN_OPTIONS = {
