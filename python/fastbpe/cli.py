@@ -156,24 +156,44 @@ def _lm():
     return lm
 
 
+def _error_text(e: Exception) -> str:
+    """An exception as one line: an OSError fastbpe raised carries its whole message in strerror."""
+    if isinstance(e, OSError) and e.strerror and not e.filename:
+        return e.strerror
+    return str(e)
+
+
+def _check_token_file(flag: str, path: str) -> None:
+    """The CLI's words for a path that is not a token file (the reader checks the file itself)."""
+    if os.path.isdir(path):
+        _die(f"{flag} {path} is a folder: give a token file (made by fastbpe encode)")
+    if not os.path.exists(path):
+        _die(f"{flag} {path}: no such file (make token files with fastbpe encode)")
+    if path.endswith(".json") and os.path.isfile(path[: -len(".json")]):
+        _die(f"{flag} {path} is the metadata of the token file {path[: -len('.json')]}: give the token file itself")
+    if not os.path.isfile(path + ".json"):
+        _die(f"{flag} {path} is not a token file: {path}.json, which fastbpe encode writes beside every token file, "
+             "is missing (make token files with fastbpe encode)")
+
+
 def cmd_lm_train(args) -> None:
     lm = _lm()
-    for p in (args.train, args.val):
-        if not os.path.isfile(p):
-            _die(f"no such token file: {p} (make one with fastbpe encode)")
-        if not os.path.isfile(p + ".json"):
-            _die(f"{p}.json is missing: token files need the metadata fastbpe encode writes beside them")
+    _check_token_file("--train", args.train)
+    _check_token_file("--val", args.val)
     overrides = {k: v for k, v in {
         "max_steps": args.max_steps, "seed": args.seed, "precision": args.precision, "device": args.device,
         "compile": args.compile or None, "batch_size": args.batch_size, "eval_every": args.eval_every,
-        "checkpoint_every": args.checkpoint_every, "max_lr": args.lr,
+        "checkpoint_every": args.checkpoint_every, "max_lr": args.lr, "deterministic": args.deterministic or None,
     }.items() if v is not None}
     try:
         config = lm.preset(args.preset, **overrides)
+        if args.lr is not None:  # the cosine floor keeps the preset's ratio to the peak
+            base = lm.preset(args.preset)
+            config = config.replace(min_lr=args.lr * base.min_lr / base.max_lr)
         config.validate()
-        result = lm.train_lm(config, args.train, args.val, args.out, resume=args.resume)
-    except (ValueError, lm.TrainingDiverged) as e:
-        _die(str(e))
+        result = lm.train_lm(config, args.train, args.val, args.out, resume=args.resume, overwrite=args.overwrite)
+    except (ValueError, OSError, lm.TrainingDiverged) as e:
+        _die(_error_text(e))
     if result.first_val_loss is not None and result.last_val_loss is not None:
         print(f"validation loss {result.first_val_loss:.3f} -> {result.last_val_loss:.3f} after {result.steps} steps "
               f"({result.tokens_per_s:,.0f} tokens/s); loss curve: {os.path.join(args.out, 'loss.png')}")
@@ -246,9 +266,11 @@ def cmd_demo(args) -> None:
 
     preset = args.preset or ("small" if torch.cuda.is_available() else "tiny")
     run_dir = os.path.join(out, "run")
+    # The demo's own folder: a second demo replaces the first one's run (and says what it removed).
     cmd_lm_train(argparse.Namespace(train=train_bin, val=val_bin, out=run_dir, preset=preset, max_steps=args.max_steps,
                                     seed=0, precision=None, device=None, compile=False, batch_size=None,
-                                    eval_every=None, checkpoint_every=None, lr=None, resume=False))
+                                    eval_every=None, checkpoint_every=None, lr=None, resume=False, overwrite=True,
+                                    deterministic=False))
     print("\n== 4/4 sample from it")
     cmd_lm_generate(argparse.Namespace(run=run_dir, prompt=args.prompt, max_new_tokens=120, temperature=0.8,
                                        top_p=0.95, seed=0, samples=2))
@@ -294,12 +316,18 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--preset", default="tiny", help="tiny, small or gpt2-small (default tiny)")
     q.add_argument("--max-steps", type=int)
     q.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (deletes its ckpt_*.pt, metrics.jsonl, loss.png, config.json, "
+                   "tokenizer.json; nothing else)")
     q.add_argument("--seed", type=int)
     q.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     q.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     q.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
+    q.add_argument("--deterministic", action="store_true",
+                   help="reproducible kernels: a run and its --resume repeat bit for bit on the same machine and "
+                   "thread count (may be slower)")
     q.add_argument("--batch-size", type=int)
-    q.add_argument("--lr", type=float, help="peak learning rate")
+    q.add_argument("--lr", type=float, help="peak learning rate (the floor keeps the preset's ratio to it)")
     q.add_argument("--eval-every", type=int)
     q.add_argument("--checkpoint-every", type=int)
     q.set_defaults(func=cmd_lm_train)

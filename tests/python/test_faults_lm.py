@@ -101,7 +101,206 @@ def cli_error(capsys, argv) -> str:
     return err[0]
 
 
+# ---- 1. the model's vocabulary and the tokens' tokenizer -----------------------------------
+
+
+@pytest.mark.parametrize("block", [1, 7, 4096])
+def test_largest_token_id_reads_in_blocks(tmp_path, block):
+    from fastbpe.lm.data import largest_token_id
+
+    ids = np.random.default_rng(0).integers(0, 1000, 5000).astype(np.uint16)
+    ids[[1234, 4321]] = 5000  # the first occurrence is reported
+    ids.tofile(tmp_path / "t.bin")
+    data = np.memmap(tmp_path / "t.bin", dtype=np.uint16, mode="r")
+    assert largest_token_id(data, block=block) == (5000, 1234)
+    assert largest_token_id(data[2000:], block=block) == (5000, 4321 - 2000)
+    assert largest_token_id(np.zeros(0, dtype=np.uint16)) is None
+
+
+def test_vocab_size_is_the_tokenizers_largest_id_plus_one(data, tmp_path, one_torch_thread):
+    # 257 tokens with ids up to 300: a model of 257 rows would index out of bounds at 300.
+    result = train(config(max_steps=2), data["gap"], data["gap"], tmp_path / "run")
+    assert result.model.vocab_size == 301
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["vocab_size"] == 301
+    assert fastbpe.Tokenizer.load(tmp_path / "run" / "tokenizer.json") == gap_tokenizer()
+
+
+def test_vocab_size_without_a_tokenizer_comes_from_the_data(data, tmp_path, one_torch_thread):
+    logs = []
+    result = train(config(max_steps=2), data["gap_anon"], data["gap_anon"], tmp_path / "run", log=logs.append)
+    assert result.model.vocab_size == 301
+    assert any("vocab_size 301" in m and "no tokenizer" in m for m in logs)
+
+
+def test_an_id_outside_the_model_names_file_id_and_offset(data, tmp_path, one_torch_thread):
+    first = int(np.flatnonzero(open_tokens(data["gap_anon"]) == 300)[0])
+    with pytest.raises(ValueError) as exc:
+        train(config(vocab_size=257), data["gap_anon"], data["gap_anon"], tmp_path / "run")
+    msg = str(exc.value)
+    assert "gap_anon.bin" in msg and "token id 300" in msg and f"offset {first} " in msg and "vocabulary of 257" in msg
+    assert "\n" not in msg
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_vocab_size_below_the_tokenizers_ids_is_refused(data, tmp_path, one_torch_thread):
+    with pytest.raises(ValueError, match=r"vocab_size 257 cannot hold the ids of the tokenizer .*tok_gap.json.* 300"):
+        train(config(vocab_size=257), data["gap"], data["gap"], tmp_path / "run")
+
+
+def test_resuming_on_another_tokenizers_tokens_is_refused(data, tmp_path, one_torch_thread):
+    run = tmp_path / "run"
+    train(config(max_steps=3), *data["a"], run)
+    before = names(run)
+    sha_a = fastbpe.Tokenizer.load(data["tok_a"]).fingerprint()
+    sha_b = fastbpe.Tokenizer.load(data["tok_b"]).fingerprint()
+    assert sha_a != sha_b
+    with pytest.raises(ValueError) as exc:
+        train(config(max_steps=6), *data["b"], run, resume=True)
+    assert sha_a in str(exc.value) and sha_b in str(exc.value) and "train_b.bin" in str(exc.value)
+    assert names(run) == before
+
+
+def test_train_and_val_of_different_tokenizers_are_refused(data, tmp_path, one_torch_thread):
+    with pytest.raises(ValueError, match=r"train_a.bin and .*val_b.bin were encoded by different tokenizers"):
+        train(config(), data["a"][0], data["b"][1], tmp_path / "run")
+
+
+def test_a_stale_run_tokenizer_is_replaced(data, tmp_path, one_torch_thread):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tokenizer.json").write_bytes(Path(data["tok_b"]).read_bytes())  # left from elsewhere
+    logs = []
+    train(config(max_steps=2), *data["a"], run, log=logs.append)
+    assert (run / "tokenizer.json").read_bytes() == Path(data["tok_a"]).read_bytes()
+    assert any(m.startswith("replaced") and "tokenizer.json" in m for m in logs)
+
+
+def test_a_tokenizer_changed_since_encoding_is_refused(data, tmp_path, one_torch_thread):
+    tok_path = tmp_path / "tok.json"
+    tok_path.write_bytes(Path(data["tok_a"]).read_bytes())
+    corpus = tmp_path / "a.txt"
+    corpus.write_text(TEXT_A)
+    fastbpe.Tokenizer.load(tok_path).encode_file(corpus, tmp_path / "t.bin", metadata={"tokenizer": str(tok_path)})
+    tok_path.write_bytes(Path(data["tok_b"]).read_bytes())  # the file now holds another tokenizer
+    with pytest.raises(ValueError, match=r"tok.json is no longer the tokenizer that encoded"):
+        train(config(), tmp_path / "t.bin", tmp_path / "t.bin", tmp_path / "run")
+
+
+# ---- 2. run folders ------------------------------------------------------------------------
+
+
+def test_a_fresh_run_into_a_run_folder_is_refused(data, tmp_path, one_torch_thread):
+    run = tmp_path / "run"
+    train(config(max_steps=3), *data["a"], run)
+    before = {n: (run / n).read_bytes() for n in names(run)}
+    with pytest.raises(ValueError, match=r"already holds a run \(ckpt_0000003.pt.*--resume.*--overwrite"):
+        train(config(max_steps=6), *data["a"], run)
+    assert {n: (run / n).read_bytes() for n in names(run)} == before
+
+
+def test_overwrite_removes_only_the_files_a_run_writes(data, tmp_path, one_torch_thread):
+    run = tmp_path / "run"
+    train(config(max_steps=6), *data["a"], run)
+    (run / "notes.txt").write_text("mine")
+    (run / "ckpt_best.pt").write_text("mine too")
+    logs = []
+    train(config(max_steps=2, checkpoint_every=1, keep_checkpoints=1), *data["a"], run, overwrite=True, log=logs.append)
+    assert names(run) == ["ckpt_0000002.pt", "ckpt_best.pt", "config.json", "loss.png", "metrics.jsonl", "notes.txt",
+                          "tokenizer.json"]
+    assert (run / "notes.txt").read_text() == "mine"
+    removed = next(m for m in logs if m.startswith("--overwrite"))
+    assert "ckpt_0000006.pt" in removed and "metrics.jsonl" in removed and "nothing else" in removed
+    assert max(r["step"] for r in trainer.read_rows(run / "metrics.jsonl")) == 2
+
+
+def test_resume_and_overwrite_exclude_each_other(data, tmp_path):
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(config(), *data["a"], tmp_path / "run", resume=True, overwrite=True)
+
+
+def test_checkpoints_sort_by_step_not_by_name(tmp_path):
+    for step in (9_999_999, 10_000_000, 5):
+        (tmp_path / f"ckpt_{step:07d}.pt").write_bytes(b"")
+    (tmp_path / "ckpt_best.pt").write_bytes(b"")
+    assert [os.path.basename(p) for p in trainer.checkpoints(str(tmp_path))] == [
+        "ckpt_0000005.pt", "ckpt_9999999.pt", "ckpt_10000000.pt"]
+
+
+def test_a_resume_past_corrupt_checkpoints_keeps_its_own(data, tmp_path, one_torch_thread):
+    run = tmp_path / "run"
+    train(config(max_steps=9), *data["a"], run)
+    for p in trainer.checkpoints(str(run)):
+        Path(p).write_bytes(b"torn")
+    with pytest.warns(UserWarning, match="skipping"):
+        train(config(max_steps=4, checkpoint_every=2, keep_checkpoints=2), *data["a"], run, resume=True)
+    with pytest.warns(UserWarning, match="skipping"):  # the old run's corrupt 6 and 9 stay, skipped
+        path, ckpt = trainer.newest_valid_checkpoint(str(run))
+    assert os.path.basename(path) == "ckpt_0000004.pt" and ckpt["iteration"] == 4
+    assert "ckpt_0000002.pt" in names(run)  # keep_checkpoints counts this run's checkpoints
+
+
+def test_a_run_ends_with_a_checkpoint_of_its_last_step(data, tmp_path, one_torch_thread):
+    run = tmp_path / "run"
+    train(config(max_steps=5, checkpoint_every=100, eval_every=100), *data["a"], run)
+    assert [os.path.basename(p) for p in trainer.checkpoints(str(run))] == ["ckpt_0000005.pt"]
+
+
+def test_resuming_into_another_shape_is_one_line(data, tmp_path, one_torch_thread):
+    run = tmp_path / "run"
+    train(config(max_steps=3), *data["a"], run)
+    with pytest.raises(ValueError) as exc:
+        train(config(max_steps=6, d_model=32, d_ff=64), *data["a"], run, resume=True)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert "d_model 16, d_ff 32" in msg and "d_model 32, d_ff 64" in msg and "num_layers" not in msg
+
+
+def test_a_torn_metrics_line_is_tolerated_on_resume(data, tmp_path, one_torch_thread):
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(config(max_steps=6), *data["a"], full)
+    train(config(max_steps=6), *data["a"], part)
+    os.unlink(part / "ckpt_0000006.pt")
+    with open(part / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "loss": 3.1')  # a kill in the middle of a write
+    with pytest.warns(UserWarning, match=r"metrics.jsonl: ignoring its last line"):
+        train(config(max_steps=6), *data["a"], part, resume=True)
+    assert losses(part) == losses(full)
+    assert '"step": 7' not in (part / "metrics.jsonl").read_text()
+
+
+def test_read_metrics_tolerates_only_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "val_loss": 5.0}\n{"step": 1, "loss": 4.0}\n{"step": 2, "lo')
+    with pytest.warns(UserWarning, match="metrics.jsonl"):
+        train_rows, evals = read_metrics(path)
+    assert [r["step"] for r in train_rows] == [1] and [r["step"] for r in evals] == [0]
+    path.write_text('{"step": 0, "val_loss": 5.0}\n{"step": 1, "lo\n{"step": 2, "loss": 4.0}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not JSON"):
+        read_metrics(path)
+
+
 # ---- 3. messages ---------------------------------------------------------------------------
+
+
+def test_cuda_without_a_gpu_is_one_line(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = cli_error(capsys, ["lm", "train", "--train", data["a"][0], "--val", data["a"][1], "--out", str(tmp_path / "r"),
+                              "--device", "cuda"])
+    assert "'cuda'" in line and "no CUDA GPU" in line and "--device cpu" in line
+
+
+def test_a_cuda_index_the_machine_lacks_is_one_line(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    line = cli_error(capsys, ["lm", "train", "--train", data["a"][0], "--val", data["a"][1], "--out", str(tmp_path / "r"),
+                              "--device", "cuda:7"])
+    assert "'cuda:7'" in line and "1 CUDA device (cuda:0)" in line
+
+
+def test_an_unknown_device_is_one_line(data, tmp_path, capsys):
+    line = cli_error(capsys, ["lm", "train", "--train", data["a"][0], "--val", data["a"][1], "--out", str(tmp_path / "r"),
+                              "--device", "gpu"])
+    assert "unknown device 'gpu'" in line and "cpu, cuda" in line
 
 
 class _DiskFillsUp:
@@ -154,6 +353,16 @@ def test_a_full_disk_during_a_checkpoint_says_so(tmp_path, monkeypatch, one_torc
     assert path.read_bytes() == good and read_checkpoint(path)["iteration"] == 1
 
 
+def test_a_full_disk_during_training_names_the_intact_checkpoint(data, tmp_path, monkeypatch, capsys, one_torch_thread):
+    run = tmp_path / "run"
+    fill_disk(monkeypatch, room=1000, after_writes=1)
+    line = cli_error(capsys, ["lm", "train", "--train", data["a"][0], "--val", data["a"][1], "--out", str(run),
+                              "--max-steps", "2", "--checkpoint-every", "1", "--eval-every", "1", "--device", "cpu"])
+    assert "ckpt_0000002.pt" in line and "disk is full" in line and "ckpt_0000001.pt" in line and "--resume" in line
+    assert [n for n in names(run) if n.endswith(".pt") or n.startswith(".tmp")] == ["ckpt_0000001.pt"]
+    assert read_checkpoint(run / "ckpt_0000001.pt")["iteration"] == 1
+
+
 # ---- 4. napkin and determinism -------------------------------------------------------------
 
 NAPKIN_OPTIONS = {
@@ -190,3 +399,135 @@ def test_the_readmes_napkin_commands_run(capsys):
         for command in (re.sub(r"\[.*?\]", "", line), line.replace("[", "").replace("]", "")):
             cli.main(shlex.split(command)[1:])
             assert "days" in capsys.readouterr().out, command
+
+
+DET = dict(context_length=64, d_model=128, num_layers=1, num_heads=4, d_ff=256, batch_size=16, eval_every=8,
+           eval_batches=2, checkpoint_every=4, warmup_steps=2, max_steps=16, device="cpu", seed=3, deterministic=True)
+
+# Runs on two threads, in a process of their own. At this size two threads make the CPU
+# embedding's backward race (atomic adds) unless the run is deterministic.
+TWO_THREADS = """
+import sys, torch
+from fastbpe.lm import TrainConfig, train_lm
+from fastbpe.lm import trainer
+trainer.peak_flops = lambda device: None
+torch.set_num_threads(2)
+for run in sys.argv[2:]:
+    train_lm(TrainConfig(**{cfg!r}), {train!r}, {val!r}, run, resume=sys.argv[1] == "resume", progress=False,
+             log=lambda *a: None)
+    assert not torch.are_deterministic_algorithms_enabled()  # put back after the run
+"""
+
+
+def losses(run):
+    return [(r["step"], r.get("loss"), r.get("val_loss")) for r in trainer.read_rows(Path(run) / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def two_threads(data, tmp_path_factory):
+    """(command line of the script, folder holding two fresh deterministic runs "one" and "two")."""
+    d = tmp_path_factory.mktemp("deterministic")
+    (d / "run.py").write_text(TWO_THREADS.format(cfg=DET, train=data["a"][0], val=data["a"][1]))
+    # Threads that wait passively: spinning ones crawl on a busy machine (no effect on the numbers).
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    command = lambda mode, *runs: [sys.executable, str(d / "run.py"), mode, *map(str, runs)]  # noqa: E731
+    subprocess.run(command("fresh", d / "one", d / "two"), check=True, timeout=300, env=env)
+    return command, env, d
+
+
+def test_deterministic_runs_on_two_threads_repeat_exactly(two_threads):
+    _, _, d = two_threads
+    assert losses(d / "one") == losses(d / "two")
+    assert json.loads((d / "one" / "config.json").read_text())["deterministic"] is True
+
+
+def test_a_killed_deterministic_run_resumes_to_the_same_result(two_threads, tmp_path):
+    command, env, d = two_threads
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command("fresh", killed), env=env)
+    deadline = time.time() + 120
+    while not (killed / "ckpt_0000004.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "ckpt_0000016.pt").exists()
+    subprocess.run(command("resume", killed), check=True, timeout=300, env=env)
+    assert losses(killed) == losses(d / "one")
+    a = read_checkpoint(d / "one" / "ckpt_0000016.pt")["model"]
+    b = read_checkpoint(killed / "ckpt_0000016.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deterministic_is_a_cli_flag_recorded_in_the_config(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    cli.main(["lm", "train", "--train", data["a"][0], "--val", data["a"][1], "--out", str(run), "--max-steps", "1",
+              "--deterministic", "--device", "cpu"])
+    assert json.loads((run / "config.json").read_text())["deterministic"] is True
+
+
+# ---- the lm train CLI as a stranger uses it ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def odd_files(data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("odd")
+    meta = json.loads(Path(data["a"][1] + ".json").read_text())
+    (d / "notes.txt").write_text("just text\n")
+    (d / "empty.bin").write_bytes(b"")
+    (d / "empty.bin.json").write_text(json.dumps({**meta, "num_tokens": 0}))
+    short = np.asarray(open_tokens(data["a"][1])[:50])
+    short.tofile(d / "short.bin")
+    (d / "short.bin.json").write_text(json.dumps({**meta, "num_tokens": 50}))
+    return d
+
+
+@pytest.mark.parametrize("case, message", [
+    ("text", r"--train .*notes.txt is not a token file: .*notes.txt.json, .* is missing"),
+    ("sidecar", r"--train .*train_a.bin.json is the metadata of the token file .*train_a.bin: give the token file"),
+    ("preset", r"unknown preset 'nope'; choose one of tiny, small, gpt2-small"),
+    ("max_steps", r"max_steps must be at least 1, got 0"),
+    ("batch_size", r"batch_size must be at least 1, got -1"),
+    ("empty_val", r"the validation file .*empty.bin holds 0 tokens; windows of context_length 128 need at least 129"),
+    ("short_val", r"the validation file .*short.bin holds 50 tokens; windows of context_length 128 need at least 129"),
+    ("folder", r"--val .* is a folder"),
+])
+def test_lm_train_refuses_bad_input_in_one_line(data, odd_files, tmp_path, capsys, case, message):
+    train_path, val_path = data["a"]
+    extra = []
+    if case == "text":
+        train_path = str(odd_files / "notes.txt")
+    elif case == "sidecar":
+        train_path += ".json"
+    elif case == "preset":
+        extra = ["--preset", "nope"]
+    elif case == "max_steps":
+        extra = ["--max-steps", "0"]
+    elif case == "batch_size":
+        extra = ["--batch-size", "-1"]
+    elif case == "empty_val":
+        val_path = str(odd_files / "empty.bin")
+    elif case == "short_val":
+        val_path = str(odd_files / "short.bin")
+    elif case == "folder":
+        val_path = str(odd_files)
+    line = cli_error(capsys, ["lm", "train", "--train", train_path, "--val", val_path, "--out", str(tmp_path / "r"), *extra])
+    assert re.search(message, line), line
+    assert not (tmp_path / "r").exists()
+
+
+def test_lr_below_the_presets_floor_is_accepted(data, tmp_path, capsys):
+    cli.main(["lm", "train", "--train", data["a"][0], "--val", data["a"][1], "--out", str(tmp_path / "r"),
+              "--max-steps", "1", "--lr", "1e-5", "--device", "cpu"])
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["max_lr"] == 1e-5 and saved["min_lr"] == pytest.approx(1e-6)
+
+
+def test_demo_runs_twice_into_its_folder(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT_A)
+    argv = ["demo", "--corpus", str(corpus), "--out", str(tmp_path / "demo"), "--vocab-size", "300", "--max-steps", "2",
+            "--preset", "tiny"]
+    cli.main(argv)
+    cli.main(argv)  # the demo replaces its own earlier run
+    out = capsys.readouterr().out
+    assert "--overwrite: removed the earlier run's" in out and out.count("--- sample 2") == 2
