@@ -207,33 +207,61 @@ def load_run(run_dir: str):
 
     lm = _lm()
     from fastbpe.lm.config import config_from_dict
-    from fastbpe.lm.trainer import newest_valid_checkpoint
+    from fastbpe.lm.trainer import checkpoints, newest_valid_checkpoint
 
-    tok_path = os.path.join(run_dir, "tokenizer.json")
     if not os.path.isdir(run_dir):
-        _die(f"no such run folder: {run_dir}")
-    if not os.path.isfile(tok_path):
-        _die(f"{tok_path} is missing: the run's token files did not name their tokenizer")
+        _die(f"no such run folder: {run_dir} (fastbpe lm train --out writes one)")
+    if not checkpoints(run_dir):
+        _die(f"no checkpoint in {run_dir}: it is not a run folder, or its run has not written one yet "
+             "(fastbpe lm train --out writes them)")
     found = newest_valid_checkpoint(run_dir)
     if found is None:
-        _die(f"no checkpoint in {run_dir}")
-    _, ckpt = found
-    config = config_from_dict(ckpt["config"])
+        _die(f"no valid checkpoint in {run_dir}: every ckpt_*.pt there is truncated or corrupt (see the warnings)")
+    path, ckpt = found
+    tok_path = os.path.join(run_dir, "tokenizer.json")
+    if not os.path.isfile(tok_path):
+        _die(f"{tok_path} is missing: the run's token files did not name their tokenizer; copy the tokenizer there")
+    try:
+        tok = fastbpe.Tokenizer.load(tok_path)
+    except (ValueError, OSError) as e:
+        _die(_error_text(e))
+    want = (ckpt.get("tokenizer") or {}).get("sha256")
+    if want and tok.fingerprint() != want:
+        _die(f"{tok_path} is not the tokenizer {path} was trained with (sha256 {tok.fingerprint()}, not {want}): "
+             "copy that tokenizer there")
+    config = config_from_dict(ckpt.get("config") or {})
     model = lm.TransformerLM(config.vocab_size, config.context_length, config.d_model, config.num_layers,
                              config.num_heads, config.d_ff, config.rope_theta)
-    model.load_state_dict(ckpt["model"])
-    return model, fastbpe.Tokenizer.load(tok_path)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        _die(f"{path} does not match the model its config describes ({str(e).splitlines()[0]})")
+    return model, tok
 
 
 def cmd_lm_generate(args) -> None:
-    import torch
+    # The arguments are checked before the model is loaded.
+    from fastbpe.lm.sample import check_sampling
 
     lm = _lm()
+    try:
+        check_sampling(args.temperature, args.top_p, names=("--temperature", "--top-p"))
+    except ValueError as e:
+        _die(str(e))
+    if args.max_new_tokens < 0:
+        _die(f"--max-new-tokens must be at least 0, got {args.max_new_tokens}")
+    if args.samples < 1:
+        _die(f"--samples must be at least 1, got {args.samples}")
+    import torch
+
     model, tok = load_run(args.run)
     gen = torch.Generator().manual_seed(args.seed)
     for i in range(args.samples):
-        text = lm.generate(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
-                           top_p=args.top_p, generator=gen)
+        try:
+            text = lm.generate(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                               top_p=args.top_p, generator=gen)
+        except ValueError as e:
+            _die(str(e))
         print(f"--- sample {i + 1}\n{args.prompt}{text}")
 
 

@@ -303,6 +303,39 @@ def test_an_unknown_device_is_one_line(data, tmp_path, capsys):
     assert "unknown device 'gpu'" in line and "cpu, cuda" in line
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["--temperature", "nan"], "--temperature must be a finite number >= 0"),
+    (["--top-p", "0"], r"--top-p must be in \(0, 1\]"),
+    (["--top-p", "1.5"], r"--top-p must be in \(0, 1\]"),
+    (["--max-new-tokens", "-3"], "--max-new-tokens must be at least 0"),
+    (["--samples", "0"], "--samples must be at least 1"),
+])
+def test_generate_checks_its_flags_before_loading(tmp_path, capsys, flags, message):
+    # --run names no folder: the flags are refused before the run is even looked at.
+    line = cli_error(capsys, ["lm", "generate", "--run", str(tmp_path / "missing"), *flags])
+    assert re.search(message, line)
+
+
+def test_generate_from_a_missing_or_empty_run(tmp_path, capsys):
+    assert "no such run folder" in cli_error(capsys, ["lm", "generate", "--run", str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "tokenizer.json").write_text("{}")
+    line = cli_error(capsys, ["lm", "generate", "--run", str(tmp_path / "empty")])
+    assert "no checkpoint in" in line
+
+
+def test_generate_never_draws_an_id_the_tokenizer_lacks(one_torch_thread):
+    from fastbpe.lm import TransformerLM, generate
+
+    tok = gap_tokenizer()
+    torch.manual_seed(0)
+    model = TransformerLM(301, 32, 16, 1, 2, 32)  # untrained: ids 256-299 are as likely as any
+    g = torch.Generator().manual_seed(0)
+    text = generate(model, tok, "hello", 60, temperature=1.0, generator=g)
+    assert isinstance(text, str)
+
+
 class _DiskFillsUp:
     """A file whose writes fail with ENOSPC once `room` bytes are written (a partial write first)."""
 
