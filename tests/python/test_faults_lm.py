@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_file
 
 torch = pytest.importorskip("torch")
 
@@ -123,6 +124,17 @@ def test_vocab_size_is_the_tokenizers_largest_id_plus_one(data, tmp_path, one_to
     assert result.model.vocab_size == 301
     assert json.loads((tmp_path / "run" / "config.json").read_text())["vocab_size"] == 301
     assert fastbpe.Tokenizer.load(tmp_path / "run" / "tokenizer.json") == gap_tokenizer()
+
+
+def test_cl100k_tokens_train_a_model_of_every_id(tmp_path, one_torch_thread):
+    # 100,256 ordinary tokens and <|endoftext|> at 100257: 100,257 tokens, ids up to 100257.
+    cl100k = shared_file("tiktoken_cache", "9b5ad71b2ce5302211f9c61530b329a4922fc6a4")
+    tok = fastbpe.Tokenizer.from_tiktoken(cl100k, "cl100k", {"<|endoftext|>": 100257})
+    tok.save(tmp_path / "tok.json")
+    (tmp_path / "c.txt").write_text(("The quick brown fox jumps over the lazy dog. " * 20 + "<|endoftext|>") * 10)
+    tok.encode_file(tmp_path / "c.txt", tmp_path / "t.bin", metadata={"tokenizer": str(tmp_path / "tok.json")})
+    result = train(config(max_steps=2), tmp_path / "t.bin", tmp_path / "t.bin", tmp_path / "run")
+    assert result.model.vocab_size == 100258
 
 
 def test_vocab_size_without_a_tokenizer_comes_from_the_data(data, tmp_path, one_torch_thread):
