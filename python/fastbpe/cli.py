@@ -262,24 +262,44 @@ def _lm():
     return lm
 
 
+def _error_text(e: Exception) -> str:
+    """An exception as one line: an OSError fastbpe raised carries its whole message in strerror."""
+    if isinstance(e, OSError) and e.strerror and not e.filename:
+        return e.strerror
+    return str(e)
+
+
+def _check_token_file(flag: str, path: str) -> None:
+    """The CLI's words for a path that is not a token file (the reader checks the file itself)."""
+    if os.path.isdir(path):
+        _die(f"{flag} {path} is a folder: give a token file (made by fastbpe encode)")
+    if not os.path.exists(path):
+        _die(f"{flag} {path}: no such file (make token files with fastbpe encode)")
+    if path.endswith(".json") and os.path.isfile(path[: -len(".json")]):
+        _die(f"{flag} {path} is the metadata of the token file {path[: -len('.json')]}: give the token file itself")
+    if not os.path.isfile(path + ".json"):
+        _die(f"{flag} {path} is not a token file: {path}.json, which fastbpe encode writes beside every token file, "
+             "is missing (make token files with fastbpe encode)")
+
+
 def cmd_lm_train(args) -> None:
     lm = _lm()
-    for p in (args.train, args.val):
-        if not os.path.isfile(p):
-            _die(f"no such token file: {p} (make one with fastbpe encode)")
-        if not os.path.isfile(p + ".json"):
-            _die(f"{p}.json is missing: token files need the metadata fastbpe encode writes beside them")
+    _check_token_file("--train", args.train)
+    _check_token_file("--val", args.val)
     overrides = {k: v for k, v in {
         "max_steps": args.max_steps, "seed": args.seed, "precision": args.precision, "device": args.device,
         "compile": args.compile or None, "batch_size": args.batch_size, "eval_every": args.eval_every,
-        "checkpoint_every": args.checkpoint_every, "max_lr": args.lr,
+        "checkpoint_every": args.checkpoint_every, "max_lr": args.lr, "deterministic": args.deterministic or None,
     }.items() if v is not None}
     try:
         config = lm.preset(args.preset, **overrides)
+        if args.lr is not None:  # the cosine floor keeps the preset's ratio to the peak
+            base = lm.preset(args.preset)
+            config = config.replace(min_lr=args.lr * base.min_lr / base.max_lr)
         config.validate()
-        result = lm.train_lm(config, args.train, args.val, args.out, resume=args.resume)
-    except (ValueError, lm.TrainingDiverged) as e:
-        _die(str(e))
+        result = lm.train_lm(config, args.train, args.val, args.out, resume=args.resume, overwrite=args.overwrite)
+    except (ValueError, OSError, lm.TrainingDiverged) as e:
+        _die(_error_text(e))
     if result.first_val_loss is not None and result.last_val_loss is not None:
         print(f"validation loss {result.first_val_loss:.3f} -> {result.last_val_loss:.3f} after {result.steps} steps "
               f"({result.tokens_per_s:,.0f} tokens/s); loss curve: {os.path.join(args.out, 'loss.png')}")
@@ -293,33 +313,61 @@ def load_run(run_dir: str):
 
     lm = _lm()
     from fastbpe.lm.config import config_from_dict
-    from fastbpe.lm.trainer import newest_valid_checkpoint
+    from fastbpe.lm.trainer import checkpoints, newest_valid_checkpoint
 
-    tok_path = os.path.join(run_dir, "tokenizer.json")
     if not os.path.isdir(run_dir):
-        _die(f"no such run folder: {run_dir}")
-    if not os.path.isfile(tok_path):
-        _die(f"{tok_path} is missing: the run's token files did not name their tokenizer")
+        _die(f"no such run folder: {run_dir} (fastbpe lm train --out writes one)")
+    if not checkpoints(run_dir):
+        _die(f"no checkpoint in {run_dir}: it is not a run folder, or its run has not written one yet "
+             "(fastbpe lm train --out writes them)")
     found = newest_valid_checkpoint(run_dir)
     if found is None:
-        _die(f"no checkpoint in {run_dir}")
-    _, ckpt = found
-    config = config_from_dict(ckpt["config"])
+        _die(f"no valid checkpoint in {run_dir}: every ckpt_*.pt there is truncated or corrupt (see the warnings)")
+    path, ckpt = found
+    tok_path = os.path.join(run_dir, "tokenizer.json")
+    if not os.path.isfile(tok_path):
+        _die(f"{tok_path} is missing: the run's token files did not name their tokenizer; copy the tokenizer there")
+    try:
+        tok = fastbpe.Tokenizer.load(tok_path)
+    except (ValueError, OSError) as e:
+        _die(_error_text(e))
+    want = (ckpt.get("tokenizer") or {}).get("sha256")
+    if want and tok.fingerprint() != want:
+        _die(f"{tok_path} is not the tokenizer {path} was trained with (sha256 {tok.fingerprint()}, not {want}): "
+             "copy that tokenizer there")
+    config = config_from_dict(ckpt.get("config") or {})
     model = lm.TransformerLM(config.vocab_size, config.context_length, config.d_model, config.num_layers,
                              config.num_heads, config.d_ff, config.rope_theta)
-    model.load_state_dict(ckpt["model"])
-    return model, fastbpe.Tokenizer.load(tok_path)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        _die(f"{path} does not match the model its config describes ({str(e).splitlines()[0]})")
+    return model, tok
 
 
 def cmd_lm_generate(args) -> None:
-    import torch
+    # The arguments are checked before the model is loaded.
+    from fastbpe.lm.sample import check_sampling
 
     lm = _lm()
+    try:
+        check_sampling(args.temperature, args.top_p, names=("--temperature", "--top-p"))
+    except ValueError as e:
+        _die(str(e))
+    if args.max_new_tokens < 0:
+        _die(f"--max-new-tokens must be at least 0, got {args.max_new_tokens}")
+    if args.samples < 1:
+        _die(f"--samples must be at least 1, got {args.samples}")
+    import torch
+
     model, tok = load_run(args.run)
     gen = torch.Generator().manual_seed(args.seed)
     for i in range(args.samples):
-        text = lm.generate(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
-                           top_p=args.top_p, generator=gen)
+        try:
+            text = lm.generate(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                               top_p=args.top_p, generator=gen)
+        except ValueError as e:
+            _die(str(e))
         print(f"--- sample {i + 1}\n{args.prompt}{text}")
 
 
@@ -352,9 +400,11 @@ def cmd_demo(args) -> None:
 
     preset = args.preset or ("small" if torch.cuda.is_available() else "tiny")
     run_dir = os.path.join(out, "run")
+    # The demo's own folder: a second demo replaces the first one's run (and says what it removed).
     cmd_lm_train(argparse.Namespace(train=train_bin, val=val_bin, out=run_dir, preset=preset, max_steps=args.max_steps,
                                     seed=0, precision=None, device=None, compile=False, batch_size=None,
-                                    eval_every=None, checkpoint_every=None, lr=None, resume=False))
+                                    eval_every=None, checkpoint_every=None, lr=None, resume=False, overwrite=True,
+                                    deterministic=False))
     print("\n== 4/4 sample from it")
     cmd_lm_generate(argparse.Namespace(run=run_dir, prompt=args.prompt, max_new_tokens=120, temperature=0.8,
                                        top_p=0.95, seed=0, samples=2))
@@ -404,12 +454,18 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--preset", default="tiny", help="tiny, small or gpt2-small (default tiny)")
     q.add_argument("--max-steps", type=int)
     q.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (deletes its ckpt_*.pt, metrics.jsonl, loss.png, config.json, "
+                   "tokenizer.json; nothing else)")
     q.add_argument("--seed", type=int)
     q.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     q.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     q.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
+    q.add_argument("--deterministic", action="store_true",
+                   help="reproducible kernels: a run and its --resume repeat bit for bit on the same machine and "
+                   "thread count (may be slower)")
     q.add_argument("--batch-size", type=int)
-    q.add_argument("--lr", type=float, help="peak learning rate")
+    q.add_argument("--lr", type=float, help="peak learning rate (the floor keeps the preset's ratio to it)")
     q.add_argument("--eval-every", type=int)
     q.add_argument("--checkpoint-every", type=int)
     q.set_defaults(func=cmd_lm_train)
@@ -423,8 +479,9 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_lm_generate)
 
+    # napkin's options belong to accounting.napkin_main (which needs torch): they pass through
+    # to it, --help included.
     p = sub.add_parser("napkin", help="the lecture's napkin math: training time and memory (see --help)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_napkin)
 
     p = sub.add_parser("demo", help="the main job: tokenizer, token files, a tiny LM and samples, on the default corpus")
@@ -437,7 +494,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokenizer-only", action="store_true", help="stop after training the tokenizer")
     p.set_defaults(func=cmd_demo)
 
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "napkin":
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if getattr(args, "special_token", "unset") is None:
         args.special_token = ["<|endoftext|>"]
     with warnings.catch_warnings():

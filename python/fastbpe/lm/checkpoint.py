@@ -1,12 +1,13 @@
 """Checkpoints: model, optimizer and iteration (and whatever else the caller adds) in one file.
 
 Writes to a path are atomic (temporary file in the same folder, fsync, rename), so a crash
-leaves the previous checkpoint intact; loading uses `weights_only=True` (no code runs from the
+or a full disk leaves the previous checkpoint intact; loading uses `weights_only=True` (no code runs from the
 file) and checks the format version.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import IO, BinaryIO
 
@@ -47,8 +48,49 @@ def save_checkpoint(model, optimizer, iteration: int, out: str | os.PathLike | B
     if not isinstance(out, (str, os.PathLike)):
         torch.save(obj, out)
         return
-    with atomic_writer(out, suffix=".pt") as f:
-        torch.save(obj, f)
+    sink = None
+    try:
+        with atomic_writer(out, suffix=".pt") as f:
+            sink = _ErrorKeepingFile(f)
+            torch.save(obj, sink)
+    except Exception as e:
+        cause = e if isinstance(e, OSError) else (sink.error if sink is not None else None)
+        if cause is None:
+            raise
+        raise _write_error(os.fspath(out), cause) from e
+
+
+class _ErrorKeepingFile:
+    """A file whose failed write is remembered: torch's writer reports an OSError from the file
+    it writes to as a bare "unexpected pos" RuntimeError, losing the reason (a full disk)."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def _write_error(path: str, cause: OSError) -> OSError:
+    """An OSError that names the checkpoint, says why it was not written, and that the file it
+    would have replaced is untouched (the write went to a temporary file, now removed)."""
+    if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = f"the disk is full ({errno.errorcode[cause.errno]})"
+        fix = "free some space"
+    else:
+        why = cause.strerror or str(cause)
+        fix = "fix that"
+    msg = (f"could not write checkpoint {path}: {why}; nothing was replaced, so the previous checkpoint is "
+           f"intact: {fix} and try again")
+    return OSError(cause.errno, msg) if cause.errno is not None else OSError(msg)
 
 
 def read_checkpoint(src: str | os.PathLike | BinaryIO | IO[bytes], map_location="cpu") -> dict:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 @dataclass
 class TrainConfig:
     # ---- model (CS336's TransformerLM) ----
-    vocab_size: int = 0  # taken from the token files' metadata when 0
+    vocab_size: int = 0  # 0: the tokenizer's largest id + 1 (see train_lm), or the checkpoint's on resume
     context_length: int = 256  # the handout's TinyStories setting
     d_model: int = 512
     num_layers: int = 4
@@ -34,6 +34,12 @@ class TrainConfig:
     device: str = "auto"  # cuda when available, else cpu
     precision: str = "auto"  # bf16 on GPUs that support it, fp32 on CPU; or fp32|bf16|fp16
     compile: bool = False  # torch.compile: faster steps after a slow first one
+    # Off by default because it can cost speed: kernels that are fastest when threads race
+    # (the CPU embedding backward's atomic adds) make two runs of one seed differ in the last
+    # bits. On, torch.use_deterministic_algorithms(True) picks the reproducible kernels (and
+    # cuBLAS gets a fixed workspace), so a run and its --resume repeat bit for bit on the same
+    # machine, software and thread count.
+    deterministic: bool = False
 
     # ---- cadence ----
     eval_every: int = 200  # steps between evaluations on the validation array
@@ -55,8 +61,11 @@ class TrainConfig:
             raise ValueError(f"d_model {self.d_model} must be divisible by num_heads {self.num_heads}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        if self.vocab_size < 0:
+            raise ValueError(f"vocab_size must be positive (or 0: taken from the tokenizer), got {self.vocab_size}")
         if not 0 <= self.min_lr <= self.max_lr:
-            raise ValueError(f"need 0 <= min_lr <= max_lr, got {self.min_lr} and {self.max_lr}")
+            raise ValueError(f"need 0 <= min_lr <= max_lr, got min_lr {self.min_lr} and max_lr {self.max_lr}: "
+                             "the cosine schedule falls from max_lr to min_lr")
 
 
 PRESETS: dict[str, dict] = {
@@ -79,9 +88,13 @@ def preset(name: str, **overrides) -> TrainConfig:
     return TrainConfig(**{**PRESETS[name], **overrides})
 
 
+#: The fields that decide the model's parameters: a checkpoint resumes only into the same ones.
+MODEL_FIELDS = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta")
+
+
 def config_from_dict(d: dict) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in d.items() if k in known})
 
 
-__all__ = ["TrainConfig", "PRESETS", "preset", "config_from_dict"]
+__all__ = ["TrainConfig", "PRESETS", "MODEL_FIELDS", "preset", "config_from_dict"]

@@ -4,16 +4,36 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a metrics.jsonl in order. A last line that is not JSON (a run killed while
+    writing it) is left out with a warning; a bad line before it is an error."""
+    path = os.fspath(path)
+    with open(path) as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    rows = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                warnings.warn(f"{path}: ignoring its last line {n}, which is cut short (the run was killed while "
+                              "writing it)", stacklevel=2)
+                break
+            raise ValueError(f"{path} line {n} is not JSON: a metrics.jsonl holds one JSON object per line") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise ValueError(f"{path} line {n} is not a metrics row (a JSON object with an integer \"step\")")
+        rows.append(row)
+    return rows
 
 
 def read_metrics(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     """(training rows, evaluation rows) of a metrics.jsonl."""
     train, evals = [], []
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                (evals if "val_loss" in row else train).append(row)
+    for row in read_rows(path):
+        (evals if "val_loss" in row else train).append(row)
     return train, evals
 
 

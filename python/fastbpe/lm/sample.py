@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fastbpe.lm.checkpoint import unwrap
+
+
+def check_sampling(temperature: float, top_p: float | None, names: tuple[str, str] = ("temperature", "top_p")) -> None:
+    """ValueError unless temperature is a finite number >= 0 and top_p is None or in (0, 1];
+    `names` are what the message calls them (the CLI's flags)."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"{names[0]} must be a finite number >= 0 (0 samples greedily), got {temperature}")
+    if top_p is not None and not (0 < top_p <= 1):
+        raise ValueError(f"{names[1]} must be in (0, 1] (1 keeps every token), got {top_p}")
+
+
+def _unknown_ids(vocab_size: int, tokenizer, device) -> torch.Tensor | None:
+    """A mask of the model's ids that the tokenizer has no token for (gaps in its ids, or a
+    model larger than the tokenizer), or None when there are none."""
+    known = torch.zeros(vocab_size, dtype=torch.bool)
+    known[[i for i in tokenizer.vocab if 0 <= i < vocab_size]] = True
+    return None if bool(known.all()) else (~known).to(device)
 
 
 @torch.no_grad()
@@ -22,10 +41,7 @@ def generate(
 
     temperature 0 is greedy; `top_p` keeps the smallest set of most likely tokens whose
     probabilities add up to at least p (nucleus sampling)."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    check_sampling(temperature, top_p)
     model = unwrap(model)
     was_training = model.training
     model.eval()
@@ -36,10 +52,16 @@ def generate(
         if eos is None:
             raise ValueError("an empty prompt needs an end-of-text token to start from")
         ids = [eos]
+    if max(ids) >= model.vocab_size:
+        raise ValueError(f"the prompt has token id {max(ids)}, outside the model's vocabulary of {model.vocab_size}: "
+                         "the tokenizer is not the one the model was trained with")
+    unknown = _unknown_ids(model.vocab_size, tokenizer, device)
     x = torch.tensor([ids], device=device)
     new: list[int] = []
     for _ in range(max_new_tokens):
         logits = model(x[:, -model.context_length :])[0, -1].float()
+        if unknown is not None:
+            logits = logits.masked_fill(unknown, -math.inf)  # ids that would not decode are never drawn
         if temperature == 0:
             nxt = int(logits.argmax())
         else:
