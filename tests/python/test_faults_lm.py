@@ -25,6 +25,7 @@ from fastbpe.lm import TrainConfig, train_lm  # noqa: E402
 from fastbpe.lm import checkpoint as ckpt_mod  # noqa: E402
 from fastbpe.lm import trainer  # noqa: E402
 from fastbpe.lm.checkpoint import read_checkpoint, save_checkpoint  # noqa: E402
+from fastbpe import token_files  # noqa: E402
 from fastbpe.lm.data import open_tokens  # noqa: E402
 from fastbpe.lm.plot import read_metrics  # noqa: E402
 
@@ -518,11 +519,10 @@ def odd_files(data, tmp_path_factory):
     d = tmp_path_factory.mktemp("odd")
     meta = json.loads(Path(data["a"][1] + ".json").read_text())
     (d / "notes.txt").write_text("just text\n")
-    (d / "empty.bin").write_bytes(b"")
-    (d / "empty.bin.json").write_text(json.dumps({**meta, "num_tokens": 0}))
+    keep = {k: v for k, v in meta.items() if k not in token_files.RESERVED}
+    token_files.write_tokens(d / "empty.bin", np.zeros(0, dtype=np.uint16), np.uint16, keep)
     short = np.asarray(open_tokens(data["a"][1])[:50])
-    short.tofile(d / "short.bin")
-    (d / "short.bin.json").write_text(json.dumps({**meta, "num_tokens": 50}))
+    token_files.write_tokens(d / "short.bin", short, short.dtype, keep)
     return d
 
 
