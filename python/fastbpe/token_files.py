@@ -382,6 +382,7 @@ def verify_tokens(path: str | os.PathLike) -> dict:
 class TokenScan:
     metadata: dict
     max_id: int | None  # None for an empty file
+    max_id_offset: int | None  # the token offset of max_id's first occurrence
     checksum_verified: bool  # False when the sidecar records no checksum (an older fastbpe wrote it)
 
 
@@ -395,19 +396,22 @@ def scan_tokens(path: str | os.PathLike, *, verify: bool = True) -> TokenScan:
     _check_size(path, meta)
     dtype = array_dtype(meta)
     check = verify and "checksum" in meta
-    crc, best = 0, None
+    crc, best, where, done = 0, None, None, 0
     buf = bytearray(_BLOCK - _BLOCK % dtype.itemsize)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
+    with open(path, "rb") as f:  # buffered: every read but the last fills the block
         while n := f.readinto(buf):
             if check:
                 crc = zlib.crc32(view[:n], crc)
-            if n >= dtype.itemsize:
-                m = int(np.frombuffer(buf, dtype=dtype, count=n // dtype.itemsize).max())
-                best = m if best is None else max(best, m)
+            ids = np.frombuffer(buf, dtype=dtype, count=n // dtype.itemsize)
+            if len(ids):
+                i = int(ids.argmax())  # the first occurrence of the block's largest id
+                if best is None or int(ids[i]) > best:
+                    best, where = int(ids[i]), done + i
+            done += len(ids)
     if check:
         _check_crc(path, meta, crc)
-    return TokenScan(meta, best, check)
+    return TokenScan(meta, best, where, check)
 
 
 # ---- splitting -----------------------------------------------------------------------------------

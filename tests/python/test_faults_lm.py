@@ -106,17 +106,18 @@ def cli_error(capsys, argv) -> str:
 # ---- 1. the model's vocabulary and the tokens' tokenizer -----------------------------------
 
 
-@pytest.mark.parametrize("block", [1, 7, 4096])
-def test_largest_token_id_reads_in_blocks(tmp_path, block):
-    from fastbpe.lm.data import largest_token_id
-
-    ids = np.random.default_rng(0).integers(0, 1000, 5000).astype(np.uint16)
-    ids[[1234, 4321]] = 5000  # the first occurrence is reported
-    ids.tofile(tmp_path / "t.bin")
-    data = np.memmap(tmp_path / "t.bin", dtype=np.uint16, mode="r")
-    assert largest_token_id(data, block=block) == (5000, 1234)
-    assert largest_token_id(data[2000:], block=block) == (5000, 4321 - 2000)
-    assert largest_token_id(np.zeros(0, dtype=np.uint16)) is None
+def test_the_largest_id_and_its_first_offset(tmp_path):
+    ids = np.random.default_rng(0).integers(0, 1000, 3_000_000).astype(np.uint16)
+    ids[[1234, 2_500_000]] = 5000  # the first occurrence is reported, across read blocks
+    token_files.write_tokens(tmp_path / "t.bin", ids, np.uint16)
+    scan = token_files.scan_tokens(tmp_path / "t.bin")
+    assert (scan.max_id, scan.max_id_offset) == (5000, 1234)
+    ids[1234] = 0
+    token_files.write_tokens(tmp_path / "t.bin", ids, np.uint16)
+    scan = token_files.scan_tokens(tmp_path / "t.bin")
+    assert (scan.max_id, scan.max_id_offset) == (5000, 2_500_000)
+    token_files.write_tokens(tmp_path / "e.bin", np.zeros(0, dtype=np.uint16), np.uint16)
+    assert token_files.scan_tokens(tmp_path / "e.bin").max_id is None
 
 
 def test_vocab_size_is_the_tokenizers_largest_id_plus_one(data, tmp_path, one_torch_thread):

@@ -155,21 +155,3 @@ def sequential_batches(
         windows = np.stack([data[r * context_length : r * context_length + context_length + 1] for r in rows])
         del data
         yield _to_device(windows[:, :-1], device), _to_device(windows[:, 1:], device)
-
-
-def largest_token_id(dataset: np.ndarray, block: int = 1 << 22) -> tuple[int, int] | None:
-    """(largest id, offset of its first occurrence) in a token array, or None when it is empty.
-
-    One pass in blocks of `block` tokens, each read through a map that is dropped afterwards,
-    so memory stays bounded however large the file."""
-    if block < 1:
-        raise ValueError(f"block must be positive, got {block}")
-    best, where = -1, -1
-    for start in range(0, len(dataset), block):
-        view = _fresh_view(dataset[start : start + block])
-        chunk = np.asarray(view)
-        top = int(chunk.max())
-        if top > best:
-            best, where = top, start + int(np.argmax(chunk))  # argmax: the first occurrence
-        del view, chunk
-    return (best, where) if where >= 0 else None

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fastbpe import _progress
+from fastbpe import _progress, token_files
 from fastbpe._io import write_atomic
 from fastbpe.lm import accounting
 from fastbpe.lm.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, unwrap
 from fastbpe.lm.config import MODEL_FIELDS, TrainConfig
-from fastbpe.lm.data import BatchLoader, largest_token_id, open_tokens, sequential_batches, token_metadata
+from fastbpe.lm.data import BatchLoader, open_tokens, sequential_batches, token_metadata
 from fastbpe.lm.nn import TransformerLM, clip_grad_norm_, cross_entropy
 from fastbpe.lm.optim import AdamW, cosine_lr
 from fastbpe.lm.plot import plot_loss, read_metrics, read_rows
@@ -328,7 +328,9 @@ def _with_vocab_size(config: TrainConfig, source: tuple[str, Tokenizer] | None, 
     it comes from the tokenizer the metadata names, so that the model covers every id the
     tokenizer can produce (special tokens the text never uses too); without one, from the
     metadata's vocab_size and the data's largest id, whichever is larger."""
-    largest = [(path, data.dtype.itemsize, largest_token_id(data)) for path, data, _ in splits]
+    # One pass per file: the largest id, and the checksum checked on the way.
+    scans = [(path, data.dtype.itemsize, token_files.scan_tokens(path)) for path, data, _ in splits]
+    largest = [(path, size, (scan.max_id, scan.max_id_offset)) for path, size, scan in scans if scan.max_id is not None]
     if config.vocab_size == 0:
         if source is not None:
             size = max(source[1].vocab) + 1
