@@ -109,6 +109,8 @@ def temporary_path(path: str | os.PathLike, suffix: str = "") -> str:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{_HOST}-{os.getpid()}-", suffix=suffix, dir=folder)
     except FileNotFoundError:
+        if os.path.isdir(folder):  # e.g. /proc, whose files cannot be created
+            raise OSError(errno.ENOENT, f"cannot write '{path}': files cannot be created in '{folder}'") from None
         raise FileNotFoundError(errno.ENOENT, f"cannot write '{path}': no such folder '{folder}'") from None
     except OSError as e:
         raise write_error(e, path) from None

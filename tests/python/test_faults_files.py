@@ -490,3 +490,9 @@ def test_bad_flag_values_give_one_line(files, tmp_path, capsys, argv):
     code, _, err = run_main(argv, capsys)
     one_line_error(code, err)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_existing_folder_where_files_cannot_be_created_is_not_called_missing():
+    with pytest.raises(OSError, match="files cannot be created in '/proc'"):
+        _io.check_writable("/proc/t.json")
