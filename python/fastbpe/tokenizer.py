@@ -530,6 +530,50 @@ class Tokenizer:
             and self.pattern == other.pattern
         )
 
+    # ---- pickling ------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        """What decides the ids. The Rust encoder and the other caches are left out (they cannot be
+        pickled, and are rebuilt on first use); so are merges derived from tiktoken ranks."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "vocab": self.vocab,
+            "merges": self._merges if self._rule == "merges" else None,
+            "special_tokens": self.special_token_ids,
+            "pattern": self.pattern,
+            "rule": self._rule,
+        }
+
+    def __setstate__(self, state) -> None:
+        """Unpickling checks the state as construction and `load` check their input: a pickle
+        is not trusted to hold a valid tokenizer."""
+        where = "pickled Tokenizer"
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"{where}: not the state of a fastbpe Tokenizer (no format {FORMAT!r})")
+        if state.get("version") != VERSION:
+            raise ValueError(
+                f"{where}: state version {state.get('version')!r}; this fastbpe reads version {VERSION}: "
+                "pickle it with this version of fastbpe"
+            )
+        rule = state.get("rule")
+        if rule not in ("merges", "ranks"):
+            raise ValueError(f"{where}: rule {rule!r}; expected 'merges' or 'ranks'")
+        try:
+            vocab = _check_vocab(state.get("vocab"))
+            merges = None if rule == "ranks" and state.get("merges") is None else _check_merges(state.get("merges"))
+            if isinstance(state.get("special_tokens"), dict):
+                check_special_tokens(list(state["special_tokens"]))
+            pattern = patterns.canonical(state.get("pattern"))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from None
+        specials = _special_tokens_field(where, state.get("special_tokens"), vocab)
+        special_only = set(specials.values()) if rule == "ranks" else _special_only(vocab, merges, specials, set())
+        try:
+            self._setup(vocab, merges, specials, pattern, rule, special_only)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
     # ---- other formats -----------------------------------------------------------------------
 
     @classmethod
