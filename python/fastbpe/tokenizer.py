@@ -648,46 +648,21 @@ class Tokenizer:
         ]
         write_atomic(os.fspath(path), b"".join(lines))
 
-    def to_huggingface(self, path: str | os.PathLike) -> None:
-        """Write a `tokenizer.json` that `tokenizers.Tokenizer.from_file` loads, with the same ids."""
-        if self.pattern == "gpt2":
-            pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-        elif self.pattern is None:
-            pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
-        else:
-            pre = {
-                "type": "Sequence",
-                "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": patterns.resolve(self.pattern)}, "behavior": "Isolated", "invert": False},
-                    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-                ],
-            }
-        data = {
-            "version": "1.0",
-            "truncation": None,
-            "padding": None,
-            "added_tokens": [
-                {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
-                for s, i in self.special_token_ids.items()
-            ],
-            "normalizer": None,
-            "pre_tokenizer": pre,
-            "post_processor": None,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-            "model": {
-                "type": "BPE",
-                "dropout": None,
-                "unk_token": None,
-                "continuing_subword_prefix": None,
-                "end_of_word_suffix": None,
-                "fuse_unk": False,
-                "byte_fallback": False,
-                "ignore_merges": self._rule == "ranks",
-                "vocab": {token_to_str(t): i for i, t in sorted(self.vocab.items()) if i not in self._special_only},
-                "merges": [[token_to_str(a), token_to_str(b)] for a, b in self.merges],
-            },
-        }
-        write_atomic(os.fspath(path), json.dumps(data, ensure_ascii=False).encode("utf-8"))
+    def to_huggingface(self, path: str | os.PathLike) -> str:
+        """Write the tokenizer for Hugging Face: `tokenizers.Tokenizer.from_file` and
+        `transformers.PreTrainedTokenizerFast(tokenizer_file=...)` give the same ids as `encode`
+        (special tokens recognized), and decode the same text.
+
+        `path` is a `tokenizer.json` file, or a folder (one that exists, or a str ending with a
+        separator, which is created): then `tokenizer.json` and `tokenizer_config.json` are
+        written in it, for `transformers.AutoTokenizer.from_pretrained(folder)`, with eos/bos/pad
+        named where a special token has the usual name (`<|endoftext|>` is eos). Returns the path
+        of the `tokenizer.json`. A pattern that Hugging Face's regex engine cannot follow exactly
+        (a backreference, `(?x)`, one that can match the empty string, ...) raises ValueError
+        naming it; see `fastbpe.formats.huggingface`."""
+        from fastbpe.formats import huggingface
+
+        return huggingface.write(self, path)
 
     # ---- files -------------------------------------------------------------------------------
 
