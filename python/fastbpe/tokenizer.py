@@ -664,6 +664,30 @@ class Tokenizer:
 
         return huggingface.write(self, path)
 
+    @classmethod
+    def from_huggingface(cls, source) -> Tokenizer:
+        """A Hugging Face byte-level BPE tokenizer: a path to a `tokenizer.json` (or to the folder
+        holding it), its JSON text, or a `tokenizers.Tokenizer`.
+
+        Read: a BPE model (vocab, merges as "a b" or [a, b]; `ignore_merges`, which means
+        tiktoken's rule, when the merges are the ones that rule derives from the ids); the
+        pre-tokenizer ByteLevel (with its regex: the "gpt2" pattern; without: None) or a Sequence
+        of Split(Regex, "Isolated") and ByteLevel without its regex; the ByteLevel decoder; every
+        added token, special or not, as a special token with its id. Anything else (a normalizer,
+        a template post-processor, another pre-tokenizer or model, lstrip/rstrip) raises
+        ValueError naming it.
+
+        A Split regex that fastbpe wrote, or that is a named pattern's text, gives back that
+        pattern (the named ones run in Rust). Any other regex runs through Python's `regex`
+        module, and is refused where it holds a construct that module reads otherwise than
+        Oniguruma, Hugging Face's engine ({n,m}+, ^ and $, \\z, \\h, (?m), ...). Both engines take
+        character classes such as \\p{L}, \\w and \\s from their own Unicode tables: on characters
+        that only recent Unicode versions assign (the `regex` module's tables are newer) fastbpe
+        follows `regex`, as it does for its own patterns; on all other text the ids are HF's."""
+        from fastbpe.formats import huggingface
+
+        return huggingface.read(cls, source)
+
     # ---- files -------------------------------------------------------------------------------
 
     def to_dict(self) -> dict:

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import fastbpe
+import fastbpe.formats.huggingface
 from fastbpe import patterns
 from fastbpe.formats import onig
 
@@ -342,3 +343,131 @@ def test_a_special_token_with_the_text_of_another_token_is_refused(tmp_path):
     assert tok.special_token_ids == {"ab": 257}
     with pytest.raises(ValueError, match="'ab' \\(id 257\\).*id 256"):
         tok.to_huggingface(tmp_path / "t.json")
+
+
+# ---- reading tokenizer.json -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_from_huggingface_gives_back_the_tokenizer(kind, tmp_path_factory):
+    tok, path = exported(kind, tmp_path_factory)
+    again = fastbpe.Tokenizer.from_huggingface(path)
+    assert again == tok
+    assert again.fingerprint() == tok.fingerprint()
+    assert again.pattern == tok.pattern  # named patterns come back by name: the Rust splitter
+    text = with_specials(corpus("code_rust.txt")[:30_000], tok.special_tokens, 2999)
+    assert again.encode(text) == tok.encode(text)
+
+
+def test_from_huggingface_takes_a_folder_a_json_string_and_a_tokenizers_object(tmp_path):
+    tok = make("trained_words")
+    tok.to_huggingface(str(tmp_path) + "/")
+    text = (tmp_path / "tokenizer.json").read_text(encoding="utf-8")
+    for source in (tmp_path, str(tmp_path / "tokenizer.json"), text, tokenizers.Tokenizer.from_str(text)):
+        assert fastbpe.Tokenizer.from_huggingface(source) == tok
+
+
+def _gpt2_hf(pre_tokenizer) -> tokenizers.Tokenizer:
+    """GPT-2's files as `tokenizers` builds them, with the given pre-tokenizer."""
+    bpe = tokenizers.models.BPE.from_file(str(shared_file("gpt2", "vocab.json")), str(shared_file("gpt2", "merges.txt")))
+    hf = tokenizers.Tokenizer(bpe)
+    hf.pre_tokenizer = pre_tokenizer
+    hf.decoder = tokenizers.decoders.ByteLevel()
+    hf.add_special_tokens([EOT])
+    return hf
+
+
+FOREIGN = {
+    "gpt2": lambda: _gpt2_hf(tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)),
+    "llama3_shaped": lambda: _gpt2_hf(
+        tokenizers.pre_tokenizers.Sequence(
+            [
+                tokenizers.pre_tokenizers.Split(tokenizers.Regex(LLAMA3), "isolated"),
+                tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(FOREIGN))
+def test_a_file_tokenizers_built_gives_its_ids(name):
+    hf = FOREIGN[name]()
+    tok = fastbpe.Tokenizer.from_huggingface(hf)
+    assert tok.pattern == ("gpt2" if name == "gpt2" else LLAMA3)
+    assert tok.special_token_ids == {EOT: 50256}
+    for corpus_name in ("de_eltec.txt", "code_python.txt", "zh_fortunes.txt", "enwiki_100M.txt.gz"):
+        parts = chunks(with_specials(corpus(corpus_name)[:100_000], [EOT]))
+        got = tok.encode_batch(parts)
+        for g, e in zip(got, hf.encode_batch(parts)):
+            assert_ids_equal(g, e.ids, tok)
+        assert tok.decode(got[0]) == hf.decode(got[0], skip_special_tokens=False)
+
+
+def _edited(tok, edit) -> str:
+    data = json.loads(json.dumps(fastbpe.formats.huggingface.to_json(tok)))
+    edit(data)
+    return json.dumps(data)
+
+
+def _split(regex_text):
+    return lambda d: d["pre_tokenizer"]["pretokenizers"][0].update(pattern={"Regex": regex_text})
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda d: d.update(normalizer={"type": "NFC"}), "normalizer 'NFC'"),
+        (lambda d: d.update(post_processor={"type": "TemplateProcessing"}), "post_processor 'TemplateProcessing'"),
+        (lambda d: d.update(decoder=None), "decoder None"),
+        (lambda d: d["model"].update(type="WordPiece"), "model is 'WordPiece'"),
+        (lambda d: d["model"].update(byte_fallback=True), "byte_fallback"),
+        (lambda d: d["model"].update(dropout=0.1), "dropout"),
+        (lambda d: d["model"].update(ignore_merges=True, merges=d["model"]["merges"][::-1]), "ignore_merges"),
+        (lambda d: d.update(pre_tokenizer={"type": "Metaspace"}), "pre_tokenizer 'Metaspace'"),
+        (lambda d: d.update(pre_tokenizer={"type": "ByteLevel", "add_prefix_space": True}), "add_prefix_space"),
+        (lambda d: d["pre_tokenizer"]["pretokenizers"][0].update(behavior="Removed"), "behavior 'Removed'"),
+        (_split(r"\p{N}{1,3}+|\w+|\s+|."), "repeat \\{n,m\\}\\+"),
+        (_split(r"^\s+|\w+|."), "line anchors"),
+        (_split(r"(?m)\w+|."), "flag m"),
+        (_split(r"\h+|."), "escape"),
+        (lambda d: d["added_tokens"][0].update(lstrip=True), "lstrip"),
+        (lambda d: d["added_tokens"][0].update(id=5), "id 5"),
+        (lambda d: d["model"]["merges"].append("x y z"), "merges\\[\\d+\\]"),
+        (lambda d: d["model"]["vocab"].update({"a b": 5000}), "outside GPT-2's byte alphabet"),
+    ],
+)
+def test_from_huggingface_refuses_what_it_cannot_read_exactly(edit, match):
+    tok = make("trained_words")
+    with pytest.raises(ValueError, match=match):
+        fastbpe.Tokenizer.from_huggingface(_edited(tok, edit))
+
+
+def test_from_huggingface_names_a_missing_file_and_bad_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        fastbpe.Tokenizer.from_huggingface(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        fastbpe.Tokenizer.from_huggingface(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        fastbpe.Tokenizer.from_huggingface("{not json")
+    with pytest.raises(TypeError, match="tokenizers.Tokenizer"):
+        fastbpe.Tokenizer.from_huggingface(42)
+
+
+def test_a_custom_pattern_comes_back_only_if_the_regex_is_its_rewrite():
+    """The comment that carries a custom pattern is trusted only if the regex after it is that
+    pattern's rewrite: an edited regex is read as itself."""
+    tok = make("trained_words")
+    data = fastbpe.formats.huggingface.to_json(tok)
+    source = data["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
+    assert source.startswith("(?#fastbpe pattern:")
+    assert fastbpe.formats.huggingface.pattern_of_regex(source, "x") == tok.pattern
+    edited = source.split(")", 1)[0] + r")\w+|\s+"
+    assert fastbpe.formats.huggingface.pattern_of_regex(edited, "x") == edited
+
+
+def test_merges_written_as_strings_are_read_too():
+    tok = make("trained_gpt2")
+    text = _edited(tok, lambda d: d["model"].update(merges=[" ".join(m) for m in d["model"]["merges"]]))
+    assert fastbpe.Tokenizer.from_huggingface(text) == tok
