@@ -530,6 +530,50 @@ class Tokenizer:
             and self.pattern == other.pattern
         )
 
+    # ---- pickling ------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        """What decides the ids. The Rust encoder and the other caches are left out (they cannot be
+        pickled, and are rebuilt on first use); so are merges derived from tiktoken ranks."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "vocab": self.vocab,
+            "merges": self._merges if self._rule == "merges" else None,
+            "special_tokens": self.special_token_ids,
+            "pattern": self.pattern,
+            "rule": self._rule,
+        }
+
+    def __setstate__(self, state) -> None:
+        """Unpickling checks the state as construction and `load` check their input: a pickle
+        is not trusted to hold a valid tokenizer."""
+        where = "pickled Tokenizer"
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"{where}: not the state of a fastbpe Tokenizer (no format {FORMAT!r})")
+        if state.get("version") != VERSION:
+            raise ValueError(
+                f"{where}: state version {state.get('version')!r}; this fastbpe reads version {VERSION}: "
+                "pickle it with this version of fastbpe"
+            )
+        rule = state.get("rule")
+        if rule not in ("merges", "ranks"):
+            raise ValueError(f"{where}: rule {rule!r}; expected 'merges' or 'ranks'")
+        try:
+            vocab = _check_vocab(state.get("vocab"))
+            merges = None if rule == "ranks" and state.get("merges") is None else _check_merges(state.get("merges"))
+            if isinstance(state.get("special_tokens"), dict):
+                check_special_tokens(list(state["special_tokens"]))
+            pattern = patterns.canonical(state.get("pattern"))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from None
+        specials = _special_tokens_field(where, state.get("special_tokens"), vocab)
+        special_only = set(specials.values()) if rule == "ranks" else _special_only(vocab, merges, specials, set())
+        try:
+            self._setup(vocab, merges, specials, pattern, rule, special_only)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
     # ---- other formats -----------------------------------------------------------------------
 
     @classmethod
@@ -604,46 +648,45 @@ class Tokenizer:
         ]
         write_atomic(os.fspath(path), b"".join(lines))
 
-    def to_huggingface(self, path: str | os.PathLike) -> None:
-        """Write a `tokenizer.json` that `tokenizers.Tokenizer.from_file` loads, with the same ids."""
-        if self.pattern == "gpt2":
-            pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-        elif self.pattern is None:
-            pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
-        else:
-            pre = {
-                "type": "Sequence",
-                "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": patterns.resolve(self.pattern)}, "behavior": "Isolated", "invert": False},
-                    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-                ],
-            }
-        data = {
-            "version": "1.0",
-            "truncation": None,
-            "padding": None,
-            "added_tokens": [
-                {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
-                for s, i in self.special_token_ids.items()
-            ],
-            "normalizer": None,
-            "pre_tokenizer": pre,
-            "post_processor": None,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-            "model": {
-                "type": "BPE",
-                "dropout": None,
-                "unk_token": None,
-                "continuing_subword_prefix": None,
-                "end_of_word_suffix": None,
-                "fuse_unk": False,
-                "byte_fallback": False,
-                "ignore_merges": self._rule == "ranks",
-                "vocab": {token_to_str(t): i for i, t in sorted(self.vocab.items()) if i not in self._special_only},
-                "merges": [[token_to_str(a), token_to_str(b)] for a, b in self.merges],
-            },
-        }
-        write_atomic(os.fspath(path), json.dumps(data, ensure_ascii=False).encode("utf-8"))
+    def to_huggingface(self, path: str | os.PathLike) -> str:
+        """Write the tokenizer for Hugging Face: `tokenizers.Tokenizer.from_file` and
+        `transformers.PreTrainedTokenizerFast(tokenizer_file=...)` give the same ids as `encode`
+        (special tokens recognized), and decode the same text.
+
+        `path` is a `tokenizer.json` file, or a folder (one that exists, or a str ending with a
+        separator, which is created): then `tokenizer.json` and `tokenizer_config.json` are
+        written in it, for `transformers.AutoTokenizer.from_pretrained(folder)`, with eos/bos/pad
+        named where a special token has the usual name (`<|endoftext|>` is eos). Returns the path
+        of the `tokenizer.json`. A pattern that Hugging Face's regex engine cannot follow exactly
+        (a backreference, `(?x)`, one that can match the empty string, ...) raises ValueError
+        naming it; see `fastbpe.formats.huggingface`."""
+        from fastbpe.formats import huggingface
+
+        return huggingface.write(self, path)
+
+    @classmethod
+    def from_huggingface(cls, source) -> Tokenizer:
+        """A Hugging Face byte-level BPE tokenizer: a path to a `tokenizer.json` (or to the folder
+        holding it), its JSON text, or a `tokenizers.Tokenizer`.
+
+        Read: a BPE model (vocab, merges as "a b" or [a, b]; `ignore_merges`, which means
+        tiktoken's rule, when the merges are the ones that rule derives from the ids); the
+        pre-tokenizer ByteLevel (with its regex: the "gpt2" pattern; without: None) or a Sequence
+        of Split(Regex, "Isolated") and ByteLevel without its regex; the ByteLevel decoder; every
+        added token, special or not, as a special token with its id. Anything else (a normalizer,
+        a template post-processor, another pre-tokenizer or model, lstrip/rstrip) raises
+        ValueError naming it.
+
+        A Split regex that fastbpe wrote, or that is a named pattern's text, gives back that
+        pattern (the named ones run in Rust). Any other regex runs through Python's `regex`
+        module, and is refused where it holds a construct that module reads otherwise than
+        Oniguruma, Hugging Face's engine ({n,m}+, ^ and $, \\z, \\h, (?m), ...). Both engines take
+        character classes such as \\p{L}, \\w and \\s from their own Unicode tables: on characters
+        that only recent Unicode versions assign (the `regex` module's tables are newer) fastbpe
+        follows `regex`, as it does for its own patterns; on all other text the ids are HF's."""
+        from fastbpe.formats import huggingface
+
+        return huggingface.read(cls, source)
 
     # ---- files -------------------------------------------------------------------------------
 

@@ -1,0 +1,438 @@
+"""Hugging Face `tokenizer.json`, written so that `tokenizers` and `transformers` give fastbpe's ids.
+
+What `to_huggingface` writes, and why:
+- the pre-tokenizer: the pattern as `Split(Regex, "Isolated")` (the text between matches stays a
+  piece, as in fastbpe) followed by `ByteLevel` without its own regex; the regex is rewritten by
+  `fastbpe.formats.onig` so that Oniguruma splits exactly as Python's `regex` does (explicit
+  character classes, atomic groups for possessive repeats). No pattern: `ByteLevel` alone.
+- the model: BPE over GPT-2's byte alphabet with the merges in priority order; tiktoken's rule
+  (`from_tiktoken`) sets `ignore_merges`, so a piece that is a token is that token, as in
+  tiktoken. The special tokens are in the model's vocab too, under their own text: `tokenizers`
+  gives an added token the id the model has for its text, and numbers the others after the
+  model's vocab (cl100k's 100257 would become 100256).
+- `added_tokens`: the special tokens (special, matched as written, nothing stripped).
+- the decoder: `ByteLevel`.
+In a folder, `tokenizer_config.json` beside it names the class (`PreTrainedTokenizerFast`) and the
+roles of the special tokens that have a conventional name (`<|endoftext|>` is the end of text),
+and turns off `transformers`' clean-up of spaces in decoded text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import regex
+
+from fastbpe import patterns
+from fastbpe._io import write_atomic
+from fastbpe.formats import onig
+from fastbpe.tokenizer import str_to_token, token_to_str, unicode_to_bytes
+
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+
+# Special tokens that `transformers` should know by role, most usual name first.
+ROLES = {
+    "eos_token": ["<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "[EOS]"],
+    "bos_token": ["<|begin_of_text|>", "<|startoftext|>", "<s>", "<bos>", "[BOS]", "<|endoftext|>"],
+    "pad_token": ["<|pad|>", "<pad>", "[PAD]", "<|padding|>"],
+    "unk_token": ["<unk>", "[UNK]"],
+}
+
+
+# A custom pattern travels in a comment before its rewritten form, so that `from_huggingface`
+# gives back the pattern itself; `\`, `)` and `%` are percent-encoded (a `)` would end the comment).
+COMMENT = "(?#fastbpe pattern:"
+_QUOTED = {"%": "%25", ")": "%29", "\\": "%5C"}
+
+
+def split_regex(pattern: str | None) -> str | None:
+    """The regex of the `Split` pre-tokenizer for a tokenizer's pattern (None: no pre-tokenization)."""
+    if pattern is None:
+        return None
+    rewritten = onig.translate(patterns.resolve(pattern))
+    if pattern in patterns.NAMED:
+        return rewritten
+    return COMMENT + "".join(_QUOTED.get(c, c) for c in pattern) + ")" + rewritten
+
+
+def pre_tokenizer(pattern: str | None) -> dict:
+    """The pre-tokenizer for a tokenizer's pattern (None: no pre-tokenization)."""
+    source = split_regex(pattern)
+    if source is None:
+        return dict(BYTE_LEVEL)
+    _check_compiles(source, pattern)
+    split = {"type": "Split", "pattern": {"Regex": source}, "behavior": "Isolated", "invert": False}
+    return {"type": "Sequence", "pretokenizers": [split, dict(BYTE_LEVEL)]}
+
+
+def _check_compiles(onig_regex: str, source: str) -> None:
+    """Where `tokenizers` is installed, check that its engine takes the rewritten regex."""
+    try:
+        import tokenizers
+    except ImportError:
+        return
+    try:
+        tokenizers.Regex(onig_regex)
+    except Exception as e:
+        raise ValueError(
+            f"pattern {source!r}: Hugging Face tokenizers refuses its rewritten form ({e}); "
+            "simplify the pattern"
+        ) from None
+
+
+def model_vocab(tok) -> dict[str, int]:
+    """The BPE model's vocab: ordinary tokens in GPT-2's byte alphabet, special tokens as their
+    text. ValueError where one string would need two ids."""
+    vocab = {token_to_str(t): i for i, t in sorted(tok.vocab.items()) if i not in tok._special_only}
+    for s, i in tok.special_token_ids.items():
+        if vocab.setdefault(s, i) != i:
+            raise ValueError(
+                f"special token {s!r} (id {i}) is written {s!r} in a tokenizer.json, as the ordinary token "
+                f"{tok.vocab[vocab[s]]!r} (id {vocab[s]}) is: tokenizers would give both one id; "
+                "rename the special token"
+            )
+    return vocab
+
+
+def check_special_tokens_decode(tok) -> None:
+    """ValueError for a special token that `tokenizers` would decode to other text. Its ByteLevel
+    decoder also runs over special tokens: one written only with characters of GPT-2's byte
+    alphabet ("<|é|>", "Ġx") is read as the bytes those characters stand for."""
+    table = unicode_to_bytes()
+    for s in tok.special_token_ids:
+        if all(c in table for c in s) and bytes(table[c] for c in s) != s.encode("utf-8"):
+            raise ValueError(
+                f"special token {s!r}: Hugging Face tokenizers would decode it as "
+                f"{bytes(table[c] for c in s).decode('utf-8', 'replace')!r} (its ByteLevel decoder reads "
+                "characters of GPT-2's byte alphabet as bytes); rename it with ASCII characters only, "
+                "or with a character outside that alphabet such as a space"
+            )
+
+
+def _added_token(s: str) -> dict:
+    """A special token as `tokenizers` declares it: matched as written, nothing stripped."""
+    return {"content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+
+
+def to_json(tok) -> dict:
+    """The `tokenizer.json` of a fastbpe Tokenizer, as a dict."""
+    check_special_tokens_decode(tok)
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [{"id": i, **_added_token(s)} for s, i in tok.special_token_ids.items()],
+        "normalizer": None,
+        "pre_tokenizer": pre_tokenizer(tok.pattern),
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": tok._rule == "ranks",
+            "vocab": model_vocab(tok),
+            "merges": [[token_to_str(a), token_to_str(b)] for a, b in tok.merges],
+        },
+    }
+
+
+def roles(tok) -> dict[str, str]:
+    """eos/bos/pad/unk: the special tokens with a conventional name for each role."""
+    out = {}
+    for role, names in ROLES.items():
+        found = next((s for s in names if s in tok.special_token_ids), None)
+        if found is not None:
+            out[role] = found
+    return out
+
+
+def tokenizer_config(tok) -> dict:
+    """`tokenizer_config.json` for `transformers`' AutoTokenizer / PreTrainedTokenizerFast."""
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,
+        **roles(tok),
+        "added_tokens_decoder": {str(i): _added_token(s) for s, i in tok.special_token_ids.items()},
+    }
+
+
+def is_folder(path: str) -> bool:
+    return os.path.isdir(path) or path.endswith(("/", os.sep))
+
+
+def write(tok, path: str | os.PathLike) -> str:
+    """Write `tok` for Hugging Face: a `tokenizer.json` at `path`, or, where `path` is a folder (one
+    that exists, or a str ending with a separator, which is created), `tokenizer.json` and
+    `tokenizer_config.json` in it. Returns the path of the `tokenizer.json`."""
+    path = os.fspath(path)
+    data = json.dumps(to_json(tok), ensure_ascii=False).encode("utf-8")
+    if not is_folder(path):
+        write_atomic(path, data)
+        return path
+    os.makedirs(path, exist_ok=True)
+    target = os.path.join(path, "tokenizer.json")
+    write_atomic(target, data)
+    config = json.dumps(tokenizer_config(tok), ensure_ascii=False, indent=1)
+    write_atomic(os.path.join(path, "tokenizer_config.json"), config.encode("utf-8"))
+    return target
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+
+def read(cls, source):
+    """A `cls` (fastbpe Tokenizer) from a Hugging Face byte-level BPE tokenizer: a path to a
+    `tokenizer.json` or to a folder holding one, the JSON text, or a `tokenizers.Tokenizer`.
+    See `Tokenizer.from_huggingface`."""
+    from fastbpe.tokenizer import _MergeError, _merges_from_ranks, _special_only
+
+    data, where = _load(source)
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} is not a tokenizer.json: expected a JSON object")
+    _check_components(data, where)
+    model = data.get("model")
+    specials = _added_tokens(data.get("added_tokens"), where)
+    vocab, in_model = _model_vocab(model.get("vocab"), specials, where)
+    merges = _merges(model.get("merges"), where)
+    pattern = _pattern(data.get("pre_tokenizer"), where)
+    if model.get("ignore_merges"):
+        # tiktoken's rule: the whole piece if it is a token, else merges by the rank (id) of
+        # their result; the file's merges must be the ones that rule derives from the ids.
+        rule, special_only = "ranks", set(specials.values())
+        derived = _merges_from_ranks(vocab, special_only)
+        if derived != merges:
+            n = next((k for k, (a, b) in enumerate(zip(derived, merges)) if a != b), min(len(derived), len(merges)))
+            raise ValueError(
+                f"{where}: the model sets ignore_merges, but its merges are not those tiktoken's rule derives "
+                f"from the ids (they differ at merge {n}); fastbpe reads ignore_merges only with those"
+            )
+    else:
+        added = {i for i in specials.values() if i not in in_model}
+        rule, special_only = "merges", _special_only(vocab, merges, specials, added)
+    tok = cls.__new__(cls)
+    try:
+        tok._setup(vocab, merges, specials, pattern, rule, special_only)
+    except _MergeError as e:
+        raise ValueError(f"{where}: model.merges does not fit model.vocab: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{where}: model.vocab: {e}") from None
+    return tok
+
+
+def _load(source) -> tuple[object, str]:
+    """The JSON value of `source` and how errors name it."""
+    from fastbpe.tokenizer import _read_json
+
+    if type(source).__module__.split(".")[0] == "tokenizers" and hasattr(source, "to_str"):
+        return json.loads(source.to_str()), "the tokenizers.Tokenizer"
+    if isinstance(source, str) and source.lstrip().startswith("{"):
+        try:
+            return json.loads(source), "the tokenizer JSON"
+        except ValueError as e:
+            raise ValueError(f"the tokenizer JSON string is not valid JSON: {e}") from None
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            "from_huggingface takes a path to a tokenizer.json (or its folder), its JSON text, or a "
+            f"tokenizers.Tokenizer, not {type(source).__name__}"
+        )
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: '{path}'")
+    return _read_json(path, "a Hugging Face tokenizer.json"), path
+
+
+def _describe(component) -> str:
+    if isinstance(component, dict):
+        return repr(component.get("type", "without a type"))
+    return repr(component)
+
+
+def _check_components(data: dict, where: str) -> None:
+    """The parts fastbpe does not model must be absent or change no id and no decoded text."""
+    model = data.get("model")
+    if not isinstance(model, dict) or model.get("type", "BPE") != "BPE" or "vocab" not in model:
+        raise ValueError(f"{where}: the model is {_describe(model)}; fastbpe reads BPE models only")
+    if model.get("dropout") not in (None, 0, 0.0):
+        raise ValueError(f"{where}: the model has dropout {model['dropout']!r}; fastbpe encodes deterministically (dropout null)")
+    for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key):
+            raise ValueError(f"{where}: the model's {key} is {model[key]!r}; byte-level BPE has none")
+    if model.get("byte_fallback"):
+        raise ValueError(f"{where}: the model sets byte_fallback; fastbpe reads byte-level BPE, which needs none")
+    if data.get("normalizer") is not None:
+        raise ValueError(f"{where}: the normalizer {_describe(data['normalizer'])} is not supported; fastbpe reads files without one")
+    post = data.get("post_processor")
+    if post is not None and not (isinstance(post, dict) and post.get("type") == "ByteLevel"):
+        raise ValueError(
+            f"{where}: the post_processor {_describe(post)} is not supported (it can add ids); fastbpe reads "
+            "files without one, or with ByteLevel's, which changes only offsets"
+        )
+    decoder = data.get("decoder")
+    if not (isinstance(decoder, dict) and decoder.get("type") == "ByteLevel"):
+        raise ValueError(f"{where}: the decoder {_describe(decoder)} is not supported; byte-level BPE decodes with ByteLevel")
+
+
+def _check_id(i, where: str, what: str) -> int:
+    from fastbpe.tokenizer import ID_LIMIT
+
+    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < ID_LIMIT:
+        raise ValueError(f"{where}: {what} has the id {i!r}; ids are integers in [0, 2**32)")
+    return i
+
+
+def _added_tokens(raw, where: str) -> dict[str, int]:
+    """The added tokens, content -> id. fastbpe treats them all as special tokens: `tokenizers`
+    cuts every added token out of the text before the model sees it, special or not."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, list):
+        raise ValueError(f"{where}: added_tokens must be an array")
+    out: dict[str, int] = {}
+    owner: dict[int, str] = {}
+    for n, t in enumerate(raw):
+        if not isinstance(t, dict) or not isinstance(t.get("content"), str) or not t["content"]:
+            raise ValueError(f"{where}: added_tokens[{n}] needs a non-empty string 'content'")
+        s = t["content"]
+        i = _check_id(t.get("id"), where, f"added token {s!r}")
+        for flag in ("lstrip", "rstrip", "single_word"):
+            if t.get(flag):
+                raise ValueError(f"{where}: added token {s!r} sets {flag}, which fastbpe does not support")
+        if s in out or i in owner:
+            raise ValueError(f"{where}: added tokens {owner.get(i, s)!r} and {s!r} repeat a content or an id")
+        out[s], owner[i] = i, s
+    return out
+
+
+def _model_vocab(raw, specials: dict[str, int], where: str) -> tuple[dict[int, bytes], set[int]]:
+    """model.vocab as id -> token bytes, the special tokens at their ids, and the ids the model's
+    vocab itself has. A special token's own entry (its text, its id) may be outside GPT-2's byte
+    alphabet; every other token must be in it."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: model.vocab must be an object of token -> id")
+    vocab: dict[int, bytes] = {}
+    in_model: set[int] = set()
+    for text, i in raw.items():
+        i = _check_id(i, where, f"model.vocab token {text!r}")
+        in_model.add(i)
+        if specials.get(text) == i:
+            continue
+        if i in vocab:
+            raise ValueError(f"{where}: model.vocab gives the id {i} to {token_to_str(vocab[i])!r} and {text!r}")
+        if not text:
+            raise ValueError(f"{where}: model.vocab has the empty string (id {i}); every token has a byte")
+        vocab[i] = str_to_token(text, f"{where}: model.vocab")
+    for s, i in specials.items():
+        b = s.encode("utf-8")
+        if vocab.setdefault(i, b) != b:
+            raise ValueError(f"{where}: added token {s!r} has the id {i}, which model.vocab gives to {token_to_str(vocab[i])!r}")
+    return vocab, in_model
+
+
+def _merges(raw, where: str) -> list[tuple[bytes, bytes]]:
+    """model.merges: "left right" strings or [left, right] pairs, in GPT-2's byte alphabet."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ValueError(f"{where}: model.merges must be an array")
+    out = []
+    for n, m in enumerate(raw):
+        parts = m.split(" ") if isinstance(m, str) else m
+        if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(p, str) and p for p in parts)):
+            raise ValueError(f"{where}: model.merges[{n}] is {m!r}; a merge is \"left right\" or [left, right]")
+        at = f"{where}: model.merges[{n}]"
+        out.append((str_to_token(parts[0], at), str_to_token(parts[1], at)))
+    return out
+
+
+def _byte_level(pre: dict, where: str) -> bool:
+    """A ByteLevel pre-tokenizer's use_regex (True by default), checked to add no space."""
+    if pre.get("add_prefix_space"):
+        raise ValueError(f"{where}: the ByteLevel pre-tokenizer sets add_prefix_space, which fastbpe does not support")
+    return pre.get("use_regex", True) is not False
+
+
+def _pattern(pre, where: str) -> str | None:
+    """The fastbpe pattern of a pre-tokenizer: ByteLevel (with its regex: "gpt2"; without: None),
+    or Sequence[Split(regex, "Isolated"), ByteLevel without its regex]."""
+    kind = pre.get("type") if isinstance(pre, dict) else None
+    if kind == "ByteLevel":
+        return "gpt2" if _byte_level(pre, where) else None
+    steps = pre.get("pretokenizers") if kind == "Sequence" else None
+    if isinstance(steps, list) and len(steps) == 1 and isinstance(steps[0], dict):
+        return _pattern(steps[0], where)
+    if (
+        isinstance(steps, list)
+        and len(steps) == 2
+        and all(isinstance(s, dict) for s in steps)
+        and steps[0].get("type") == "Split"
+        and steps[1].get("type") == "ByteLevel"
+    ):
+        if _byte_level(steps[1], where):
+            raise ValueError(f"{where}: a Split followed by ByteLevel with its own regex is not supported; set use_regex false")
+        return _split_pattern(steps[0], where)
+    raise ValueError(
+        f"{where}: the pre_tokenizer {_describe(pre)} is not supported; fastbpe reads ByteLevel, or a Sequence "
+        "of Split (Isolated) and ByteLevel"
+    )
+
+
+def _split_pattern(split: dict, where: str) -> str:
+    if split.get("behavior") != "Isolated" or split.get("invert"):
+        raise ValueError(
+            f"{where}: a Split with behavior {split.get('behavior')!r} and invert {split.get('invert')!r} is not "
+            "supported; fastbpe reads behavior 'Isolated', invert false"
+        )
+    source = split.get("pattern")
+    if isinstance(source, dict) and isinstance(source.get("String"), str) and source["String"]:
+        return patterns.canonical(regex.escape(source["String"]))
+    if not (isinstance(source, dict) and isinstance(source.get("Regex"), str)):
+        raise ValueError(f"{where}: the Split's pattern is {source!r}; expected {{\"Regex\": ...}} or {{\"String\": ...}}")
+    return pattern_of_regex(source["Regex"], where)
+
+
+# Oniguruma constructs that Python's `regex` reads otherwise, in a pattern fastbpe did not write.
+_DIFFERENT = [
+    (regex.compile(r"\{\d*,?\d*\}\+"), "a repeat {n,m}+ (possessive in Python's regex, repeated in Oniguruma)"),
+    (regex.compile(r"[\^$]"), "^ or $ (line anchors in Oniguruma, text anchors in Python's regex)"),
+    (regex.compile(r"\\[zZhHRXKGOx]|\\x\{"), "an escape that Oniguruma and Python's regex read differently"),
+    (regex.compile(r"\(\?[a-zA-Z-]*[msx]"), "the flag m, s or x (Oniguruma's m is Python's s)"),
+]
+
+
+def pattern_of_regex(source: str, where: str) -> str:
+    """The fastbpe pattern for a Split regex: the pattern fastbpe wrote it from, a named pattern
+    (written by fastbpe or tiktoken's own text), or else the regex itself, for Python's `regex`
+    module, refused where it holds a construct that module reads differently."""
+    if source.startswith(COMMENT) and (end := source.find(")")) > 0:
+        original = _unquote(source[len(COMMENT) : end])
+        try:
+            if onig.translate(patterns.resolve(original)) == source[end + 1 :]:
+                return patterns.canonical(original)
+        except ValueError:
+            pass  # not ours after all: read it as any regex
+    for name, text in patterns.NAMED.items():
+        if source == text or source == onig.translate(text):
+            return name
+    bare = regex.sub(r"\\.|\[\^", "", source)  # escaped characters and the ^ of a negated class
+    for construct, what in _DIFFERENT:
+        if construct.search(bare if "anchors" in what else source):
+            raise ValueError(f"{where}: the Split regex {source[:200]!r} has {what}; fastbpe cannot read it exactly")
+    try:
+        return patterns.canonical(source)
+    except ValueError as e:
+        raise ValueError(f"{where}: the Split regex is not one Python's regex module reads: {e}") from None
+
+
+_UNQUOTED = {q: c for c, q in _QUOTED.items()}
+
+
+def _unquote(text: str) -> str:
+    return regex.sub("%25|%29|%5C", lambda m: _UNQUOTED[m.group()], text)
