@@ -11,7 +11,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 import regex
 
-from fastbpe import _core, _progress, patterns
+from fastbpe import _core, _progress, _stream, patterns
 from fastbpe._io import temporary_path, write_atomic
 
 UnknownTokenError = _core.UnknownTokenError
@@ -184,7 +184,14 @@ class Tokenizer:
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
         """Lazily yield the ids of the concatenated strings, as `encode("".join(iterable))` would,
         with memory that does not grow with the input (pieces and special tokens may straddle
-        two strings: text is held back until a place where cutting cannot change the ids)."""
+        two strings: text is held back until a place where cutting cannot change the ids).
+
+        What is held is bounded by the longest piece: with `pattern=None` that is the text between
+        two special tokens, held whole; with a custom regex see `fastbpe._stream.CustomStream`
+        for the patterns it is exact for."""
+        if self._custom is not None:
+            yield from self._encode_iterable_custom(iterable)
+            return
         pending: list[str] = []
         size = 0
         threshold = 1 << 16
@@ -203,8 +210,27 @@ class Tokenizer:
                 continue
             yield from self.encode(text[:n])
             rest = text[n:]
-            pending, size, threshold = [rest], len(rest), 1 << 16
+            pending, size, threshold = [rest], len(rest), max(1 << 16, 2 * len(rest))
         yield from self.encode("".join(pending))
+
+    def _encode_iterable_custom(self, iterable: Iterable[str]) -> Iterator[int]:
+        """`encode_iterable` for a custom regex: the pieces come from `CustomStream`."""
+        stream = _stream.CustomStream(self._custom[0], self.special_tokens)
+        for s in iterable:
+            if not isinstance(s, str):
+                raise TypeError(f"encode_iterable() takes str items, not {type(s).__name__}")
+            yield from self._encode_stretches(stream.feed(s))
+        yield from self._encode_stretches(stream.finish())
+
+    def _encode_stretches(self, stretches) -> list[int]:
+        """The ids of `CustomStream`'s (pieces, special token) stretches."""
+        ids: list[int] = []
+        for pieces, special in stretches:
+            if pieces:
+                ids += self._core.encode_pieces(pieces)
+            if special is not None:
+                ids.append(self.special_token_ids[special])
+        return ids
 
     def encode_file(
         self,
@@ -264,34 +290,23 @@ class Tokenizer:
         return np.memmap(out_path, dtype=dtype.newbyteorder("<"), mode="r")
 
     def _encode_file_python(self, path: str, tmp: str, dtype: np.dtype, bar) -> int:
-        """Custom patterns: stream the file's lines through `encode_iterable`."""
+        """Custom patterns: the file read in blocks, its pieces found by `CustomStream`."""
         n = 0
-        with open(path, "rb") as f, open(tmp, "wb") as out:
+        stream = _stream.CustomStream(self._custom[0], self.special_tokens)
+        little = dtype.newbyteorder("<")
+        with open(tmp, "wb") as out:
 
-            def lines():
-                done = 0
-                for raw in f:
-                    try:
-                        line = raw.decode("utf-8")
-                    except UnicodeDecodeError as e:
-                        raise ValueError(
-                            f"'{path}' is not valid UTF-8: invalid byte sequence at byte offset {done + e.start}; "
-                            "re-encode the file as UTF-8 (for example with iconv)"
-                        ) from None
-                    done += len(raw)
-                    if bar:
-                        bar(done)
-                    yield line
+            def write(stretches) -> int:
+                written = 0
+                for stretch in stretches:  # a few ten thousand characters each
+                    ids = self._encode_stretches([stretch])
+                    out.write(np.asarray(ids, dtype=little).tobytes())
+                    written += len(ids)
+                return written
 
-            batch: list[int] = []
-            for i in self.encode_iterable(lines()):
-                batch.append(i)
-                if len(batch) >= 1 << 20:
-                    out.write(np.asarray(batch, dtype=dtype.newbyteorder("<")).tobytes())
-                    n += len(batch)
-                    batch = []
-            out.write(np.asarray(batch, dtype=dtype.newbyteorder("<")).tobytes())
-            n += len(batch)
+            for text in _stream.read_text(path, 1 << 20, bar):
+                n += write(stream.feed(text))
+            n += write(stream.finish())
         return n
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:

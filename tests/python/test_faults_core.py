@@ -381,6 +381,66 @@ def test_split_cut_for_text_without_cheap_cuts():
     assert pieces_of_parts(text, [split], "cl100k", []) == pieces_oracle(text, "cl100k", [])
 
 
+# ---- 2. custom patterns: the carry-over is exact -----------------------------------------------
+
+CUSTOM_PATTERNS = [
+    r"\w+|\s+|[^\w\s]+",
+    patterns.GPT2,
+    patterns.CL100K,
+    patterns.O200K,
+    r"\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    r"\w*",
+    r"(?<=\s)\w+|\S|\s",
+    r"\b\w+\b|.",
+    r"(\w)\w*|\s+|[^\w\s]",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.one_of(CUT_TEXT, st.lists(st.sampled_from(["<|e|>", "ab cd ", "\n\n", "x" * 40, " 'll", "  \n "]), max_size=30).map("".join)),
+    pattern=st.sampled_from(CUSTOM_PATTERNS),
+    specials=st.sampled_from([[], ["<|e|>"], ["<|e|>", "<|e|><|e|>"]]),
+    data=st.data(),
+)
+def test_custom_stream_gives_the_pieces_of_the_whole(text, pattern, specials, data):
+    """Fed in any parts, with a tiny threshold so that nearly every part is split and carried."""
+    from fastbpe import _stream
+
+    threshold = data.draw(st.integers(1, 8), label="threshold")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=8), label="cuts"))
+    parts = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    stream = _stream.CustomStream(regex.compile(pattern), specials, threshold=threshold)
+    got: list = []
+    for part in parts:
+        for pieces, special in stream.feed(part):
+            got += pieces + ([("special", special)] if special is not None else [])
+    for pieces, special in stream.finish():
+        got += pieces + ([("special", special)] if special is not None else [])
+    want: list = []
+    ordered = sorted(specials, key=len, reverse=True)
+    split = regex.split("(" + "|".join(regex.escape(s) for s in ordered) + ")", text) if ordered else [text]
+    for i, part in enumerate(split):
+        want += [("special", part)] if i % 2 else regex.findall(pattern, part)
+    assert got == want
+
+
+@pytest.mark.parametrize("pattern", [r"\w+|\s+(?!\S)|\s+|[^\w\s]+", r"(\w)\w*|\s+|[^\w\s]"])
+def test_custom_file_counts_equal_the_whole(tmp_path, monkeypatch, pattern):
+    """Read in blocks of 1000 bytes, which cut pieces and characters: the counts of the whole text
+    (whole matches, as for texts, also where the pattern has groups)."""
+    text = ("hello wörld, it's 2024!\n\n  tabs\there" * 3000) + "<|e|>" + "tail  "
+    path = tmp_path / "c.txt"
+    path.write_text(text)
+    monkeypatch.setattr(training, "_CUSTOM_BLOCK", 1000)
+    rx = regex.compile(pattern)
+    counts: Counter = Counter()
+    training._count_custom_file(str(path), rx, ["<|e|>"], counts, None)
+    whole: Counter = Counter()
+    training._count_custom_text(text, rx, training._special_regex(["<|e|>"]), whole)
+    assert counts == whole
+
+
 # ---- 2. memory is bounded on text without newline cuts ------------------------------------------
 
 
@@ -435,7 +495,8 @@ def test_memory_stays_bounded_on_text_without_newline_cuts(cat_file, tmp_path, w
 @pytest.mark.filterwarnings("ignore:training stopped")
 def test_encode_iterable_yields_before_the_input_ends():
     tok = fastbpe.train(iter([CAT * 100]), 300, special_tokens=["<|endoftext|>"])
-    for t in (tok,):
+    custom = fastbpe.train(iter([CAT * 100]), 300, special_tokens=["<|endoftext|>"], pattern=r"\w+|\s+|[^\w\s]+")
+    for t in (tok, custom):
         read = 0
 
         def lines():
@@ -447,6 +508,44 @@ def test_encode_iterable_yields_before_the_input_ends():
         first = next(iter(t.encode_iterable(lines())))
         assert first == t.encode("The")[0]
         assert read < 20_000, f"the first id came after {read} of 200,000 lines"
+
+
+@pytest.mark.filterwarnings("ignore:training stopped")
+def test_custom_encode_file_equals_encode(tmp_path):
+    """Blocks of 1 MB cut characters of several bytes and pieces in half; the ids are those of the
+    whole text all the same."""
+    unit = "héllo wörld 中文🎉  it's 42<|e|>\n\n  x"
+    tok = fastbpe.train(iter([unit * 50]), 330, special_tokens=["<|e|>"], pattern=r"\w+|\s+(?!\S)|\s+|[^\w\s]+")
+    text = (unit + "ab" * 997) * 1200  # no block boundary falls at the same place in a unit
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    assert path.stat().st_size > 2 << 20
+    got = tok.encode_file(path, tmp_path / "t.bin", progress=False)
+    assert got.tolist() == tok.encode(text)
+
+
+@pytest.mark.filterwarnings("ignore:training stopped")
+def test_custom_file_paths_hold_a_block_not_the_file(tmp_path, monkeypatch):
+    """A custom pattern's counting and encoding hold about a block of text (Python's traced
+    memory), not the 2 MB file, which has no special token to cut at."""
+    path = tmp_path / "cat.txt"
+    path.write_text(CAT * (2 * 2**20 // len(CAT)))
+    rx = regex.compile(r"\w+|\s+|[^\w\s]+")
+    monkeypatch.setattr(training, "_CUSTOM_BLOCK", 1 << 14)
+    tok = fastbpe.train(iter([CAT * 100]), 300, pattern=rx.pattern)
+    tracemalloc.start()
+    try:
+        counts: Counter = Counter()
+        training._count_custom_file(str(path), rx, [], counts, None)
+        counting = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        tok.encode_file(path, tmp_path / "o.bin", progress=False)
+        encoding = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert counts[b"cat"] == 2 * 2**20 // len(CAT)
+    assert counting < 2_000_000, f"counting traced {counting / 1e6:.1f} MB"  # the whole: 4 MB
+    assert encoding < 6_000_000, f"encoding traced {encoding / 1e6:.1f} MB"  # the whole: 50 MB
 
 
 # ---- 2. Ctrl-C ---------------------------------------------------------------------------------
