@@ -606,35 +606,36 @@ print("finished", flush=True)
 """
 
 
-def _random_words(rng, n):
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    return ["".join(rng.choice(letters) for _ in range(rng.randint(3, 12))) for _ in range(n)]
+def _random_text(rng, n: int, alphabet: bytes) -> str:
+    """`n` characters drawn from `alphabet` (ASCII), fast."""
+    table = bytes(alphabet[i % len(alphabet)] for i in range(256))
+    return rng.randbytes(n).translate(table).decode()
 
 
 @pytest.fixture(scope="module")
 def ctrl_c_data(tmp_path_factory):
-    """Inputs that keep each mode busy for seconds: a large file of short lines with a special
-    token now and then (counting, encoding a file); lines that are long runs of letters (whose
-    BPE is slow: batches, one text); one long piece (encoding without a pattern); distinct words
-    (merging); a very long word (merging without a pattern: each merge reads all of it)."""
+    """Inputs that keep each mode busy for a second or more: a large file of short lines with a
+    special token now and then (counting, encoding a file); lines that are long runs of letters
+    (whose BPE is slow: batches, one text); one long piece (encoding without a pattern); distinct
+    words (merging); a very long word (merging without a pattern: each merge reads all of it)."""
     import random
 
     rng = random.Random(0)
     folder = tmp_path_factory.mktemp("ctrl_c")
-    words = _random_words(rng, 50_000)
+    words = _random_text(rng, 2_400_000, b"abcdefghijklmnopqrstuvwxyz    ").split()
     big = folder / "big.txt"
     chunk = ("".join(" ".join(rng.sample(words, 12)) + ".\n" for _ in range(2000)) + "<|e|>").encode()
     with open(big, "wb") as f:
-        for _ in range(200 * 2**20 // len(chunk)):
+        for _ in range(128 * 2**20 // len(chunk)):
             f.write(chunk)
     runs = folder / "runs.txt"
-    runs.write_text("\n".join("".join(rng.choice("abcdefgh") for _ in range(20_000)) for _ in range(1000)))
+    runs.write_text("\n".join(_random_text(rng, 20_000, b"abcdefgh") for _ in range(1000)))
     whole = folder / "whole.txt"
-    whole.write_text("".join(rng.choices("abcdefgh ", k=6_000_000)))
+    whole.write_text(_random_text(rng, 6_000_000, b"abcdefgh "))
     word = folder / "word.txt"
-    word.write_text("".join(rng.choices("abcdefgh ", k=25_000_000)))
+    word.write_text(_random_text(rng, 25_000_000, b"abcdefgh "))
     distinct = folder / "distinct.words"
-    distinct.write_text("".join(f"{w * 3} {rng.randint(1, 50)}\n" for w in _random_words(rng, 300_000)))
+    distinct.write_text("".join(f"{w * 3} {len(w)}\n" for w in set(words)))
     for p in (big, runs, whole):
         (folder / (p.name + ".sample")).write_text(p.read_text(encoding="utf-8")[:20_000].replace("<|e|>", ""))
     return {"big": big, "runs": runs, "whole": whole, "word": word, "distinct": distinct}
