@@ -31,7 +31,7 @@ use crate::count::{
     recv_shared, spawn, thread_count, worker_panicked, ChunkReader, CountError, Interrupted,
     SpecialError, SpecialSplitter,
 };
-use crate::pretok::Pattern;
+use crate::pretok::{is_safe_cut, Pattern};
 
 /// Why an encoder could not be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -439,7 +439,9 @@ impl Encoder {
         Ok(())
     }
 
-    /// Encodes the pieces of a stretch of text, remembering the pieces that needed BPE.
+    /// Encodes the pieces of a stretch of text, remembering the pieces that needed BPE. The
+    /// stretch is encoded in windows of about `POLL_BYTES` cut where cutting changes no piece,
+    /// each charged to the budget, so the loop over pieces itself carries no check.
     fn encode_segment(
         &self,
         text: &str,
@@ -447,22 +449,49 @@ impl Encoder {
         cache: &mut PieceCache,
         budget: &mut Budget,
     ) -> Result<(), Interrupted> {
-        self.pattern.try_for_each_piece(text, |p| {
-            let piece = p.as_bytes();
-            budget.spend(piece.len())?;
-            if piece.len() == 1 {
-                out.push(self.byte_ids[piece[0] as usize]);
-            } else if let Some(&id) = self.whole.get(piece) {
-                out.push(id);
-            } else if let Some(ids) = cache.get(piece) {
-                out.extend_from_slice(ids);
-            } else {
-                let at = out.len();
-                self.bpe(piece, out, budget)?;
-                cache.insert(piece, &out[at..]);
-            }
-            Ok(())
-        })
+        let mut start = 0;
+        while start < text.len() {
+            let end = self.window_end(text, start);
+            budget.spend(end - start)?;
+            let window = text.get(start..end).unwrap_or_default();
+            self.pattern.for_each_piece(window, |p| {
+                let piece = p.as_bytes();
+                if piece.len() == 1 {
+                    out.push(self.byte_ids[piece[0] as usize]);
+                } else if let Some(&id) = self.whole.get(piece) {
+                    out.push(id);
+                } else if let Some(ids) = cache.get(piece) {
+                    out.extend_from_slice(ids);
+                } else {
+                    let at = out.len();
+                    // Stopped midway, the ids are not kept (and the budget says so below).
+                    if self.bpe(piece, out, budget).is_ok() {
+                        cache.insert(piece, &out[at..]);
+                    }
+                }
+            });
+            budget.check()?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Where the window of `text` (a stretch without special tokens) that starts at `start`
+    /// ends: a safe cut before `start + POLL_BYTES` (`pretok::is_safe_cut`), else a boundary
+    /// found by splitting (`Pattern::last_split_cut`), else the end (one long piece, whose
+    /// BPE charges the budget itself).
+    fn window_end(&self, text: &str, start: usize) -> usize {
+        let s = text.as_bytes();
+        let limit = start + POLL_BYTES;
+        if limit >= s.len() || self.pattern == Pattern::Whole {
+            return s.len();
+        }
+        if let Some(cut) = (start + 1..=limit).rev().find(|&i| is_safe_cut(s, i)) {
+            return cut;
+        }
+        text.get(start..)
+            .and_then(|rest| self.pattern.last_split_cut(rest, POLL_BYTES))
+            .map_or(s.len(), |cut| start + cut)
     }
 
     /// Encodes `text` into `out`; with `with_specials`, special tokens in it become their ids,
@@ -1037,10 +1066,12 @@ const MERGE_COST: usize = 16;
 const WAIT_POLL: Duration = Duration::from_millis(20);
 
 /// Lets long work be stopped: the work charges the text it has handled, and every
-/// `POLL_BYTES` asks `poll` whether to stop (true: it returns `Interrupted`).
+/// `POLL_BYTES` asks `poll` whether to stop (true: it returns `Interrupted`, and so does every
+/// later charge).
 pub struct Budget<'a> {
     left: usize,
     poll: Option<&'a mut dyn FnMut() -> bool>,
+    stopped: bool,
 }
 
 impl<'a> Budget<'a> {
@@ -1049,6 +1080,7 @@ impl<'a> Budget<'a> {
         Budget {
             left: usize::MAX,
             poll: None,
+            stopped: false,
         }
     }
 
@@ -1056,6 +1088,7 @@ impl<'a> Budget<'a> {
         Budget {
             left: POLL_BYTES,
             poll: Some(poll),
+            stopped: false,
         }
     }
 
@@ -1071,18 +1104,22 @@ impl<'a> Budget<'a> {
     #[cold]
     fn refill(&mut self) -> Result<(), Interrupted> {
         match &mut self.poll {
-            None => {
-                self.left = usize::MAX;
-                Ok(())
-            }
+            _ if self.stopped => {}
+            None => self.left = usize::MAX,
             Some(poll) => {
                 self.left = POLL_BYTES;
-                if poll() {
-                    Err(Interrupted)
-                } else {
-                    Ok(())
-                }
+                self.stopped = poll();
             }
+        }
+        self.check()
+    }
+
+    /// Err once the poll has asked to stop.
+    fn check(&self) -> Result<(), Interrupted> {
+        if self.stopped {
+            Err(Interrupted)
+        } else {
+            Ok(())
         }
     }
 }

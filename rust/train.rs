@@ -135,15 +135,20 @@ where
     for (wi, (&s, &len)) in (0u32..).zip(start.iter().zip(&lens)) {
         let w = &syms[s..s + len as usize];
         let c = word_counts[wi as usize];
-        for (j, p) in w.windows(2).enumerate() {
-            let pair = (p[0], p[1]);
-            *pair_counts.entry(pair).or_insert(0) += c;
-            let list = where_.entry(pair).or_default();
-            if list.last() != Some(&wi) {
-                list.push(wi);
-            }
-            if j % HOOK_EVERY == HOOK_EVERY - 1 {
+        // In parts of HOOK_EVERY pairs (one part but for huge words), the hook between them.
+        for (k, part) in w.chunks(HOOK_EVERY).enumerate() {
+            if k > 0 {
                 hook(0)?;
+            }
+            // The pairs that start in this part (the last one ends in the next).
+            let end = (k * HOOK_EVERY + part.len() + 1).min(w.len());
+            for p in w[k * HOOK_EVERY..end].windows(2) {
+                let pair = (p[0], p[1]);
+                *pair_counts.entry(pair).or_insert(0) += c;
+                let list = where_.entry(pair).or_default();
+                if list.last() != Some(&wi) {
+                    list.push(wi);
+                }
             }
         }
         work += w.len();
@@ -201,9 +206,12 @@ where
             let (i, count) = (wi as usize, word_counts[wi as usize]);
             let w = &mut syms[start[i]..start[i] + lens[i] as usize];
             work += w.len();
-            let mut check = || hook(done);
-            let Some(new_len) = merge_word(w, (a, b), new_id, count, &mut deltas, &mut check)?
-            else {
+            let merged = if w.len() <= HOOK_EVERY {
+                merge_word(w, (a, b), new_id, count, &mut deltas, || Ok(()))
+            } else {
+                merge_word(w, (a, b), new_id, count, &mut deltas, || hook(done))
+            };
+            let Some(new_len) = merged? else {
                 continue;
             };
             if work >= HOOK_EVERY {
@@ -259,7 +267,7 @@ fn merge_word(
     new_id: u32,
     count: i64,
     deltas: &mut FxHashMap<Pair, i64>,
-    check: &mut dyn FnMut() -> Result<(), Interrupted>,
+    mut check: impl FnMut() -> Result<(), Interrupted>,
 ) -> Result<Option<usize>, Interrupted> {
     let n = w.len();
     // w[..out] holds the merged prefix; w[i..] is still to be read (out <= i).
