@@ -18,18 +18,20 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use std::io::{BufWriter, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
 use crate::count::{
-    read_chunks, recv_shared, worker_panicked, CountError, Interrupted, SpecialSplitter,
+    recv_shared, spawn, thread_count, worker_panicked, ChunkReader, CountError, Interrupted,
+    SpecialError, SpecialSplitter,
 };
-use crate::pretok::Pattern;
+use crate::pretok::{is_safe_cut, Pattern};
 
 /// Why an encoder could not be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,16 @@ pub enum BuildError {
     MergeResultMissing(usize, Vec<u8>),
     /// Byte value with no single-byte token.
     ByteMissing(u8),
+    /// A token with no bytes (its id): BPE could never produce it, and no text is empty.
+    EmptyToken(u32),
+    /// Two tokens (or special tokens) given the same id.
+    DuplicateId(u32),
+    /// A special token given the id of a vocabulary token: (special token, id).
+    SpecialIdTaken(String, u32),
+    /// The special tokens were refused.
+    Specials(SpecialError),
+    /// More merges than ranks fit in u32.
+    TooManyMerges(usize),
 }
 
 type Pair = (u32, u32);
@@ -47,9 +59,74 @@ type Pair = (u32, u32);
 /// Pieces at most this long (in bytes) use the quadratic loop; longer ones the heap.
 const SMALL: usize = 64;
 
+/// Token bytes by id. Ids are any u32; a vector holds the ids below twice the number of
+/// tokens (so every id of a vocabulary numbered 0..n) and a map the others, so a sparse id far
+/// above the rest (10^9, say) costs one map entry, not a table of that size.
+struct TokenTable {
+    /// Empty for ids without a token (no token is empty).
+    dense: Vec<Vec<u8>>,
+    sparse: FxHashMap<u32, Vec<u8>>,
+    count: usize,
+    max_id: Option<u32>,
+}
+
+impl TokenTable {
+    /// From (id, bytes) pairs, refusing empty tokens and repeated ids.
+    fn new(tokens_by_id: &[(u32, &[u8])]) -> Result<Self, BuildError> {
+        let mut table = TokenTable {
+            dense: Vec::new(),
+            sparse: FxHashMap::default(),
+            count: 0,
+            max_id: None,
+        };
+        let max_id = tokens_by_id.iter().map(|(i, _)| *i as usize).max();
+        let dense_len = max_id.map_or(0, |m| (m + 1).min(Self::dense_bound(tokens_by_id.len())));
+        table.dense.resize(dense_len, Vec::new());
+        for &(id, t) in tokens_by_id {
+            table.insert(id, t)?;
+        }
+        Ok(table)
+    }
+
+    /// How many ids the vector may cover for `count` tokens.
+    fn dense_bound(count: usize) -> usize {
+        count.saturating_mul(2).saturating_add(256)
+    }
+
+    fn insert(&mut self, id: u32, bytes: &[u8]) -> Result<(), BuildError> {
+        if bytes.is_empty() {
+            return Err(BuildError::EmptyToken(id));
+        }
+        if self.get(id).is_some() {
+            return Err(BuildError::DuplicateId(id));
+        }
+        self.count += 1;
+        let i = id as usize;
+        if i >= self.dense.len() && i < Self::dense_bound(self.count) {
+            self.dense.resize(i + 1, Vec::new()); // special tokens just after the vocabulary
+        }
+        match self.dense.get_mut(i) {
+            Some(slot) => *slot = bytes.to_vec(),
+            None => {
+                self.sparse.insert(id, bytes.to_vec());
+            }
+        }
+        self.max_id = self.max_id.max(Some(id));
+        Ok(())
+    }
+
+    #[inline]
+    fn get(&self, id: u32) -> Option<&[u8]> {
+        match self.dense.get(id as usize) {
+            Some(t) if !t.is_empty() => Some(t),
+            Some(_) => None,
+            None => self.sparse.get(&id).map(|t| &t[..]),
+        }
+    }
+}
+
 pub struct Encoder {
-    /// Token bytes by id (empty for ids that do not exist).
-    tokens: Vec<Vec<u8>>,
+    tokens: TokenTable,
     /// The id of each single byte.
     byte_ids: [u32; 256],
     /// (left id, right id) -> (rank, merged id).
@@ -62,28 +139,24 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    fn base(tokens_by_id: &[(u32, Vec<u8>)]) -> (Vec<Vec<u8>>, FxHashMap<Vec<u8>, u32>) {
-        let n = tokens_by_id
-            .iter()
-            .map(|(i, _)| *i as usize + 1)
-            .max()
-            .unwrap_or(0);
-        let mut tokens = vec![Vec::new(); n];
-        let mut ids: FxHashMap<Vec<u8>, u32> = FxHashMap::default();
-        // The lowest id wins when two ids share bytes.
-        let mut sorted: Vec<&(u32, Vec<u8>)> = tokens_by_id.iter().collect();
+    /// The token table and bytes -> id (the lowest id where two ids share bytes).
+    fn base(
+        tokens_by_id: &[(u32, &[u8])],
+    ) -> Result<(TokenTable, FxHashMap<Vec<u8>, u32>), BuildError> {
+        let tokens = TokenTable::new(tokens_by_id)?;
+        let mut sorted: Vec<&(u32, &[u8])> = tokens_by_id.iter().collect();
         sorted.sort_by_key(|(i, _)| *i);
+        let mut ids: FxHashMap<Vec<u8>, u32> = FxHashMap::default();
         for (i, t) in sorted {
-            tokens[*i as usize] = t.clone();
-            ids.entry(t.clone()).or_insert(*i);
+            ids.entry(t.to_vec()).or_insert(*i);
         }
-        (tokens, ids)
+        Ok((tokens, ids))
     }
 
     fn byte_ids(ids: &FxHashMap<Vec<u8>, u32>) -> Result<[u32; 256], BuildError> {
         let mut byte_ids = [0u32; 256];
-        for b in 0..=255u8 {
-            byte_ids[b as usize] = *ids.get(&vec![b]).ok_or(BuildError::ByteMissing(b))?;
+        for (b, slot) in (0..=255u8).zip(byte_ids.iter_mut()) {
+            *slot = *ids.get(&[b][..]).ok_or(BuildError::ByteMissing(b))?;
         }
         Ok(byte_ids)
     }
@@ -95,29 +168,29 @@ impl Encoder {
         specials: &[(String, u32)],
         pattern: Pattern,
     ) -> Result<Self, BuildError> {
-        let (tokens, ids) = Self::base(vocab);
+        let by_id: Vec<(u32, &[u8])> = vocab.iter().map(|(i, t)| (*i, &t[..])).collect();
+        let (tokens, ids) = Self::base(&by_id)?;
         let byte_ids = Self::byte_ids(&ids)?;
         let mut pairs: FxHashMap<Pair, (u32, u32)> = FxHashMap::default();
-        for (rank, (a, b)) in merges.iter().enumerate() {
+        for (n, (a, b)) in merges.iter().enumerate() {
+            let rank = u32::try_from(n).map_err(|_| BuildError::TooManyMerges(merges.len()))?;
             let ia = *ids
                 .get(a)
-                .ok_or_else(|| BuildError::MergePartMissing(rank, a.clone()))?;
+                .ok_or_else(|| BuildError::MergePartMissing(n, a.clone()))?;
             let ib = *ids
                 .get(b)
-                .ok_or_else(|| BuildError::MergePartMissing(rank, b.clone()))?;
+                .ok_or_else(|| BuildError::MergePartMissing(n, b.clone()))?;
             let ab = [&a[..], &b[..]].concat();
-            let iab = *ids
-                .get(&ab)
-                .ok_or(BuildError::MergeResultMissing(rank, ab))?;
+            let iab = *ids.get(&ab).ok_or(BuildError::MergeResultMissing(n, ab))?;
             // A pair listed twice keeps its first (highest-priority) rank.
-            pairs.entry((ia, ib)).or_insert((rank as u32, iab));
+            pairs.entry((ia, ib)).or_insert((rank, iab));
         }
         let mut enc = Encoder {
             tokens,
             byte_ids,
             pairs,
             whole: BytesMap::default(),
-            specials: SpecialSplitter::new::<&str>(&[]),
+            specials: SpecialSplitter::none(),
             special_ids: Vec::new(),
             pattern,
         };
@@ -126,13 +199,13 @@ impl Encoder {
         let mut out = Vec::new();
         for (bytes, &id) in &ids {
             out.clear();
-            enc.bpe(bytes, &mut out);
+            enc.encode_piece(bytes, &mut out);
             if out.len() == 1 && out[0] == id {
                 whole.insert(bytes, id);
             }
         }
         enc.whole = whole;
-        enc.set_specials(specials);
+        enc.set_specials(specials)?;
         Ok(enc)
     }
 
@@ -142,15 +215,15 @@ impl Encoder {
         specials: &[(String, u32)],
         pattern: Pattern,
     ) -> Result<Self, BuildError> {
-        let vocab: Vec<(u32, Vec<u8>)> = ranks.iter().map(|(t, r)| (*r, t.clone())).collect();
-        let (tokens, ids) = Self::base(&vocab);
+        let by_id: Vec<(u32, &[u8])> = ranks.iter().map(|(t, r)| (*r, &t[..])).collect();
+        let (tokens, ids) = Self::base(&by_id)?;
         let byte_ids = Self::byte_ids(&ids)?;
         let mut pairs: FxHashMap<Pair, (u32, u32)> = FxHashMap::default();
         for (t, r) in ranks {
-            let r = *r;
+            let Some(&merged) = ids.get(t) else { continue };
             for k in 1..t.len() {
                 if let (Some(&ia), Some(&ib)) = (ids.get(&t[..k]), ids.get(&t[k..])) {
-                    pairs.insert((ia, ib), (r, ids[t]));
+                    pairs.insert((ia, ib), (*r, merged));
                 }
             }
         }
@@ -164,27 +237,31 @@ impl Encoder {
             byte_ids,
             pairs,
             whole,
-            specials: SpecialSplitter::new::<&str>(&[]),
+            specials: SpecialSplitter::none(),
             special_ids: Vec::new(),
             pattern,
         };
-        enc.set_specials(specials);
+        enc.set_specials(specials)?;
         Ok(enc)
     }
 
-    fn set_specials(&mut self, specials: &[(String, u32)]) {
-        let specials: Vec<&(String, u32)> =
-            specials.iter().filter(|(s, _)| !s.is_empty()).collect();
-        for (s, id) in &specials {
-            let i = *id as usize;
-            if i >= self.tokens.len() {
-                self.tokens.resize(i + 1, Vec::new());
+    /// Special tokens (string -> id), non-empty. A special token may take the id of a vocabulary
+    /// token with the same bytes (the token keeps its place in BPE), and special tokens may share
+    /// an id (tiktoken's o200k_harmony does; the id decodes as the first of them); any other id
+    /// already in the vocabulary is refused.
+    fn set_specials(&mut self, specials: &[(String, u32)]) -> Result<(), BuildError> {
+        for (s, id) in specials {
+            match self.tokens.get(*id) {
+                Some(t) if t == s.as_bytes() || self.special_ids.contains(id) => {}
+                Some(_) => return Err(BuildError::SpecialIdTaken(s.clone(), *id)),
+                None if !s.is_empty() => self.tokens.insert(*id, s.as_bytes())?,
+                None => {}
             }
-            self.tokens[i] = s.as_bytes().to_vec();
+            self.special_ids.push(*id);
         }
-        self.special_ids = specials.iter().map(|(_, id)| *id).collect();
         let names: Vec<&str> = specials.iter().map(|(s, _)| s.as_str()).collect();
-        self.specials = SpecialSplitter::new(&names);
+        self.specials = SpecialSplitter::new(&names).map_err(BuildError::Specials)?;
+        Ok(())
     }
 
     /// Longest special token, in bytes (0 without special tokens).
@@ -192,31 +269,43 @@ impl Encoder {
         self.specials.max_len()
     }
 
-    /// One more than the largest id.
-    pub fn id_limit(&self) -> usize {
-        self.tokens.len()
+    /// The largest id (None for an empty vocabulary, which `from_*` never build).
+    pub fn max_id(&self) -> Option<u32> {
+        self.tokens.max_id
+    }
+
+    /// Ids below this are kept in a vector (the ids of a vocabulary numbered from 0); larger
+    /// ones are sparse.
+    pub fn dense_ids(&self) -> usize {
+        self.tokens.dense.len()
+    }
+
+    /// Whether every id fits in `width` bytes (2 or 4).
+    pub fn ids_fit(&self, width: usize) -> bool {
+        width >= 4
+            || self
+                .max_id()
+                .is_none_or(|m| u64::from(m) < 1 << (8 * width))
     }
 
     /// The bytes of token `id`, if it exists.
     pub fn token(&self, id: u32) -> Option<&[u8]> {
-        self.tokens
-            .get(id as usize)
-            .filter(|t| !t.is_empty())
-            .map(|t| &t[..])
+        self.tokens.get(id)
     }
 
-    /// BPE on one piece, appending ids to `out`.
+    /// BPE on one piece, appending ids to `out` (an empty piece adds nothing).
     #[inline]
     pub fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
-        if piece.len() == 1 {
-            out.push(self.byte_ids[piece[0] as usize]);
+        if let Some(&b) = piece.first().filter(|_| piece.len() == 1) {
+            out.push(self.byte_ids[usize::from(b)]);
             return;
         }
         if let Some(&id) = self.whole.get(piece) {
             out.push(id);
             return;
         }
-        self.bpe(piece, out);
+        // Never stops: a budget without a poll is never exhausted.
+        let _ = self.bpe(piece, out, &mut Budget::never());
     }
 
     #[inline]
@@ -224,12 +313,20 @@ impl Encoder {
         self.pairs.get(&(a, b)).copied()
     }
 
-    /// The merge loop itself (no whole-piece lookup).
-    fn bpe(&self, piece: &[u8], out: &mut Vec<u32>) {
-        if piece.len() <= SMALL {
-            self.bpe_small(piece, out)
-        } else {
-            self.bpe_large(piece, out)
+    /// The merge loop itself (no whole-piece lookup); an empty piece adds nothing.
+    fn bpe(
+        &self,
+        piece: &[u8],
+        out: &mut Vec<u32>,
+        budget: &mut Budget,
+    ) -> Result<(), Interrupted> {
+        match piece.len() {
+            0 => Ok(()),
+            1..=SMALL => {
+                self.bpe_small(piece, out);
+                Ok(())
+            }
+            _ => self.bpe_large(piece, out, budget),
         }
     }
 
@@ -279,8 +376,14 @@ impl Encoder {
     }
 
     /// O(n log n): a doubly linked list of parts and a min-heap of (rank, position) with stale
-    /// entries skipped.
-    fn bpe_large(&self, piece: &[u8], out: &mut Vec<u32>) {
+    /// entries skipped. The budget is charged per merge, so a huge piece (pattern None) can be
+    /// stopped.
+    fn bpe_large(
+        &self,
+        piece: &[u8],
+        out: &mut Vec<u32>,
+        budget: &mut Budget,
+    ) -> Result<(), Interrupted> {
         let n = piece.len();
         let mut ids: Vec<u32> = piece.iter().map(|&b| self.byte_ids[b as usize]).collect();
         let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
@@ -288,11 +391,13 @@ impl Encoder {
         let mut alive = vec![true; n];
         let mut heap: BinaryHeap<Reverse<(u32, usize, u32, u32)>> = BinaryHeap::new();
         for i in 0..n - 1 {
+            budget.spend(1)?;
             if let Some((r, _)) = self.rank(ids[i], ids[i + 1]) {
                 heap.push(Reverse((r, i, ids[i], ids[i + 1])));
             }
         }
         while let Some(Reverse((r, i, a, b))) = heap.pop() {
+            budget.spend(MERGE_COST)?;
             // Stale unless both parts are still there, unchanged, and adjacent.
             if !alive[i] || ids[i] != a {
                 continue;
@@ -329,24 +434,62 @@ impl Encoder {
             out.push(ids[i]);
             i = next[i];
         }
+        Ok(())
     }
 
-    /// Encodes the pieces of a stretch of text, remembering the pieces that needed BPE.
-    fn encode_segment(&self, text: &str, out: &mut Vec<u32>, cache: &mut PieceCache) {
-        self.pattern.for_each_piece(text, |p| {
-            let piece = p.as_bytes();
-            if piece.len() == 1 {
-                out.push(self.byte_ids[piece[0] as usize]);
-            } else if let Some(&id) = self.whole.get(piece) {
-                out.push(id);
-            } else if let Some(ids) = cache.get(piece) {
-                out.extend_from_slice(ids);
-            } else {
-                let at = out.len();
-                self.bpe(piece, out);
-                cache.insert(piece, &out[at..]);
-            }
-        });
+    /// Encodes the pieces of a stretch of text, remembering the pieces that needed BPE. The
+    /// stretch is encoded in windows of about `POLL_BYTES` cut where cutting changes no piece,
+    /// each charged to the budget, so the loop over pieces itself carries no check.
+    fn encode_segment(
+        &self,
+        text: &str,
+        out: &mut Vec<u32>,
+        cache: &mut PieceCache,
+        budget: &mut Budget,
+    ) -> Result<(), Interrupted> {
+        let mut start = 0;
+        while start < text.len() {
+            let end = self.window_end(text, start);
+            budget.spend(end - start)?;
+            let window = text.get(start..end).unwrap_or_default();
+            self.pattern.for_each_piece(window, |p| {
+                let piece = p.as_bytes();
+                if piece.len() == 1 {
+                    out.push(self.byte_ids[piece[0] as usize]);
+                } else if let Some(&id) = self.whole.get(piece) {
+                    out.push(id);
+                } else if let Some(ids) = cache.get(piece) {
+                    out.extend_from_slice(ids);
+                } else {
+                    let at = out.len();
+                    // Stopped midway, the ids are not kept (and the budget says so below).
+                    if self.bpe(piece, out, budget).is_ok() {
+                        cache.insert(piece, &out[at..]);
+                    }
+                }
+            });
+            budget.check()?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Where the window of `text` (a stretch without special tokens) that starts at `start`
+    /// ends: a safe cut before `start + POLL_BYTES` (`pretok::is_safe_cut`), else a boundary
+    /// found by splitting (`Pattern::last_split_cut`), else the end (one long piece, whose
+    /// BPE charges the budget itself).
+    fn window_end(&self, text: &str, start: usize) -> usize {
+        let s = text.as_bytes();
+        let limit = start + POLL_BYTES;
+        if limit >= s.len() || self.pattern == Pattern::Whole {
+            return s.len();
+        }
+        if let Some(cut) = (start + 1..=limit).rev().find(|&i| is_safe_cut(s, i)) {
+            return cut;
+        }
+        text.get(start..)
+            .and_then(|rest| self.pattern.last_split_cut(rest, POLL_BYTES))
+            .map_or(s.len(), |cut| start + cut)
     }
 
     /// Encodes `text` into `out`; with `with_specials`, special tokens in it become their ids,
@@ -358,24 +501,44 @@ impl Encoder {
         with_specials: bool,
         out: &mut Vec<u32>,
         cache: &mut PieceCache,
-    ) {
+        budget: &mut Budget,
+    ) -> Result<(), Interrupted> {
         if !with_specials {
-            return self.encode_segment(text, out, cache);
+            return self.encode_segment(text, out, cache, budget);
         }
         let mut last = 0;
         for (start, end, k) in self.specials.matches(text) {
-            self.encode_segment(&text[last..start], out, cache);
+            self.encode_segment(&text[last..start], out, cache, budget)?;
             out.push(self.special_ids[k]);
             last = end;
         }
-        self.encode_segment(&text[last..], out, cache);
+        self.encode_segment(&text[last..], out, cache, budget)
+    }
+
+    /// `encode` with special tokens, `encode_ordinary` without; stops early when `budget`'s
+    /// poll asks.
+    pub fn encode_with_budget(
+        &self,
+        text: &str,
+        with_specials: bool,
+        budget: &mut Budget,
+    ) -> Result<Vec<u32>, Interrupted> {
+        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        self.encode_cached(
+            text,
+            with_specials,
+            &mut out,
+            &mut PieceCache::default(),
+            budget,
+        )?;
+        Ok(out)
     }
 
     /// `encode` with special tokens, `encode_ordinary` without.
     pub fn encode_with(&self, text: &str, with_specials: bool) -> Vec<u32> {
-        let mut out = Vec::with_capacity(text.len() / 4 + 1);
-        self.encode_cached(text, with_specials, &mut out, &mut PieceCache::default());
-        out
+        // A budget without a poll never stops the work, so this is always Ok.
+        self.encode_with_budget(text, with_specials, &mut Budget::never())
+            .unwrap_or_default()
     }
 
     /// Encodes text; special tokens in it become their ids.
@@ -409,6 +572,7 @@ impl Encoder {
             num_threads,
             with_specials,
             |take| take(),
+            &|| Ok(()),
             |ids| {
                 all.push(ids.to_vec());
                 Ok(())
@@ -424,21 +588,25 @@ impl Encoder {
     /// calling thread, in input order, as soon as it and all before it are done: the caller
     /// converts early results (into Python lists, say) while later texts are still encoding.
     /// The calling thread's own encoding and its waits for other threads' results run inside
-    /// `wait` (the Python binding releases the GIL there); `sink` runs outside it. An error from
-    /// `sink` stops the workers and is returned.
+    /// `wait` (the Python binding releases the GIL there); `sink` runs outside it. `poll` runs
+    /// on the calling thread every `POLL_BYTES` of text it encodes and every `WAIT_POLL` it
+    /// waits (the binding checks for Ctrl-C there). An error from `poll` or `sink` stops the
+    /// workers and is returned.
     pub fn encode_batch_in_order<S, W, E>(
         &self,
         texts: &[S],
         num_threads: usize,
         with_specials: bool,
         mut wait: W,
+        poll: &(dyn Fn() -> Result<(), E> + Sync),
         mut sink: impl FnMut(&[u32]) -> Result<(), E>,
     ) -> Result<(), E>
     where
         S: AsRef<str> + Sync,
         W: FnMut(&(dyn Fn() -> Option<Group> + Sync)) -> Option<Group>,
+        E: Send,
     {
-        let threads = num_threads.clamp(1, texts.len().max(1));
+        let threads = thread_count(num_threads).min(texts.len().max(1));
         // Texts are handed out in small groups from a shared counter, so long and short texts
         // balance across threads; finished groups wait in `ready` until their turn. The calling
         // thread is one of the `threads` (with one, the only one): it turns finished groups into
@@ -448,14 +616,25 @@ impl Encoder {
         let stop = AtomicBool::new(false);
         let ready: Mutex<FxHashMap<usize, Group>> = Mutex::default();
         let arrived = Condvar::new();
-        let running = AtomicUsize::new(threads - 1);
-        // Claims the next group and encodes it; None when every group has been claimed.
-        let encode_next = |cache: &mut PieceCache| -> Option<Group> {
+        let running = AtomicUsize::new(0);
+        // The error `poll` returned, if any (it stops everything).
+        let failed: Mutex<Option<E>> = Mutex::new(None);
+        let stopped_by_poll = || match poll() {
+            Ok(()) => false,
+            Err(e) => {
+                *lock(&failed) = Some(e);
+                stop.store(true, Ordering::Relaxed);
+                true
+            }
+        };
+        // Claims the next group and encodes it; None when every group has been claimed or the
+        // work stops.
+        let encode_next = |cache: &mut PieceCache, budget: &mut Budget| -> Option<Group> {
             let start = next.fetch_add(group, Ordering::Relaxed);
             if start >= texts.len() || stop.load(Ordering::Relaxed) {
                 return None;
             }
-            let part = &texts[start..(start + group).min(texts.len())];
+            let part = texts.get(start..(start + group).min(texts.len()))?;
             let bytes: usize = part.iter().map(|t| t.as_ref().len()).sum();
             let mut done = Group {
                 start,
@@ -463,7 +642,11 @@ impl Encoder {
                 ends: Vec::with_capacity(part.len()),
             };
             for t in part {
-                self.encode_cached(t.as_ref(), with_specials, &mut done.ids, cache);
+                let r = self.encode_cached(t.as_ref(), with_specials, &mut done.ids, cache, budget);
+                if r.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                    return None;
+                }
                 done.ends.push(done.ids.len());
             }
             Some(done)
@@ -483,36 +666,59 @@ impl Encoder {
         }
         std::thread::scope(|scope| {
             for _ in 1..threads {
-                scope.spawn(|| {
+                running.fetch_add(1, Ordering::SeqCst);
+                let started = spawn(scope, || {
                     let _exit = Exit(&running, &ready, &arrived);
                     let mut cache = PieceCache::default();
-                    while let Some(done) = encode_next(&mut cache) {
+                    let mut stopped = || stop.load(Ordering::Relaxed);
+                    let mut budget = Budget::new(&mut stopped);
+                    while let Some(done) = encode_next(&mut cache, &mut budget) {
                         lock(&ready).insert(done.start, done);
                         arrived.notify_all();
                     }
                 });
+                if started.is_err() {
+                    // Fewer threads: the calling thread encodes what no worker takes.
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    break;
+                }
             }
-            // Waits for the group at `start` from the workers. None: every worker has ended
-            // without producing it (a panic, which the scope then passes on).
+            // Waits for the group at `start` from the workers. None: the work stops, or every
+            // worker has ended without producing it (a panic, which the scope then passes on).
             let take = |start: usize| {
                 let mut map = lock(&ready);
                 loop {
                     if let Some(done) = map.remove(&start) {
                         return Some(done);
                     }
-                    if running.load(Ordering::SeqCst) == 0 {
+                    if running.load(Ordering::SeqCst) == 0 || stop.load(Ordering::Relaxed) {
                         return None;
                     }
-                    map = arrived.wait(map).unwrap_or_else(PoisonError::into_inner);
+                    let (m, waited) = arrived
+                        .wait_timeout(map, WAIT_POLL)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    map = m;
+                    if waited.timed_out() {
+                        drop(map);
+                        if stopped_by_poll() {
+                            return None;
+                        }
+                        map = lock(&ready);
+                    }
                 }
             };
             let own_cache = Mutex::new(PieceCache::default());
+            let encode_own = || {
+                let mut stopped = &stopped_by_poll;
+                let mut budget = Budget::new(&mut stopped);
+                encode_next(&mut lock(&own_cache), &mut budget)
+            };
             let mut start = 0;
             while start < texts.len() {
                 let ready_now = lock(&ready).remove(&start);
                 let done = match ready_now {
                     Some(done) => done,
-                    None => match wait(&|| encode_next(&mut lock(&own_cache))) {
+                    None => match wait(&encode_own) {
                         Some(done) if done.start == start => done,
                         Some(done) => {
                             lock(&ready).insert(done.start, done);
@@ -527,27 +733,38 @@ impl Encoder {
                 start += done.ends.len();
                 let mut from = 0;
                 for &end in &done.ends {
-                    if let Err(e) = sink(&done.ids[from..end]) {
+                    let part = done.ids.get(from..end).unwrap_or_default();
+                    if let Err(e) = sink(part) {
                         stop.store(true, Ordering::Relaxed);
                         return Err(e);
                     }
                     from = end;
                 }
             }
-            Ok(())
+            match lock(&failed).take() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
         })
     }
 
     /// Byte length of the longest prefix of `text` that can be encoded now without knowing what
     /// follows (streaming): it ends at a safe cut, so encoding the prefix and the rest apart
-    /// gives the ids of the whole.
+    /// gives the ids of the whole. Where no cheap cut exists, a piece boundary found by
+    /// splitting (see `count::split_cut`; linear in `text`, so callers should ask again only
+    /// after the text has grown by a good part).
     pub fn safe_prefix_len(&self, text: &str) -> usize {
-        crate::count::last_safe_cut(text.as_bytes(), 0, self.pattern, &self.specials).unwrap_or(0)
+        let s = text.as_bytes();
+        crate::count::last_safe_cut(s, 0, self.pattern, &self.specials)
+            .or_else(|| crate::count::split_cut(s, self.pattern, &self.specials))
+            .unwrap_or(0)
     }
 
     /// Encodes a UTF-8 file into a flat array of little-endian ids (`width` bytes each: 2 or 4)
     /// written to `out`, chunks encoded on `num_threads` threads and written in order with at
-    /// most a few chunks in memory. Returns the number of tokens.
+    /// most a few chunks in memory. Returns the number of tokens. `hook(bytes_read)` runs on
+    /// the calling thread after every block read and every `WAIT_POLL` while it waits, and may
+    /// stop the work, which then ends within about that time.
     pub fn encode_file(
         &self,
         path: &Path,
@@ -556,8 +773,15 @@ impl Encoder {
         num_threads: usize,
         hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
     ) -> Result<u64, CountError> {
-        let num_threads = num_threads.max(1);
-        let file = std::fs::File::create(out)?;
+        if !self.ids_fit(width) {
+            return Err(CountError::Write(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("ids up to {:?} do not fit in {width} bytes", self.max_id()),
+            )));
+        }
+        let num_threads = thread_count(num_threads);
+        let mut reader = ChunkReader::open(path, self.pattern, &self.specials, FILE_BLOCK)?;
+        let file = std::fs::File::create(out).map_err(CountError::Write)?;
         let mut writer = BufWriter::with_capacity(1 << 20, file);
         // Chunks in flight (read, encoding, or waiting to be written) are bounded by tickets.
         let in_flight = num_threads * 2 + 2;
@@ -568,17 +792,31 @@ impl Encoder {
         let (work_tx, work_rx) = mpsc::sync_channel::<(usize, u64, Vec<u8>)>(in_flight);
         let work_rx = Mutex::new(work_rx);
         let (done_tx, done_rx) = mpsc::channel::<(usize, Result<Vec<u32>, u64>)>();
+        let (result_tx, result_rx) = mpsc::channel::<Result<u64, CountError>>();
+        let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
+            let mut workers = 0;
             for _ in 0..num_threads {
                 let done_tx = done_tx.clone();
-                let work_rx = &work_rx;
-                scope.spawn(move || {
+                let (work_rx, stop) = (&work_rx, &stop);
+                let started = spawn(scope, move || {
                     let mut cache = PieceCache::default();
+                    let mut stopped = || stop.load(Ordering::Relaxed);
+                    let mut budget = Budget::new(&mut stopped);
                     while let Some((seq, offset, chunk)) = recv_shared(work_rx) {
                         let r = match std::str::from_utf8(&chunk) {
                             Ok(text) => {
                                 let mut ids = Vec::with_capacity(text.len() / 4 + 1);
-                                self.encode_cached(text, true, &mut ids, &mut cache);
+                                let r = self.encode_cached(
+                                    text,
+                                    true,
+                                    &mut ids,
+                                    &mut cache,
+                                    &mut budget,
+                                );
+                                if r.is_err() {
+                                    break;
+                                }
                                 Ok(ids)
                             }
                             Err(e) => Err(offset + e.valid_up_to() as u64),
@@ -588,10 +826,15 @@ impl Encoder {
                         }
                     }
                 });
+                match started {
+                    Ok(_) => workers += 1,
+                    Err(_) if workers > 0 => break,
+                    Err(e) => return Err(CountError::Io(e)),
+                }
             }
             drop(done_tx);
             // The writer: puts encoded chunks in file order, returns a ticket per chunk.
-            let writer_thread = scope.spawn(move || -> Result<u64, CountError> {
+            let write_all = move || -> Result<u64, CountError> {
                 let mut pending: std::collections::BTreeMap<usize, Result<Vec<u32>, u64>> =
                     Default::default();
                 let mut next = 0usize;
@@ -604,51 +847,87 @@ impl Encoder {
                         let ids = r.map_err(|offset| CountError::InvalidUtf8 { offset })?;
                         buf.clear();
                         ids_to_le_bytes(&ids, width, &mut buf);
-                        writer.write_all(&buf)?;
+                        writer.write_all(&buf).map_err(CountError::Write)?;
                         total += ids.len() as u64;
                         next += 1;
                         let _ = ticket_tx.send(());
                     }
                 }
-                writer.flush()?;
-                writer.get_ref().sync_all()?;
+                writer.flush().map_err(CountError::Write)?;
+                writer.get_ref().sync_all().map_err(CountError::Write)?;
                 Ok(total)
-            });
-            let mut seq = 0usize;
-            let read = read_chunks(
-                path,
-                self.pattern,
-                &self.specials,
-                FILE_BLOCK,
-                hook,
-                |offset, chunk| {
-                    if ticket_rx.recv().is_err() {
-                        return false;
+            };
+            spawn(scope, move || {
+                let _ = result_tx.send(write_all());
+            })?;
+            // The reader (this thread), which also asks the hook while it waits.
+            let mut read_all = || -> Result<(), CountError> {
+                let mut seq = 0usize;
+                while let Some((offset, chunk)) = reader.next_chunk(hook)? {
+                    loop {
+                        match ticket_rx.recv_timeout(WAIT_POLL) {
+                            Ok(()) => break,
+                            Err(RecvTimeoutError::Timeout) => {
+                                hook(reader.bytes_read()).map_err(|_| CountError::Interrupted)?
+                            }
+                            // The writer has stopped; its result says why.
+                            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                        }
                     }
-                    let ok = work_tx.send((seq, offset, chunk)).is_ok();
+                    if work_tx.send((seq, offset, chunk)).is_err() {
+                        return Ok(());
+                    }
                     seq += 1;
-                    ok
-                },
-            );
+                }
+                Ok(())
+            };
+            let read = read_all();
             drop(work_tx);
             drop(ticket_rx);
-            let written = writer_thread.join().map_err(|_| worker_panicked())?;
-            read?;
-            written
+            if let Err(e) = read {
+                stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+            loop {
+                match result_rx.recv_timeout(WAIT_POLL) {
+                    Ok(written) => return written,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if hook(reader.bytes_read()).is_err() {
+                            stop.store(true, Ordering::Relaxed);
+                            return Err(CountError::Interrupted);
+                        }
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return Err(worker_panicked()),
+                }
+            }
         })
     }
 
-    /// The bytes of `ids` concatenated; Err(id) for the first unknown id.
-    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>, u32> {
-        let mut out = Vec::with_capacity(ids.len() * 4);
+    /// The bytes of `ids` concatenated; Err(DecodeError::Unknown(id)) for the first unknown
+    /// id, Err(DecodeError::TooLarge(bytes)) when the memory for the result cannot be had.
+    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>, DecodeError> {
+        let mut total = 0usize;
         for &id in ids {
-            match self.token(id) {
-                Some(t) => out.extend_from_slice(t),
-                None => return Err(id),
-            }
+            let t = self.token(id).ok_or(DecodeError::Unknown(id))?;
+            total = total.saturating_add(t.len());
+        }
+        let mut out = Vec::new();
+        out.try_reserve_exact(total)
+            .map_err(|_| DecodeError::TooLarge(total))?;
+        for &id in ids {
+            out.extend_from_slice(self.token(id).unwrap_or_default());
         }
         Ok(out)
     }
+}
+
+/// Why ids could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// An id that is not in the vocabulary.
+    Unknown(u32),
+    /// The result's size in bytes, which could not be allocated.
+    TooLarge(usize),
 }
 
 /// A map keyed by byte strings. Strings of at most 15 bytes (nearly every piece) are packed
@@ -734,22 +1013,32 @@ struct PieceCache {
 impl PieceCache {
     /// Entries kept before the cache starts over (bounds its memory on huge inputs).
     const LIMIT: usize = 1 << 16;
+    /// Ids kept before the cache starts over, and the longest piece worth keeping: both bound
+    /// its memory when pieces are long (pattern None).
+    const MAX_IDS: usize = 1 << 22;
+    const MAX_PIECE: usize = 1 << 12;
 
     #[inline]
     fn get(&self, piece: &[u8]) -> Option<&[u32]> {
         self.map
             .get(piece)
-            .map(|&(s, n)| &self.ids[s as usize..(s + n) as usize])
+            .and_then(|&(s, n)| self.ids.get(s as usize..s as usize + n as usize))
     }
 
     #[inline]
     fn insert(&mut self, piece: &[u8], ids: &[u32]) {
-        if self.map.len() >= Self::LIMIT {
+        if piece.len() > Self::MAX_PIECE {
+            return;
+        }
+        if self.map.len() >= Self::LIMIT || self.ids.len() + ids.len() > Self::MAX_IDS {
             self.map.clear();
             self.ids.clear();
         }
-        self.map
-            .insert(piece, (self.ids.len() as u32, ids.len() as u32));
+        // Both fit: the cache holds at most MAX_IDS ids.
+        let (Ok(s), Ok(n)) = (u32::try_from(self.ids.len()), u32::try_from(ids.len())) else {
+            return;
+        };
+        self.map.insert(piece, (s, n));
         self.ids.extend_from_slice(ids);
     }
 }
@@ -766,12 +1055,80 @@ pub struct Group {
 /// evenly over the threads (each worker's `PieceCache` carries over from chunk to chunk).
 const FILE_BLOCK: usize = 1 << 20;
 
+/// Bytes of text (or merge steps of a long piece, at `MERGE_COST` bytes each) between two
+/// polls of a `Budget`: a few milliseconds of work.
+const POLL_BYTES: usize = 1 << 20;
+const MERGE_COST: usize = 16;
+
+/// How long a thread that waits for others' results waits before it polls.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// Lets long work be stopped: the work charges the text it has handled, and every
+/// `POLL_BYTES` asks `poll` whether to stop (true: it returns `Interrupted`, and so does every
+/// later charge).
+pub struct Budget<'a> {
+    left: usize,
+    poll: Option<&'a mut dyn FnMut() -> bool>,
+    stopped: bool,
+}
+
+impl<'a> Budget<'a> {
+    /// A budget that never stops the work.
+    pub fn never() -> Self {
+        Budget {
+            left: usize::MAX,
+            poll: None,
+            stopped: false,
+        }
+    }
+
+    pub fn new(poll: &'a mut dyn FnMut() -> bool) -> Self {
+        Budget {
+            left: POLL_BYTES,
+            poll: Some(poll),
+            stopped: false,
+        }
+    }
+
+    #[inline(always)]
+    fn spend(&mut self, n: usize) -> Result<(), Interrupted> {
+        if n < self.left {
+            self.left -= n;
+            return Ok(());
+        }
+        self.refill()
+    }
+
+    #[cold]
+    fn refill(&mut self) -> Result<(), Interrupted> {
+        match &mut self.poll {
+            _ if self.stopped => {}
+            None => self.left = usize::MAX,
+            Some(poll) => {
+                self.left = POLL_BYTES;
+                self.stopped = poll();
+            }
+        }
+        self.check()
+    }
+
+    /// Err once the poll has asked to stop.
+    fn check(&self) -> Result<(), Interrupted> {
+        if self.stopped {
+            Err(Interrupted)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Locks a mutex whose data stays consistent even if a holder panicked.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Appends ids as little-endian integers of `width` bytes (2: the caller knows they fit).
+/// Appends ids as little-endian integers of `width` bytes (2: the caller has checked with
+/// `Encoder::ids_fit` that every id of the vocabulary fits, so the cast keeps every bit).
 pub fn ids_to_le_bytes(ids: &[u32], width: usize, out: &mut Vec<u8>) {
     out.reserve(ids.len() * width);
     if width == 2 {
@@ -832,7 +1189,7 @@ mod tests {
             } else {
                 s = e.bpe_reference(&piece);
             }
-            e.bpe_large(&piece, &mut l);
+            e.bpe_large(&piece, &mut l, &mut Budget::never()).unwrap();
             assert_eq!(s, l, "n={n}");
         }
     }
@@ -858,7 +1215,10 @@ mod tests {
         let e = toy();
         let text = "abc aab <|e|> zz";
         assert_eq!(e.decode_bytes(&e.encode(text)).unwrap(), text.as_bytes());
-        assert_eq!(e.decode_bytes(&[1_000_000]), Err(1_000_000));
+        assert_eq!(
+            e.decode_bytes(&[1_000_000]),
+            Err(DecodeError::Unknown(1_000_000))
+        );
     }
 
     #[test]
@@ -880,6 +1240,72 @@ mod tests {
         assert!(e.encode_batch::<&str>(&[], 2, true).is_empty());
     }
 
+    fn bytes_vocab() -> Vec<(u32, Vec<u8>)> {
+        (0..=255u8).map(|b| (b as u32, vec![b])).collect()
+    }
+
+    #[test]
+    fn empty_and_repeated_tokens_are_refused() {
+        let mut v = bytes_vocab();
+        v.push((256, Vec::new()));
+        let e = Encoder::from_merges(&v, &[], &[], Pattern::Gpt2).err();
+        assert_eq!(e, Some(BuildError::EmptyToken(256)));
+        let mut v = bytes_vocab();
+        v.push((97, b"ab".to_vec()));
+        let e = Encoder::from_merges(&v, &[], &[], Pattern::Gpt2).err();
+        assert_eq!(e, Some(BuildError::DuplicateId(97)));
+        let e = Encoder::from_merges(&bytes_vocab(), &[], &[("".into(), 300)], Pattern::Gpt2);
+        assert_eq!(e.err(), Some(BuildError::Specials(SpecialError::Empty(0))));
+        let e = Encoder::from_merges(&bytes_vocab(), &[], &[("<|x|>".into(), 97)], Pattern::Gpt2);
+        assert_eq!(
+            e.err(),
+            Some(BuildError::SpecialIdTaken("<|x|>".into(), 97))
+        );
+        // The id of a token with the same bytes, and an id shared with another special token.
+        let same = [("a".to_string(), 97), ("<|x|>".into(), 300), ("<|y|>".into(), 300)];
+        let enc = Encoder::from_merges(&bytes_vocab(), &[], &same, Pattern::Gpt2);
+        assert!(enc.is_ok());
+    }
+
+    #[test]
+    fn sparse_ids_cost_no_table_of_their_size() {
+        let mut v = bytes_vocab();
+        v.push((u32::MAX - 1, b"ab".to_vec()));
+        let merges = [(b"a".to_vec(), b"b".to_vec())];
+        let e = Encoder::from_merges(&v, &merges, &[("<|e|>".into(), 256)], Pattern::Gpt2).unwrap();
+        assert!(e.dense_ids() <= 2 * 258 + 256);
+        assert_eq!(e.encode("ab<|e|>"), vec![u32::MAX - 1, 256]);
+        assert_eq!(e.decode_bytes(&[u32::MAX - 1, 256]).unwrap(), b"ab<|e|>");
+        assert_eq!(e.max_id(), Some(u32::MAX - 1));
+        assert!(e.ids_fit(4) && !e.ids_fit(2));
+    }
+
+    #[test]
+    fn empty_pieces_add_nothing() {
+        let e = toy();
+        let mut out = Vec::new();
+        e.encode_piece(b"", &mut out);
+        e.encode_piece(b"abc", &mut out);
+        assert_eq!(out, vec![257]);
+    }
+
+    #[test]
+    fn a_budget_stops_a_long_piece() {
+        let e = toy();
+        let piece = b"ab".repeat(4 << 20);
+        let mut polls = 0;
+        let mut poll = || {
+            polls += 1;
+            polls == 3
+        };
+        let mut out = Vec::new();
+        let r = e.bpe(&piece, &mut out, &mut Budget::new(&mut poll));
+        assert_eq!((r, polls), (Err(Interrupted), 3));
+        let text = "ab ".repeat(4 << 20);
+        let r = e.encode_with_budget(&text, true, &mut Budget::new(&mut || true));
+        assert_eq!(r, Err(Interrupted));
+    }
+
     #[test]
     fn batch_sink_error_stops_and_is_returned() {
         let e = toy();
@@ -890,6 +1316,7 @@ mod tests {
             2,
             true,
             |take| take(),
+            &|| Ok(()),
             |ids| {
                 assert_eq!(ids, [257]);
                 seen += 1;

@@ -45,16 +45,68 @@ impl Pattern {
     /// Calls `f` with each piece of `text`, in order; the pieces concatenate to `text`.
     #[inline]
     pub fn for_each_piece<'a>(self, text: &'a str, mut f: impl FnMut(&'a str)) {
+        let done: Result<(), std::convert::Infallible> = self.try_for_each_piece(text, |p| {
+            f(p);
+            Ok(())
+        });
+        match done {
+            Ok(()) => {}
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like `for_each_piece`, stopping at the first error `f` returns.
+    #[inline]
+    pub fn try_for_each_piece<'a, E>(
+        self,
+        text: &'a str,
+        f: impl FnMut(&'a str) -> Result<(), E>,
+    ) -> Result<(), E> {
         match self {
             Pattern::Gpt2 => pieces(text, gpt2_piece_end, f),
             Pattern::Cl100k => pieces(text, cl100k_piece_end, f),
             Pattern::O200k => pieces(text, o200k_piece_end, f),
+            Pattern::Whole if text.is_empty() => Ok(()),
             Pattern::Whole => {
-                if !text.is_empty() {
-                    f(text)
-                }
+                let mut f = f;
+                f(text)
             }
         }
+    }
+
+    /// The end of the last piece boundary of `text` found by splitting it that holds whatever
+    /// follows `text` and ends at most at `limit`, if any (None for `Whole`).
+    ///
+    /// A boundary `q` qualifies when the piece before it holds a character that is not
+    /// whitespace and `q + SPLIT_MARGIN <= limit`, `limit <= text.len()`. Why this holds: each
+    /// splitter decides a piece from the bytes it reads, and reads past the piece's end only to
+    /// find where a run stops, to test a lookahead or a contraction. A piece that holds a
+    /// character that is not whitespace is not one of the whitespace alternatives (whose pieces
+    /// are all whitespace, and which read a whole run of whitespace and the character after it),
+    /// and every other alternative reads at most three characters past its end (o200k's
+    /// contraction after a letter run: `'` and two letters; a run of letters, numbers,
+    /// punctuation or cl100k's and o200k's `[\r\n]*` after punctuation reads one). The
+    /// whitespace runs that earlier pieces read end at or before that character. So no decision
+    /// up to `q` reads past `q + 12 < limit`: the pieces up to `q` are the same whatever comes
+    /// after `limit`, and the pieces from `q` on are those of the text from `q` (no lookbehind).
+    pub fn last_split_cut(self, text: &str, limit: usize) -> Option<usize> {
+        if self == Pattern::Whole {
+            return None;
+        }
+        let limit = limit.min(text.len());
+        let mut best = None;
+        let mut end = 0;
+        let _ = self.try_for_each_piece(text, |piece| {
+            end += piece.len();
+            if end + SPLIT_MARGIN > limit {
+                return Err(());
+            }
+            if piece.chars().any(|c| class_of(u32::from(c)) != WS) {
+                best = Some(end);
+            }
+            Ok(())
+        });
+        best
     }
 
     /// The pieces of `text` as a vector (tests and small inputs; hot paths use `for_each_piece`).
@@ -65,21 +117,22 @@ impl Pattern {
     }
 }
 
-/// Calls `f` with each piece of `text`, cut where `piece_end` says.
+/// Calls `f` with each piece of `text`, cut where `piece_end` says, until `f` fails.
 #[inline(always)]
-fn pieces<'a>(
+fn pieces<'a, E>(
     text: &'a str,
     piece_end: impl Fn(&[u8], usize) -> usize,
-    mut f: impl FnMut(&'a str),
-) {
+    mut f: impl FnMut(&'a str) -> Result<(), E>,
+) -> Result<(), E> {
     let s = text.as_bytes();
     let mut pos = 0;
     while pos < s.len() {
         let end = piece_end(s, pos);
         debug_assert!(end > pos && text.is_char_boundary(end));
-        f(&text[pos..end]);
+        f(&text[pos..end])?;
         pos = end;
     }
+    Ok(())
 }
 
 /// Class code of a character (see `unicode_tables`).
@@ -615,6 +668,119 @@ fn o200k_piece_end(s: &[u8], pos: usize) -> usize {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Safe cuts: places where a text can be cut so that splitting the two parts separately gives
+// exactly the pieces of the whole, whatever text follows. Files are read, and streams
+// encoded, in parts cut at such places, so memory does not grow with the input.
+
+/// True when byte `i` of `s` is a piece boundary under all three named patterns whatever
+/// follows, so that splitting `s[..i]` and the text from `i` on separately gives the pieces of
+/// the whole. Decided by the character `c` that ends at `i` and the character `d` that starts
+/// there (and, after a newline, the character before it); `s` need not be valid UTF-8 past
+/// them, and anything that does not decode is no cut. Classes are those of the `regex` module
+/// (`\s`, `\p{L}`, `\p{N}`, `\p{M}`; "punctuation" is everything else: `[^\s\p{L}\p{N}]`
+/// minus marks).
+///
+/// The cuts, with `c` never whitespace:
+/// 1. `c` a letter, `d` a number, whitespace or punctuation other than `'`.
+/// 2. `c` a number, `d` anything but a number.
+/// 3. `c` a mark or punctuation, `d` a number or whitespace other than `\r`, `\n`.
+/// 4. `c` = `\n` after a character that is not whitespace, `d` neither whitespace nor `/`.
+///
+/// Why. The splitters decide each piece from the text at and after its start only (no
+/// pattern looks behind), so the pieces from `i` on are those of the second part alone as
+/// soon as a piece of the whole ends at `i`; and the pieces before `i` are those of the first
+/// part alone when every decision made before `i` treats the character `d` as it treats the
+/// end of the text. (The matches also cover the text: every character is in some piece, so
+/// the piece holding `c` ends exactly at `i` once it cannot take `d`.) For 1-3, every
+/// alternative of the three patterns that has consumed `c` looks at `d` in one of these ways
+/// only, and each sees `d` as it sees the end:
+/// - a run of letters (GPT-2's and cl100k's `\p{L}+`; o200k's upper/lower runs, which also
+///   take marks and, after an upper run, a lower case letter) asks whether `d` is a letter
+///   (or a mark): not in 1; then o200k's optional contraction asks whether `d` is `'`: not in
+///   1. A number run (`\p{N}+`, `\p{N}{1,3}`) asks whether `d` is a number: not in 2.
+/// - a punctuation run (`[^\s\p{L}\p{N}]+`, marks included in GPT-2 and cl100k) asks whether
+///   `d` is punctuation or a mark, then cl100k's `[\r\n]*` and o200k's `[\r\n/]*` whether
+///   it is `\r`, `\n` (or `/`): none is in 3. o200k's runs take marks as letters: for a
+///   mark `c` they ask whether `d` is a letter, a mark or `'`: not in 3.
+/// - `c` as the optional leading character of cl100k's and o200k's letter alternatives
+///   (`[^\r\n\p{L}\p{N}]`: punctuation or a mark) asks whether `d` is a letter (or a mark):
+///   not in 3. GPT-2's optional ` ` and the whitespace alternatives never take a `c` that is
+///   not whitespace; a whitespace run before `c` ends before `c`, so its lookahead (`(?!\S)`)
+///   and `$` are decided at or before `c`.
+/// - a contraction: GPT-2's and cl100k's `'(?:...)` starting at `c` = `'` asks whether `d` is
+///   one of its letters: not in 3; one that ends at `c` reads no further.
+///
+/// For 4 (`x`, `\n`, `d`): the piece holding `x` ends at the `\n` or takes it (cl100k's and
+/// o200k's punctuation with `[\r\n]*`, `[\r\n/]*`), and then asks whether `d` is `\r`,
+/// `\n` (or `/`): never. Otherwise the `\n` starts a whitespace run that is just `\n` (`d`
+/// is not whitespace), and every pattern makes that run the one piece `\n` whether `d` or the
+/// end follows (GPT-2: `\s+(?!\S)` at the end, else `\s+`; cl100k: `\s++$` at the end, else
+/// `\s*[\r\n]`; o200k: `\s*[\r\n]+`). A whitespace `x` would not do: GPT-2 makes " \n" one
+/// piece at the end but " ", "\n" before a letter.
+///
+/// `tests/python/test_faults_core.py` checks every cut against `regex.findall` on adversarial
+/// text, with special tokens.
+pub fn is_safe_cut(s: &[u8], i: usize) -> bool {
+    let Some((d, _)) = char_from(s, i) else {
+        return false;
+    };
+    let Some((c, c_start)) = char_before(s, i) else {
+        return false;
+    };
+    let (kc, kd) = (class_of(c), class_of(d));
+    match kc {
+        LU | LL | LT | LM | LO => !is_in(kd, LETTER | bit(M)) && d != u32::from(b'\''),
+        N => kd != N,
+        M | OTHER => kd == N || (kd == WS && d != u32::from(b'\r') && d != u32::from(b'\n')),
+        _ if c == u32::from(b'\n') => {
+            kd != WS
+                && d != u32::from(b'/')
+                && matches!(char_before(s, c_start), Some((x, _)) if class_of(x) != WS)
+        }
+        _ => false,
+    }
+}
+
+/// The character starting at byte `i` of `s` and its length, if a whole valid one is there.
+#[inline(always)]
+fn char_from(s: &[u8], i: usize) -> Option<(u32, usize)> {
+    let b = *s.get(i)?;
+    if b < 0x80 {
+        return Some((u32::from(b), 1));
+    }
+    let n = match b {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => return None,
+    };
+    let c = std::str::from_utf8(s.get(i..i + n)?).ok()?.chars().next()?;
+    Some((u32::from(c), n))
+}
+
+/// The character ending at byte `i` of `s` and the byte where it starts, if a whole valid one
+/// is there.
+#[inline(always)]
+fn char_before(s: &[u8], i: usize) -> Option<(u32, usize)> {
+    let b = *s.get(i.checked_sub(1)?)?;
+    if b < 0x80 {
+        return Some((u32::from(b), i - 1));
+    }
+    // Back over continuation bytes to the first byte of the character.
+    let start = (1..=4)
+        .filter_map(|n| i.checked_sub(n))
+        .find(|&j| s.get(j).is_some_and(|&b| b & 0xC0 != 0x80))?;
+    match char_from(s, start) {
+        Some((c, n)) if start + n == i => Some((c, start)),
+        _ => None,
+    }
+}
+
+/// Bytes that must follow a boundary found by `Pattern::last_split_cut` (three characters
+/// of up to four bytes, rounded up).
+pub const SPLIT_MARGIN: usize = 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -715,6 +881,35 @@ mod tests {
             let mb = text.len() as f64 / 1e6;
             println!("{p:?}: {:.0} MB/s ({mb:.1} MB, {n})", mb / best);
         }
+    }
+
+    #[test]
+    fn safe_cuts() {
+        let cuts = |t: &str| -> Vec<usize> {
+            (1..t.len())
+                .filter(|&i| is_safe_cut(t.as_bytes(), i))
+                .collect()
+        };
+        assert_eq!(cuts("The cat."), vec![3, 7]); // "The| cat|."
+        assert_eq!(cuts("a1b"), vec![1, 2]);
+        assert_eq!(cuts("a'b !1!a"), vec![3, 5, 6]); // not around ', not after ! before a letter
+        assert_eq!(cuts("x.\ny"), vec![1, 3]); // "x|.\n|y"
+        assert_eq!(cuts(" \ny"), Vec::<usize>::new()); // GPT-2: " \n" at the end, " ", "\n" here
+        assert_eq!(cuts("!\n/"), Vec::<usize>::new()); // o200k: "!\n/" is one piece
+        assert_eq!(cuts("中文。"), vec![6]);
+        // Cut characters in half or invalid: no cut.
+        assert!(!is_safe_cut("é ".as_bytes(), 1));
+        assert!(!is_safe_cut(b"a\xff ", 2));
+        // The last boundary 16 bytes before the limit after a piece that is not all whitespace:
+        // "|---|" in GPT-2, "|---|\r\n" in the others.
+        let text = "|---|\r\n".repeat(10);
+        assert_eq!(Pattern::Gpt2.last_split_cut(&text, 70), Some(54));
+        assert_eq!(Pattern::Cl100k.last_split_cut(&text, 70), Some(49));
+        assert_eq!(Pattern::O200k.last_split_cut(&text, 70), Some(49));
+        assert_eq!(
+            Pattern::Whole.last_split_cut("a b c d e f g h i j k l m n o p", 40),
+            None
+        );
     }
 
     #[test]

@@ -5,16 +5,17 @@ use std::path::PathBuf;
 
 use pyo3::create_exception;
 use pyo3::exceptions::{
-    PyFileNotFoundError, PyIsADirectoryError, PyKeyError, PyOSError, PyValueError,
+    PyFileNotFoundError, PyIsADirectoryError, PyKeyError, PyKeyboardInterrupt, PyMemoryError,
+    PyOSError, PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyList};
 
-use crate::count::{self, CountError, Counts, Interrupted, SpecialSplitter};
-use crate::encode::{BuildError, Encoder};
+use crate::count::{self, CountError, Counts, Interrupted, SpecialError, SpecialSplitter};
+use crate::encode::{Budget, BuildError, DecodeError, Encoder};
 use crate::pretok::Pattern;
-use crate::train;
+use crate::train::{self, TrainError};
 
 create_exception!(
     fastbpe,
@@ -40,10 +41,51 @@ fn read_error(path: &std::path::Path, e: CountError) -> PyErr {
             "'{shown}' is not valid UTF-8: invalid byte sequence at byte offset {offset}; \
              re-encode the file as UTF-8 (for example with iconv)"
         )),
-        // Only reached if the hook stopped without a Python error; detach_with_hook returns the
-        // KeyboardInterrupt itself otherwise.
-        CountError::Interrupted => PyValueError::new_err("interrupted"),
+        CountError::Write(e) => PyOSError::new_err(format!("writing the output: {e}")),
+        CountError::Interrupted => interrupted(),
     }
+}
+
+/// Work stopped by its hook. Only reached if the hook stopped it without a Python error
+/// (`detach_with_hook` returns the KeyboardInterrupt itself otherwise); still a Ctrl-C.
+fn interrupted() -> PyErr {
+    PyKeyboardInterrupt::new_err("interrupted")
+}
+
+/// A count argument (threads, merges) as usize: a negative int is refused, one beyond what
+/// usize holds means "as many as there are" and is taken as usize::MAX.
+fn count_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
+    if let Ok(n) = obj.extract::<usize>() {
+        return Ok(n);
+    }
+    let int = obj.cast::<PyInt>()?;
+    if int.lt(0)? {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be 0 or more, not {int}"
+        )));
+    }
+    Ok(usize::MAX)
+}
+
+/// A token id: an int from 0 to 2**32 - 1 (ids are stored as u32).
+fn id_arg(obj: &Bound<'_, PyAny>, what: &dyn std::fmt::Display) -> PyResult<u32> {
+    match obj.extract::<u32>() {
+        Ok(id) => Ok(id),
+        Err(_) if obj.is_instance_of::<PyInt>() => Err(PyValueError::new_err(format!(
+            "{what} has id {obj}, out of range: token ids go from 0 to 2**32 - 1 = {}",
+            u32::MAX
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+fn special_error(e: SpecialError) -> PyErr {
+    PyValueError::new_err(match e {
+        SpecialError::Empty(i) => {
+            format!("special token {i} is the empty string; special tokens must not be empty")
+        }
+        SpecialError::TooLarge(e) => format!("the special tokens cannot be matched: {e}"),
+    })
 }
 
 fn parse_pattern(name: Option<&str>) -> PyResult<Pattern> {
@@ -58,6 +100,20 @@ fn parse_pattern(name: Option<&str>) -> PyResult<Pattern> {
              built-in ones: \"gpt2\", \"cl100k\", \"o200k\" or None"
         ))),
     }
+}
+
+/// Runs `work` with the GIL released, handing it a budget that checks for Ctrl-C now and then
+/// (taking the GIL briefly): a KeyboardInterrupt stops the work within milliseconds.
+fn detach_polling<T, F>(py: Python<'_>, work: F) -> PyResult<T>
+where
+    T: Send,
+    F: FnOnce(&mut Budget) -> Result<T, Interrupted> + Send,
+{
+    detach_with_hook(py, None, |hook| {
+        let mut stop = || hook(0).is_err();
+        work(&mut Budget::new(&mut stop))
+    })?
+    .map_err(|Interrupted| interrupted())
 }
 
 /// Runs `work` with the GIL released. `work` gets a hook to call now and then from the calling
@@ -111,7 +167,7 @@ impl WordCounts {
         Ok(WordCounts {
             counts: Counts::default(),
             pattern: parse_pattern(pattern)?,
-            specials: SpecialSplitter::new(&special_tokens),
+            specials: SpecialSplitter::new(&special_tokens).map_err(special_error)?,
         })
     }
 
@@ -121,9 +177,10 @@ impl WordCounts {
         &mut self,
         py: Python<'_>,
         path: PathBuf,
-        num_threads: usize,
+        num_threads: &Bound<'_, PyAny>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<()> {
+        let num_threads = count_arg(num_threads, "num_threads")?;
         let (pattern, specials) = (self.pattern, &self.specials);
         let res = detach_with_hook(py, progress, |hook| {
             count::count_file(&path, pattern, specials, num_threads, &mut |n| hook(n))
@@ -139,12 +196,16 @@ impl WordCounts {
         &mut self,
         py: Python<'_>,
         texts: Vec<String>,
-        num_threads: usize,
+        num_threads: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
+        let num_threads = count_arg(num_threads, "num_threads")?;
         let (pattern, specials) = (self.pattern, &self.specials);
         let c = py
             .detach(|| count::count_texts(&texts, pattern, specials, num_threads))
-            .map_err(|_| PyOSError::new_err("a counting thread failed"))?;
+            .map_err(|e| match e {
+                CountError::Io(e) => PyOSError::new_err(format!("counting the texts: {e}")),
+                e => PyOSError::new_err(format!("counting the texts: {e:?}")),
+            })?;
         count::merge_counts(&mut self.counts, c);
         Ok(())
     }
@@ -153,8 +214,18 @@ impl WordCounts {
     fn add_pieces(&mut self, pieces: &Bound<'_, PyDict>) -> PyResult<()> {
         for (k, v) in pieces.iter() {
             let key: Vec<u8> = k.extract()?;
-            let n: u64 = v.extract()?;
-            *self.counts.entry(key).or_insert(0) += n;
+            let n: u64 = v.extract().map_err(|_| {
+                PyValueError::new_err(format!(
+                    "the count of piece {k} must be an int from 0 to 2**64 - 1, not {v}"
+                ))
+            })?;
+            let total = self.counts.get(&key).copied().unwrap_or(0).checked_add(n);
+            let Some(total) = total else {
+                return Err(PyValueError::new_err(format!(
+                    "the count of piece {k} would exceed 2**64 - 1"
+                )));
+            };
+            self.counts.insert(key, total);
         }
         Ok(())
     }
@@ -174,20 +245,25 @@ impl WordCounts {
 }
 
 /// Learns up to `num_merges` merges from `counts`; `progress(merges_done)`.
+/// Any int >= 0: beyond what the words allow, training stops when no pair is left.
 #[pyfunction]
 #[pyo3(signature = (counts, num_merges, progress=None))]
 fn train_merges<'py>(
     py: Python<'py>,
     counts: &WordCounts,
-    num_merges: usize,
+    num_merges: &Bound<'py, PyAny>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+    let num_merges = count_arg(num_merges, "num_merges")?;
     let words = &counts.counts;
     let merges = detach_with_hook(py, progress, move |hook| {
         let words = words.iter().map(|(k, &v)| (&k[..], v));
         train::train(words, num_merges, &mut |n| hook(n as u64))
     })?
-    .map_err(|_| PyValueError::new_err("interrupted"))?;
+    .map_err(|e| match e {
+        TrainError::Interrupted => interrupted(),
+        TrainError::TooLarge(what) => PyValueError::new_err(format!("cannot train on {what}")),
+    })?;
     Ok(merges
         .iter()
         .map(|(l, r)| (PyBytes::new(py, l), PyBytes::new(py, r)))
@@ -202,6 +278,38 @@ fn split(pattern: Option<&str>, text: &str) -> PyResult<Vec<String>> {
     Ok(p.split(text).into_iter().map(String::from).collect())
 }
 
+/// Character offsets of the byte offsets `at` (ascending) in `text`.
+fn char_offsets(text: &str, at: &[usize]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(at.len());
+    let (mut bytes, mut chars) = (0, 0);
+    for &b in at {
+        chars += text.get(bytes..b).map_or(0, |t| t.chars().count());
+        bytes = b;
+        out.push(chars);
+    }
+    out
+}
+
+/// Where a stream of text under `pattern` and `special_tokens` may be cut (for tests):
+/// `(every cut, the last one, the one found by splitting)`, as character offsets. Splitting
+/// the parts separately gives the pieces of the whole, whatever follows `text`.
+#[pyfunction]
+#[pyo3(signature = (pattern, special_tokens, text))]
+fn safe_cuts(
+    pattern: Option<&str>,
+    special_tokens: Vec<String>,
+    text: &str,
+) -> PyResult<(Vec<usize>, Option<usize>, Option<usize>)> {
+    let pattern = parse_pattern(pattern)?;
+    let specials = SpecialSplitter::new(&special_tokens).map_err(special_error)?;
+    let s = text.as_bytes();
+    let all = count::safe_cuts(s, pattern, &specials);
+    let last = count::last_safe_cut(s, 0, pattern, &specials);
+    let split = count::split_cut(s, pattern, &specials);
+    let one = |b: Option<usize>| b.and_then(|b| char_offsets(text, &[b]).pop());
+    Ok((char_offsets(text, &all), one(last), one(split)))
+}
+
 fn build_error(e: BuildError) -> PyErr {
     PyValueError::new_err(match e {
         BuildError::MergePartMissing(n, part) => format!(
@@ -214,6 +322,19 @@ fn build_error(e: BuildError) -> PyErr {
         ),
         BuildError::ByteMissing(b) => {
             format!("the vocabulary has no token for the single byte {b:#04x}; byte-level BPE needs all 256")
+        }
+        BuildError::EmptyToken(id) => {
+            format!("token {id} is empty (b''); every token must have at least one byte")
+        }
+        BuildError::DuplicateId(id) => {
+            format!("id {id} is given to two tokens; each id must name one token")
+        }
+        BuildError::SpecialIdTaken(s, id) => format!(
+            "special token {s:?} has id {id}, which the vocabulary already gives to another token"
+        ),
+        BuildError::Specials(e) => return special_error(e),
+        BuildError::TooManyMerges(n) => {
+            format!("{n} merges: at most 2**32 merges are supported")
         }
     })
 }
@@ -247,14 +368,17 @@ pub struct CoreEncoder {
 
 impl CoreEncoder {
     fn new(py: Python<'_>, enc: Encoder) -> PyResult<Self> {
-        let ints = (0..enc.id_limit() as u32)
-            .map(|i| Ok(i.into_pyobject(py)?.into_any().unbind()))
-            .collect::<PyResult<Vec<_>>>()?;
+        // The ids the encoder keeps in a vector (at most about twice the number of tokens,
+        // however large a sparse id is); others become ints when returned.
+        let ints = (0u32..)
+            .take(enc.dense_ids())
+            .map(|i| i.into_pyobject(py).map(|i| i.into_any().unbind()))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(CoreEncoder { enc, ints })
     }
 
     /// The ids of `text` as a list, special tokens as their ids or not. Short texts keep the GIL:
-    /// releasing and retaking it would cost more than the work.
+    /// releasing and retaking it would cost more than the work; longer ones stop on Ctrl-C.
     fn encode_list<'py>(
         &self,
         py: Python<'py>,
@@ -264,9 +388,38 @@ impl CoreEncoder {
         let ids = if text.len() < 4096 {
             self.enc.encode_with(text, with_specials)
         } else {
-            py.detach(|| self.enc.encode_with(text, with_specials))
+            detach_polling(py, |budget| {
+                self.enc.encode_with_budget(text, with_specials, budget)
+            })?
         };
         self.list(py, &ids)
+    }
+
+    /// Refuses a width that cannot hold every id.
+    fn check_width(&self, width: usize) -> PyResult<()> {
+        if width != 2 && width != 4 {
+            return Err(PyValueError::new_err(format!(
+                "width must be 2 or 4, not {width}"
+            )));
+        }
+        if !self.enc.ids_fit(width) {
+            return Err(PyValueError::new_err(format!(
+                "ids up to {} do not fit in {width} bytes: use 4",
+                self.enc.max_id().unwrap_or(0)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Special tokens as (string, id), ids checked.
+    fn specials_arg(specials: Vec<(String, Bound<'_, PyAny>)>) -> PyResult<Vec<(String, u32)>> {
+        specials
+            .into_iter()
+            .map(|(s, id)| {
+                let id = id_arg(&id, &format_args!("special token {s:?}"))?;
+                Ok((s, id))
+            })
+            .collect()
     }
 
     /// `ids` as a Python list of ints, left out of the cyclic garbage collector: a list that
@@ -275,7 +428,14 @@ impl CoreEncoder {
     /// those walks cost a quarter of `encode_batch`'s time). Only a list the caller later makes
     /// part of a cycle itself would go uncollected until the cycle is broken.
     fn list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
-        let list = PyList::new(py, ids.iter().map(|&i| self.ints[i as usize].bind(py)))?;
+        let int = |i: u32| match self.ints.get(i as usize) {
+            Some(int) => int.bind(py).clone(),
+            None => match i.into_pyobject(py) {
+                Ok(int) => int.into_any(),
+                Err(never) => match never {},
+            },
+        };
+        let list = PyList::new(py, ids.iter().map(|&i| int(i)))?;
         // SAFETY: `list` is a live list object that the collector tracks (PyList_New tracks it);
         // untracking it is always allowed, and CPython frees untracked lists as usual.
         unsafe { pyo3::ffi::PyObject_GC_UnTrack(list.as_ptr().cast()) };
@@ -286,16 +446,25 @@ impl CoreEncoder {
 #[pymethods]
 impl CoreEncoder {
     /// From `vocab` (id -> bytes, without special tokens), `merges` in priority order and
-    /// special tokens (str -> id). `pattern`: "gpt2", "whole" (no pre-tokenization).
+    /// special tokens (str -> id). `pattern`: "gpt2", "cl100k", "o200k", "whole" (no
+    /// pre-tokenization). Ids are any ints from 0 to 2**32 - 1, sparse ones included.
     #[staticmethod]
     fn from_merges(
         py: Python<'_>,
-        vocab: Vec<(u32, Vec<u8>)>,
+        vocab: Vec<(Bound<'_, PyAny>, Vec<u8>)>,
         merges: Vec<(Vec<u8>, Vec<u8>)>,
-        specials: Vec<(String, u32)>,
+        specials: Vec<(String, Bound<'_, PyAny>)>,
         pattern: &str,
     ) -> PyResult<Self> {
         let pattern = parse_pattern(Some(pattern))?;
+        let vocab = vocab
+            .into_iter()
+            .map(|(id, t)| {
+                let id = id_arg(&id, &format_args!("token {:?}", PyBytesRepr(&t)))?;
+                Ok((id, t))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let specials = Self::specials_arg(specials)?;
         let enc = py
             .detach(|| Encoder::from_merges(&vocab, &merges, &specials, pattern))
             .map_err(build_error)?;
@@ -306,11 +475,19 @@ impl CoreEncoder {
     #[staticmethod]
     fn from_ranks(
         py: Python<'_>,
-        ranks: Vec<(Vec<u8>, u32)>,
-        specials: Vec<(String, u32)>,
+        ranks: Vec<(Vec<u8>, Bound<'_, PyAny>)>,
+        specials: Vec<(String, Bound<'_, PyAny>)>,
         pattern: &str,
     ) -> PyResult<Self> {
         let pattern = parse_pattern(Some(pattern))?;
+        let ranks = ranks
+            .into_iter()
+            .map(|(t, id)| {
+                let id = id_arg(&id, &format_args!("token {:?}", PyBytesRepr(&t)))?;
+                Ok((t, id))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let specials = Self::specials_arg(specials)?;
         let enc = py
             .detach(|| Encoder::from_ranks(&ranks, &specials, pattern))
             .map_err(build_error)?;
@@ -345,14 +522,15 @@ impl CoreEncoder {
         text: &str,
         width: usize,
         with_specials: bool,
-    ) -> Bound<'py, PyByteArray> {
-        let buf = py.detach(|| {
-            let ids = self.enc.encode_with(text, with_specials);
+    ) -> PyResult<Bound<'py, PyByteArray>> {
+        self.check_width(width)?;
+        let buf = detach_polling(py, |budget| {
+            let ids = self.enc.encode_with_budget(text, with_specials, budget)?;
             let mut buf = Vec::new();
             crate::encode::ids_to_le_bytes(&ids, width, &mut buf);
-            buf
-        });
-        PyByteArray::new(py, &buf)
+            Ok(buf)
+        })?;
+        Ok(PyByteArray::new(py, &buf))
     }
 
     #[pyo3(signature = (texts, num_threads, with_specials=true))]
@@ -360,18 +538,24 @@ impl CoreEncoder {
         &self,
         py: Python<'py>,
         texts: Vec<PyBackedStr>,
-        num_threads: usize,
+        num_threads: &Bound<'py, PyAny>,
         with_specials: bool,
     ) -> PyResult<Bound<'py, PyList>> {
+        let num_threads = count_arg(num_threads, "num_threads")?;
         // The texts are read in place (no copies); each result becomes a Python list while
-        // the worker threads go on encoding the texts after it.
+        // the worker threads go on encoding the texts after it. Ctrl-C is checked while this
+        // thread encodes or waits (`poll`) and between results.
         let mut lists = Vec::with_capacity(texts.len());
         self.enc.encode_batch_in_order(
             &texts,
             num_threads,
             with_specials,
             |take| py.detach(take),
+            &|| Python::attach(|py| py.check_signals()),
             |ids| {
+                if lists.len() % 256 == 255 {
+                    py.check_signals()?;
+                }
                 lists.push(self.list(py, ids)?);
                 Ok::<(), PyErr>(())
             },
@@ -394,25 +578,31 @@ impl CoreEncoder {
         path: PathBuf,
         out_path: PathBuf,
         width: usize,
-        num_threads: usize,
+        num_threads: &Bound<'_, PyAny>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<u64> {
-        if width != 2 && width != 4 {
-            return Err(PyValueError::new_err("width must be 2 or 4"));
-        }
+        self.check_width(width)?;
+        let num_threads = count_arg(num_threads, "num_threads")?;
         let enc = &self.enc;
         detach_with_hook(py, progress, |hook| {
             enc.encode_file(&path, &out_path, width, num_threads, &mut |n| hook(n))
         })?
-        .map_err(|e| read_error(&path, e))
+        .map_err(|e| match e {
+            CountError::Write(e) => PyOSError::new_err(format!("'{}': {e}", out_path.display())),
+            e => read_error(&path, e),
+        })
     }
 
     fn decode_bytes<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
         match self.enc.decode_bytes(&ids) {
             Ok(b) => Ok(PyBytes::new(py, &b)),
-            Err(id) => Err(UnknownTokenError::new_err(format!(
+            Err(DecodeError::Unknown(id)) => Err(UnknownTokenError::new_err(format!(
                 "token id {id} is not in the vocabulary (ids go up to {})",
-                self.enc.id_limit().saturating_sub(1)
+                self.enc.max_id().unwrap_or(0)
+            ))),
+            Err(DecodeError::TooLarge(n)) => Err(PyMemoryError::new_err(format!(
+                "decoding {} ids takes {n} bytes, more memory than can be had",
+                ids.len()
             ))),
         }
     }
@@ -435,6 +625,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnknownTokenError", m.py().get_type::<UnknownTokenError>())?;
     m.add_function(wrap_pyfunction!(train_merges, m)?)?;
     m.add_function(wrap_pyfunction!(split, m)?)?;
+    m.add_function(wrap_pyfunction!(safe_cuts, m)?)?;
     m.add(
         "UNICODE_TABLES_REGEX_VERSION",
         crate::unicode_tables::REGEX_VERSION,

@@ -50,23 +50,46 @@ impl Ord for Entry {
 /// Merges in priority order, each as (left bytes, right bytes).
 pub type Merges = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Why training stopped without a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrainError {
+    /// The hook asked to stop (Ctrl-C).
+    Interrupted,
+    /// The counts are beyond what the merge loop's integers hold (what, and the limit).
+    TooLarge(String),
+}
+
+impl From<Interrupted> for TrainError {
+    fn from(_: Interrupted) -> Self {
+        TrainError::Interrupted
+    }
+}
+
+/// Symbols processed between two calls of the hook: a few milliseconds of work, so that even
+/// a merge over huge words (pattern None) stops promptly when asked.
+const HOOK_EVERY: usize = 1 << 20;
+
 /// Learns up to `num_merges` merges from words (piece bytes) and their counts.
 ///
 /// Returns the merges as `(left bytes, right bytes)` in creation order; fewer than `num_merges`
-/// when no pair is left. `hook(merges_done)` is called every few merges and may stop the work.
+/// when no pair is left (so any `num_merges`, however large, is fine: nothing is sized by it).
+/// `hook(merges_done)` is called every few milliseconds of work and may stop it.
+///
+/// Limits: each word under 2^32 bytes, fewer than 2^32 distinct words, and the sum over words
+/// of count times length under 2^63 (no pair count can then overflow).
 pub fn train<'a, I>(
     words: I,
     num_merges: usize,
     hook: &mut dyn FnMut(usize) -> Result<(), Interrupted>,
-) -> Result<Merges, Interrupted>
+) -> Result<Merges, TrainError>
 where
     I: IntoIterator<Item = (&'a [u8], u64)>,
 {
     // Token id -> bytes. Ids are canonical: one id per distinct byte string.
     let mut tokens: Vec<Rc<[u8]>> = (0..=255u8).map(|b| Rc::from(&[b][..])).collect();
     let mut token_ids: FxHashMap<Rc<[u8]>, u32> = FxHashMap::default();
-    for (i, t) in tokens.iter().enumerate() {
-        token_ids.insert(t.clone(), i as u32);
+    for (i, t) in (0u32..).zip(tokens.iter()) {
+        token_ids.insert(t.clone(), i);
     }
 
     // All words in one arena (word i is syms[start[i]..start[i] + len[i]]): the merge loop
@@ -76,28 +99,62 @@ where
     let mut start: Vec<usize> = Vec::new();
     let mut lens: Vec<u32> = Vec::new();
     let mut word_counts: Vec<i64> = Vec::new();
+    let mut weight: u128 = 0; // sum of count * length: bounds every pair count
     for (bytes, count) in words {
         if bytes.len() >= 2 {
+            let too_large = |what: String| TrainError::TooLarge(what);
+            let len = u32::try_from(bytes.len()).map_err(|_| {
+                too_large(format!(
+                    "a piece of {} bytes (the limit is 2^32 - 1)",
+                    bytes.len()
+                ))
+            })?;
+            if u32::try_from(start.len()).is_err() {
+                return Err(too_large("more than 2^32 distinct pieces".into()));
+            }
+            weight += u128::from(count) * u128::from(len);
+            let count = i64::try_from(count)
+                .ok()
+                .filter(|_| weight <= i64::MAX as u128);
+            let Some(count) = count else {
+                return Err(too_large(
+                    "piece counts whose sum times the pieces' lengths reaches 2^63".into(),
+                ));
+            };
             start.push(syms.len());
-            lens.push(bytes.len() as u32);
-            syms.extend(bytes.iter().map(|&b| b as u32));
-            word_counts.push(count as i64);
+            lens.push(len);
+            syms.extend(bytes.iter().map(|&b| u32::from(b)));
+            word_counts.push(count);
         }
     }
 
     // Pair -> total count, and pair -> words that (may) contain it.
     let mut pair_counts: FxHashMap<Pair, i64> = FxHashMap::default();
     let mut where_: FxHashMap<Pair, Vec<u32>> = FxHashMap::default();
-    for wi in 0..start.len() {
-        let w = &syms[start[wi]..start[wi] + lens[wi] as usize];
-        let c = word_counts[wi];
-        for p in w.windows(2) {
-            let pair = (p[0], p[1]);
-            *pair_counts.entry(pair).or_insert(0) += c;
-            let list = where_.entry(pair).or_default();
-            if list.last() != Some(&(wi as u32)) {
-                list.push(wi as u32);
+    let mut work = 0usize;
+    for (wi, (&s, &len)) in (0u32..).zip(start.iter().zip(&lens)) {
+        let w = &syms[s..s + len as usize];
+        let c = word_counts[wi as usize];
+        // In parts of HOOK_EVERY pairs (one part but for huge words), the hook between them.
+        for (k, part) in w.chunks(HOOK_EVERY).enumerate() {
+            if k > 0 {
+                hook(0)?;
             }
+            // The pairs that start in this part (the last one ends in the next).
+            let end = (k * HOOK_EVERY + part.len() + 1).min(w.len());
+            for p in w[k * HOOK_EVERY..end].windows(2) {
+                let pair = (p[0], p[1]);
+                *pair_counts.entry(pair).or_insert(0) += c;
+                let list = where_.entry(pair).or_default();
+                if list.last() != Some(&wi) {
+                    list.push(wi);
+                }
+            }
+        }
+        work += w.len();
+        if work >= HOOK_EVERY {
+            work = 0;
+            hook(0)?;
         }
     }
     let entry = |tokens: &Vec<Rc<[u8]>>, pair: Pair, count: i64| Entry {
@@ -112,7 +169,8 @@ where
         .map(|(&p, &c)| entry(&tokens, p, c))
         .collect();
 
-    let mut merges = Vec::with_capacity(num_merges);
+    // Not sized by `num_merges`, which may be far more than the words allow.
+    let mut merges = Vec::new();
     // Count changes made by one merge, applied after all its words are rewritten.
     let mut deltas: FxHashMap<Pair, i64> = FxHashMap::default();
     let mut new_where: FxHashMap<Pair, Vec<u32>> = FxHashMap::default();
@@ -130,7 +188,9 @@ where
         let new_id = match token_ids.get(&merged) {
             Some(&id) => id,
             None => {
-                let id = tokens.len() as u32;
+                let Ok(id) = u32::try_from(tokens.len()) else {
+                    return Err(TrainError::TooLarge("more than 2^32 tokens".into()));
+                };
                 tokens.push(merged.clone());
                 token_ids.insert(merged.clone(), id);
                 id
@@ -141,12 +201,24 @@ where
         let mut affected = where_.remove(&top.pair).unwrap_or_default();
         affected.sort_unstable();
         affected.dedup();
+        let done = merges.len();
         for &wi in &affected {
             let (i, count) = (wi as usize, word_counts[wi as usize]);
             let w = &mut syms[start[i]..start[i] + lens[i] as usize];
-            let Some(new_len) = merge_word(w, a, b, new_id, count, &mut deltas) else {
+            work += w.len();
+            let merged = if w.len() <= HOOK_EVERY {
+                merge_word(w, (a, b), new_id, count, &mut deltas, || Ok(()))
+            } else {
+                merge_word(w, (a, b), new_id, count, &mut deltas, || hook(done))
+            };
+            let Some(new_len) = merged? else {
                 continue;
             };
+            if work >= HOOK_EVERY {
+                work = 0;
+                hook(done)?;
+            }
+            // Merging only shortens a word, whose length fits in u32.
             lens[i] = new_len as u32;
             let w = &w[..new_len];
             // Register the word under every pair that now contains the new token.
@@ -175,7 +247,8 @@ where
         for (pair, list) in new_where.drain() {
             where_.entry(pair).or_default().extend(list);
         }
-        if merges.len() % 64 == 0 {
+        if merges.len() % 64 == 0 || work >= HOOK_EVERY {
+            work = 0;
             hook(merges.len())?;
         }
     }
@@ -185,46 +258,53 @@ where
 
 /// Merges every non-overlapping occurrence of `(a, b)` in `w`, left to right and in place,
 /// recording the change of each neighbouring pair's count (times the word's `count`) in
-/// `deltas`. Returns the new length if the word changed.
+/// `deltas`. Returns the new length if the word changed. `check` runs after every
+/// `HOOK_EVERY` symbols of a long word and may stop the work.
 #[inline]
 fn merge_word(
     w: &mut [u32],
-    a: u32,
-    b: u32,
+    (a, b): Pair,
     new_id: u32,
     count: i64,
     deltas: &mut FxHashMap<Pair, i64>,
-) -> Option<usize> {
+    mut check: impl FnMut() -> Result<(), Interrupted>,
+) -> Result<Option<usize>, Interrupted> {
     let n = w.len();
     // w[..out] holds the merged prefix; w[i..] is still to be read (out <= i).
     let mut out = 0;
     let mut i = 0;
     let mut changed = false;
     while i < n {
-        if i + 1 < n && w[i] == a && w[i + 1] == b {
-            changed = true;
-            *deltas.entry((a, b)).or_insert(0) -= count;
-            if out > 0 {
-                // The token now left of the merge (possibly merged itself just now): the pair it
-                // formed with `a` is gone and one with the new token appears.
-                let prev = w[out - 1];
-                *deltas.entry((prev, a)).or_insert(0) -= count;
-                *deltas.entry((prev, new_id)).or_insert(0) += count;
+        let block_end = n.min(i + HOOK_EVERY);
+        while i < block_end {
+            if i + 1 < n && w[i] == a && w[i + 1] == b {
+                changed = true;
+                *deltas.entry((a, b)).or_insert(0) -= count;
+                if out > 0 {
+                    // The token now left of the merge (possibly merged itself just now): the
+                    // pair it formed with `a` is gone and one with the new token appears.
+                    let prev = w[out - 1];
+                    *deltas.entry((prev, a)).or_insert(0) -= count;
+                    *deltas.entry((prev, new_id)).or_insert(0) += count;
+                }
+                if i + 2 < n {
+                    let next = w[i + 2];
+                    *deltas.entry((b, next)).or_insert(0) -= count;
+                    *deltas.entry((new_id, next)).or_insert(0) += count;
+                }
+                w[out] = new_id;
+                i += 2;
+            } else {
+                w[out] = w[i];
+                i += 1;
             }
-            if i + 2 < n {
-                let next = w[i + 2];
-                *deltas.entry((b, next)).or_insert(0) -= count;
-                *deltas.entry((new_id, next)).or_insert(0) += count;
-            }
-            w[out] = new_id;
-            i += 2;
-        } else {
-            w[out] = w[i];
-            i += 1;
+            out += 1;
         }
-        out += 1;
+        if i < n {
+            check()?;
+        }
     }
-    changed.then_some(out)
+    Ok(changed.then_some(out))
 }
 
 #[cfg(test)]
@@ -282,5 +362,36 @@ mod tests {
     fn stops_when_no_pair_is_left() {
         let m = run(&[("ab", 5)], 10);
         assert_eq!(m, vec![pair("a", "b")]);
+        // Nothing is sized by the number of merges asked for.
+        let m = run(&[("ab", 5)], usize::MAX);
+        assert_eq!(m, vec![pair("a", "b")]);
+    }
+
+    #[test]
+    fn the_hook_runs_within_one_huge_word() {
+        let word = "abcdefgh".repeat(1 << 20);
+        let mut calls = 0;
+        let r = train([(word.as_bytes(), 1)], 3, &mut |_| {
+            calls += 1;
+            if calls == 5 {
+                Err(Interrupted)
+            } else {
+                Ok(())
+            }
+        });
+        // Before the first merge is done: the pair counting and the merge check as they go.
+        assert_eq!((r, calls), (Err(TrainError::Interrupted), 5));
+    }
+
+    #[test]
+    fn counts_beyond_the_loop_integers_are_refused() {
+        let r = train([(&b"ab"[..], u64::MAX)], 1, &mut |_| Ok(()));
+        assert!(matches!(r, Err(TrainError::TooLarge(_))));
+        let r = train(
+            [(&b"ab"[..], 1 << 61), (&b"cd"[..], 1 << 61)],
+            1,
+            &mut |_| Ok(()),
+        );
+        assert!(matches!(r, Err(TrainError::TooLarge(_))));
     }
 }

@@ -100,32 +100,40 @@ def compile(pattern: str | None):
     return None if source is None else regex.compile(source)
 
 
-def pieces(rx, text: str) -> list[str]:
-    """The pieces of `text` under the compiled regex `rx`: each non-empty match (the whole
-    match) and each stretch of text before, between or after the matches, in order.
+def pieces(rx, text: str, pos: int = 0) -> list[str]:
+    """The pieces of `text[pos:]` under the compiled regex `rx` (searched from `pos`, the text
+    before it context only): each non-empty match (the whole match) and each stretch of text
+    before, between or after the matches, in order.
 
-    Contract: no piece is empty and `"".join(pieces(rx, text)) == text`. For a pattern whose
-    matches cover the text (the named ones) this equals `rx.findall(text)`; empty matches
-    (`\\w*` between words) are skipped; text the pattern does not match is kept, never dropped.
+    Contract: no piece is empty and `"".join(pieces(rx, text, pos)) == text[pos:]`. For a pattern
+    whose matches cover the text (the named ones) this equals `rx.findall(text, pos)`; empty
+    matches (`\\w*` between words) are skipped; text the pattern does not match is kept, never
+    dropped.
     """
     if rx.groups == 0 and not rx.flags & regex.REVERSE:
         # The usual case, at the speed of findall: matches that add up to the whole text are
         # the pieces (non-overlapping and in order, they can only cover it one way).
-        found = rx.findall(text)
-        if sum(map(len, found)) == len(text):
+        found = rx.findall(text, pos)
+        if sum(map(len, found)) == len(text) - pos:
             return [p for p in found if p]
-    spans = [m.span() for m in rx.finditer(text)]
+    spans = [m.span() for m in rx.finditer(text, pos=pos)]
     if rx.flags & regex.REVERSE:
         spans.reverse()  # (?r) finds matches from the end
+    return pieces_from_spans(text, pos, len(text), spans)
+
+
+def pieces_from_spans(text: str, start: int, stop: int, spans) -> list[str]:
+    """The pieces of `text[start:stop]` given its matches' spans, in order: the non-empty
+    matches and the stretches between them."""
     out = []
-    at = 0
-    for start, end in spans:
-        if start == end:
+    at = start
+    for a, b in spans:
+        if a == b:
             continue
-        if start > at:
-            out.append(text[at:start])
-        out.append(text[start:end])
-        at = end
-    if at < len(text):
-        out.append(text[at:])
+        if a > at:
+            out.append(text[at:a])
+        out.append(text[a:b])
+        at = b
+    if at < stop:
+        out.append(text[at:stop])
     return out

@@ -14,7 +14,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 import regex
 
-from fastbpe import _core, _progress, patterns, token_files
+from fastbpe import _core, _progress, _stream, patterns, token_files
 from fastbpe._io import refuse_overwrite, write_atomic
 
 UnknownTokenError = _core.UnknownTokenError
@@ -358,7 +358,14 @@ class Tokenizer:
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
         """Lazily yield the ids of the concatenated strings, as `encode("".join(iterable))` would,
         with memory that does not grow with the input (pieces and special tokens may straddle
-        two strings: text is held back until a place where cutting cannot change the ids)."""
+        two strings: text is held back until a place where cutting cannot change the ids).
+
+        What is held is bounded by the longest piece: with `pattern=None` that is the text between
+        two special tokens, held whole; with a custom regex see `fastbpe._stream.CustomStream`
+        for the patterns it is exact for."""
+        if self._custom is not None:
+            yield from self._encode_iterable_custom(iterable)
+            return
         pending: list[str] = []
         size = 0
         threshold = 1 << 16
@@ -377,8 +384,27 @@ class Tokenizer:
                 continue
             yield from self.encode(text[:n])
             rest = text[n:]
-            pending, size, threshold = [rest], len(rest), 1 << 16
+            pending, size, threshold = [rest], len(rest), max(1 << 16, 2 * len(rest))
         yield from self.encode("".join(pending))
+
+    def _encode_iterable_custom(self, iterable: Iterable[str]) -> Iterator[int]:
+        """`encode_iterable` for a custom regex: the pieces come from `CustomStream`."""
+        stream = _stream.CustomStream(self._custom[0], self.special_tokens)
+        for s in iterable:
+            if not isinstance(s, str):
+                raise TypeError(f"encode_iterable() takes str items, not {type(s).__name__}")
+            yield from self._encode_stretches(stream.feed(s))
+        yield from self._encode_stretches(stream.finish())
+
+    def _encode_stretches(self, stretches) -> list[int]:
+        """The ids of `CustomStream`'s (pieces, special token) stretches."""
+        ids: list[int] = []
+        for pieces, special in stretches:
+            if pieces:
+                ids += self._core.encode_pieces(pieces)
+            if special is not None:
+                ids.append(self.special_token_ids[special])
+        return ids
 
     def encode_file(
         self,
@@ -438,31 +464,16 @@ class Tokenizer:
         return np.memmap(out_path, dtype=dtype.newbyteorder("<"), mode="r")
 
     def _encode_file_python(self, path: str, writer: token_files.TokenWriter, bar) -> int:
-        """Custom patterns: stream the file's lines through `encode_iterable`."""
-        with open(path, "rb") as f:
+        """Custom patterns: the file read in blocks, its pieces found by `CustomStream`."""
+        stream = _stream.CustomStream(self._custom[0], self.special_tokens)
 
-            def lines():
-                done = 0
-                for raw in f:
-                    try:
-                        line = raw.decode("utf-8")
-                    except UnicodeDecodeError as e:
-                        raise ValueError(
-                            f"'{path}' is not valid UTF-8: invalid byte sequence at byte offset {done + e.start}; "
-                            "re-encode the file as UTF-8 (for example with iconv)"
-                        ) from None
-                    done += len(raw)
-                    if bar:
-                        bar(done)
-                    yield line
+        def write(stretches) -> None:
+            for stretch in stretches:  # a few ten thousand characters each
+                writer.write(np.asarray(self._encode_stretches([stretch]), dtype=writer.dtype))
 
-            batch: list[int] = []
-            for i in self.encode_iterable(lines()):
-                batch.append(i)
-                if len(batch) >= 1 << 20:
-                    writer.write(np.asarray(batch, dtype=writer.dtype))
-                    batch = []
-            writer.write(np.asarray(batch, dtype=writer.dtype))
+        for text in _stream.read_text(path, 1 << 20, bar):
+            write(stream.feed(text))
+        write(stream.finish())
         return writer.num_tokens
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:

@@ -10,14 +10,14 @@ from typing import Union
 
 import regex
 
-from fastbpe import _core, _progress, patterns
-from fastbpe.tokenizer import ID_LIMIT, Tokenizer, check_special_tokens
+from fastbpe import _core, _progress, _stream, patterns
+from fastbpe.tokenizer import Tokenizer, check_special_tokens
 
 PathLike = Union[str, os.PathLike]
 
 # Texts are handed to Rust in batches of about this many characters.
 _TEXT_BATCH_CHARS = 8 << 20
-# Custom patterns read files in blocks of this many bytes (cut after special tokens).
+# Custom patterns read files in blocks of this many bytes.
 _CUSTOM_BLOCK = 4 << 20
 
 
@@ -58,43 +58,19 @@ def _count_custom_text(text: str, rx, special_rx, counts: Counter) -> None:
 
 
 def _count_custom_file(path: str, rx, special_tokens: list[str], counts: Counter, bar) -> None:
-    """Custom regex patterns: read the file in blocks cut after special tokens."""
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"'{path}' is a directory; give the text files inside it")
-    special_rx = _special_regex(special_tokens)
-    special_bytes_rx = _special_regex(special_tokens, as_bytes=True)
-    longest = max((len(s.encode("utf-8")) for s in special_tokens), default=0)
-    done = 0
-    buf = b""
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_CUSTOM_BLOCK)
-            buf += block
-            if block:
-                # Cut after the last special token that no longer one could extend past the end.
-                cut = 0
-                if special_bytes_rx is not None:
-                    for m in special_bytes_rx.finditer(buf):
-                        if m.start() + longest <= len(buf):
-                            cut = m.end()
-                if cut == 0:
-                    continue
-                chunk, buf = buf[:cut], buf[cut:]
-            else:
-                chunk, buf = buf, b""
-            try:
-                text = chunk.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(
-                    f"'{path}' is not valid UTF-8: invalid byte sequence at byte offset {done + e.start}; "
-                    "re-encode the file as UTF-8 (for example with iconv)"
-                ) from None
-            _count_custom_text(text, rx, special_rx, counts)
-            done += len(chunk)
-            if bar:
-                bar(done)
-            if not block:
-                return
+    """Custom regex patterns: the file read in blocks, its pieces found by `CustomStream` (which
+    carries the last pieces of each block over to the next)."""
+    _stream.check_readable_file(path)
+    stream = _stream.CustomStream(rx, special_tokens)
+
+    def add(stretches) -> None:
+        for pieces, _ in stretches:
+            for piece, n in Counter(pieces).items():
+                counts[piece.encode("utf-8")] += n
+
+    for text in _stream.read_text(path, _CUSTOM_BLOCK, bar):
+        add(stream.feed(text))
+    add(stream.finish())
 
 
 def _special_regex(special_tokens: list[str], as_bytes: bool = False):
@@ -139,8 +115,6 @@ def train(
             f"vocab_size={vocab_size} is too small: the minimum is {minimum} "
             f"(256 byte tokens + {len(specials)} special tokens)"
         )
-    if vocab_size > ID_LIMIT:
-        raise ValueError(f"vocab_size={vocab_size} is too large: ids are 32-bit, so the maximum is 2**32")
     if num_threads is None:
         num_threads = os.cpu_count() or 1
     if not isinstance(num_threads, int) or num_threads < 1:

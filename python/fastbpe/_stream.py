@@ -1,0 +1,174 @@
+"""Custom patterns over text that arrives in parts: the pieces of the whole text, found in memory
+that does not grow with it.
+
+The named patterns have this in the Rust core (safe cuts, `rust/pretok.rs`); a custom regex runs in
+Python's `regex` module, and `CustomStream` carries its last pieces over from one read to the next.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from collections.abc import Iterator
+
+import regex
+
+from fastbpe import patterns
+
+# Characters gathered before a split.
+_FIRST_THRESHOLD = 1 << 15
+# Characters of the text before a cut kept as context for lookbehind, `\b` and the like.
+_CONTEXT = 256
+
+
+class CustomStream:
+    """Splits a stream of text on special tokens (the longest first) and each stretch between them
+    with the regex `rx`, giving what `patterns.pieces(rx, stretch)` gives on each stretch of the
+    whole text: the non-empty matches and the text between them.
+
+    `feed(text)` takes the next part and yields what is now final, `finish()` the rest:
+    `(pieces, special token or None)`, the pieces of (a part of) a stretch of ordinary text and the
+    special token that ends it. Each is consumed before the next call. `threshold`: characters
+    gathered before a split.
+
+    What makes it exact: a special token is final once no longer one could reach past the text
+    held (it starts at least the longest special token's length before the end), and no special
+    token starts before that place. The stretch after the last final special token is split up to
+    that place, every non-empty match is kept but the last two (with the text between them), the
+    text from the end of the last kept match on is carried into the next read, and the search
+    resumes there with the text before it as context (`pos`), as the search over the whole stretch
+    resumes after that match.
+
+    The limit is lookahead: this is exact for patterns whose choice of a match depends on at most
+    the text of the two matches after it (the named patterns and the usual custom ones: runs of
+    one class of characters, a character of lookahead such as `\\s+(?!\\S)`, `$`). A pattern that
+    looks further ahead (`\\w+(?=.*END)`), or behind by more than 256 characters, can split
+    differently where the text was carried. A single match longer than the text held (`.+` on a
+    line without end, say) is held whole: memory follows the longest piece.
+    """
+
+    def __init__(
+        self,
+        rx: regex.Pattern,
+        special_tokens: list[str],
+        threshold: int = _FIRST_THRESHOLD,
+    ):
+        self.rx = rx
+        ordered = sorted(special_tokens, key=len, reverse=True)
+        self.special_rx = regex.compile("|".join(regex.escape(s) for s in ordered)) if ordered else None
+        self.longest = len(ordered[0]) if ordered else 0
+        self.parts: list[str] = []
+        self.size = 0
+        self.first_threshold = self.threshold = max(1, threshold)
+        # The text of the current stretch just before the held text ("" at a stretch's start).
+        self.context = ""
+
+    def feed(self, text: str) -> Iterator[tuple[list, str | None]]:
+        # In slices, so that one split (and what it lists) stays small.
+        for i in range(0, len(text), self.first_threshold):
+            part = text[i : i + self.first_threshold]
+            self.parts.append(part)
+            self.size += len(part)
+            if self.size < self.threshold:
+                continue
+            held = "".join(self.parts)
+            out, used = self._split(held)
+            yield from out
+            rest = held[used:]
+            self.parts, self.size = [rest], len(rest)
+            # Split again once as much new text as is held has come: a long piece (nothing
+            # kept) is then split a logarithmic number of times, and splitting stays linear.
+            self.threshold = max(self.first_threshold, 2 * len(rest))
+
+    def finish(self) -> Iterator[tuple[list, str | None]]:
+        held = "".join(self.parts)
+        self.parts, self.size = [], 0
+        out, start = self._final_specials(held, len(held))
+        yield from out
+        yield self._pieces(self.context + held[start:], len(self.context)), None
+
+    def _split(self, text: str) -> tuple[list[tuple[list, str | None]], int]:
+        """What is final in `text`, and how many characters of it that uses."""
+        end = len(text) - self.longest  # no special token starts after this
+        out, start = self._final_specials(text, end)
+        # The stretch after the last final special token, as far as it surely goes.
+        stop = max(start, min(len(text), end + 1))
+        buf = self.context + text[start:stop]
+        base = len(self.context)
+        kept = self._kept(buf, base)
+        if kept is None:
+            return out, start  # nothing to keep: carry it all
+        pieces, cut = kept
+        out.append((pieces, None))
+        self.context = buf[max(0, cut - _CONTEXT) : cut]
+        return out, start + cut - base
+
+    def _kept(self, buf: str, base: int) -> tuple[list[str], int] | None:
+        """The pieces of `buf` (from `base`) up to the end of its last non-empty match but two,
+        and where that match ends; None when there is nothing to keep."""
+        if self.rx.flags & regex.REVERSE:
+            return None  # (?r) searches from the end: only the whole stretch tells
+        if self.rx.groups == 0:
+            found = self.rx.findall(buf, base)
+            if sum(map(len, found)) == len(buf) - base:
+                # The matches cover the text: the pieces are the non-empty ones, and they end
+                # where their lengths add up.
+                found = [p for p in found if p]
+                if len(found) < 3:
+                    return None
+                del found[-2:]
+                return found, base + sum(map(len, found))
+        spans = [m.span() for m in self.rx.finditer(buf, pos=base) if m.end() > m.start()]
+        if len(spans) < 3:
+            return None
+        cut = spans[-3][1]
+        return patterns.pieces_from_spans(buf, base, cut, spans[:-2]), cut
+
+    def _final_specials(self, text: str, end: int) -> tuple[list[tuple[list, str | None]], int]:
+        """The stretches ended by the special tokens in `text` that start at most at `end`, and
+        where the text after the last of them starts."""
+        out: list[tuple[list, str | None]] = []
+        start = 0
+        if self.special_rx is not None:
+            for m in self.special_rx.finditer(text):
+                if m.start() > end:
+                    break
+                out.append((self._pieces(self.context + text[start : m.start()], len(self.context)), m.group()))
+                start = m.end()
+                self.context = ""
+        return out, start
+
+    def _pieces(self, buf: str, pos: int) -> list:
+        """The pieces of `buf` from `pos` on (what comes before is context only)."""
+        return patterns.pieces(self.rx, buf, pos)
+
+
+def read_text(path: str, block: int, progress=None) -> Iterator[str]:
+    """The text of a UTF-8 file in parts of about `block` bytes; `progress(bytes_read)` after each.
+    Invalid UTF-8 raises ValueError naming the file and the byte offset."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    done = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(block)
+            held = len(decoder.getstate()[0])  # bytes of a character cut by the last read
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"'{path}' is not valid UTF-8: invalid byte sequence at byte offset {done - held + e.start}; "
+                    "re-encode the file as UTF-8 (for example with iconv)"
+                ) from None
+            done += len(data)
+            if progress:
+                progress(done)
+            if text:
+                yield text
+            if not data:
+                return
+
+
+def check_readable_file(path: str) -> None:
+    """Refuse a directory as a text file, as the Rust reader does."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"'{path}' is a directory; give the text files inside it")
