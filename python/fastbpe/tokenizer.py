@@ -282,7 +282,10 @@ class Tokenizer:
     @cached_property
     def _core(self) -> _core.CoreEncoder:
         name = self.pattern if self.pattern in patterns.BUILTIN else "whole"
-        specials = list(self.special_token_ids.items())
+        # Special tokens that share an id decode as the one `vocab` holds: the encoder keeps the
+        # last one given for an id, so that one goes last.
+        vocab = self.vocab
+        specials = sorted(self.special_token_ids.items(), key=lambda si: vocab[si[1]] == si[0].encode("utf-8"))
         vocab = [(i, t) for i, t in self.vocab.items() if i not in self._special_only]
         if self._rule == "ranks":
             return _core.CoreEncoder.from_ranks([(t, i) for i, t in vocab], specials, name)
@@ -569,19 +572,27 @@ class Tokenizer:
         path = os.fspath(path)
         pattern = patterns.canonical(pattern)
         specials = _check_special_ids(special_tokens)
-        vocab = _read_tiktoken(path)
+        return cls._from_ranks(_read_tiktoken(path), pattern, specials, path)
+
+    @classmethod
+    def _from_ranks(cls, vocab: dict[int, bytes], pattern: str | None, specials: dict[str, int], where: str) -> Tokenizer:
+        """A tokenizer under tiktoken's rule from checked parts: rank -> token bytes, a canonical
+        pattern, special tokens with their ids (`where` names the ranks' source in errors).
+        Special tokens may share an id among themselves (the id decodes as the first of them),
+        never with a ranked token."""
+        ranked = set(vocab)
         for s, i in specials.items():
-            if i in vocab:
+            if i in ranked:
                 raise ValueError(
-                    f"special token {s!r} has id {i}, which {path} already gives to {vocab[i]!r}: "
-                    "give it an id the file does not use"
+                    f"special token {s!r} has id {i}, which {where} already gives to {vocab[i]!r}: "
+                    "give it an id the ranks do not use"
                 )
-            vocab[i] = s.encode("utf-8")
+            vocab.setdefault(i, s.encode("utf-8"))  # the first special token with the id names it
         tok = cls.__new__(cls)
         try:
             tok._setup(vocab, None, specials, pattern, "ranks", set(specials.values()))
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise ValueError(f"{where}: {e}") from None
         return tok
 
     @property
@@ -848,14 +859,8 @@ def _check_special_ids(special_tokens: Mapping[str, int] | None) -> dict[str, in
             f"not {type(special_tokens).__name__}"
         )
     names = check_special_tokens(list(special_tokens))
-    out: dict[str, int] = {}
-    owner: dict[int, str] = {}
-    for s in names:
-        i = _check_id(special_tokens[s], f"special token {s!r}")
-        if i in owner:
-            raise ValueError(f"special tokens {owner[i]!r} and {s!r} both have id {i}; each needs its own")
-        out[s], owner[i] = i, s
-    return out
+    # Special tokens may share an id (tiktoken's o200k_harmony has two names for 200018).
+    return {s: _check_id(special_tokens[s], f"special token {s!r}") for s in names}
 
 
 _DECIMAL = regex.compile(r"0|[1-9][0-9]*")
@@ -889,12 +894,13 @@ def _merges_field(path: str, raw) -> list[tuple[bytes, bytes]]:
 def _special_tokens_field(path: str, raw, vocab: dict[int, bytes]) -> dict[str, int]:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: the field 'special_tokens' must be an object of token -> id, not an {_json_type(raw)}")
+    first: dict[int, str] = {}  # special tokens may share an id: the first one names it in 'vocab'
     for s, i in raw.items():
         if not s:
             raise ValueError(f"{path}: the field 'special_tokens' has an empty special token")
         if isinstance(i, bool) or not isinstance(i, int):
             raise ValueError(f"{path}: the field 'special_tokens' gives {s!r} the id {i!r}, not an int")
-        if vocab.get(i) != s.encode("utf-8"):
+        if vocab.get(i) != first.setdefault(i, s).encode("utf-8"):
             raise ValueError(
                 f"{path}: the field 'special_tokens' gives {s!r} the id {i}, "
                 f"but the field 'vocab' has {vocab.get(i)!r} there"
