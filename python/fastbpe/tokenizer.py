@@ -17,7 +17,7 @@ import numpy as np
 import regex
 
 from fastbpe import _core, _progress, patterns, token_files
-from fastbpe._io import refuse_overwrite, write_atomic
+from fastbpe._io import check_writable, refuse_overwrite, write_atomic
 
 UnknownTokenError = _core.UnknownTokenError
 
@@ -188,7 +188,6 @@ def _special_only(
     return out
 
 
-
 # ---- special tokens in text: tiktoken's `allowed_special` / `disallowed_special` ---------------
 
 # The defaults: every special token allowed (CS336's), none refused. Compared by identity on the
@@ -243,8 +242,6 @@ def disallowed_error(token: str, where: str, tokenizer: str) -> ValueError:
 def refuse_disallowed(texts: Iterable[str], disallowed: frozenset[str], tokenizer: str, name_each: bool) -> None:
     """Raise `disallowed_error` for the first text holding one of `disallowed` (the leftmost
     one in it); `name_each` says which text in the message."""
-    if not any(disallowed):
-        return
     rx = special_regex(disallowed)
     for k, text in enumerate(texts):
         m = rx.search(text)
@@ -386,8 +383,8 @@ class Tokenizer:
         name = self.pattern if self.pattern in patterns.BUILTIN else "whole"
         # Special tokens that share an id decode as the one `vocab` holds: the encoder keeps the
         # last one given for an id, so that one goes last.
-        vocab = self.vocab
-        specials = sorted(self.special_token_ids.items(), key=lambda si: vocab[si[1]] == si[0].encode("utf-8"))
+        holder = self.vocab
+        specials = sorted(self.special_token_ids.items(), key=lambda si: holder[si[1]] == si[0].encode("utf-8"))
         vocab = [(i, t) for i, t in self.vocab.items() if i not in self._special_only]
         if self._rule == "ranks":
             return _core.CoreEncoder.from_ranks([(t, i) for i, t in vocab], specials, name)
@@ -626,6 +623,8 @@ class Tokenizer:
         yield from self.encode("".join(pending))
 
     def _encode_iterable_special(self, iterable: Iterable[str], allowed_special, disallowed_special) -> Iterator[int]:
+        """`encode_iterable` under a special-token policy: the stream checked as it passes, then
+        encoded by a tokenizer that recognizes only the allowed special tokens."""
         allowed, disallowed = self._special_policy(allowed_special, disallowed_special)
         if disallowed:
             iterable = _refuse_disallowed_in_stream(iterable, disallowed)
@@ -674,6 +673,10 @@ class Tokenizer:
         if not (allowed_special is disallowed_special is ALL):
             allowed, disallowed = self._special_policy(allowed_special, disallowed_special)
             if disallowed and os.path.isfile(path):
+                # The outputs are checked before the search, as before the encoding.
+                outputs = [("out_path", out_path), ("its sidecar", token_files.sidecar_path(out_path))]
+                refuse_overwrite(outputs, [("the input", path)])
+                check_writable(out_path)
                 _refuse_disallowed_in_file(os.fspath(path), disallowed)
             return self._recognizing(allowed).encode_file(
                 path, out_path, dtype=dtype, num_threads=num_threads, progress=progress, metadata=metadata
@@ -778,6 +781,14 @@ class Tokenizer:
         """The text of the tokens; invalid UTF-8 becomes U+FFFD (`errors` as in `bytes.decode`:
         "strict" raises UnicodeDecodeError instead)."""
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def as_tiktoken(self, name: str | None = None):
+        """This tokenizer behind `tiktoken.Encoding`'s interface and defaults (special-token text
+        refused unless allowed), so that code written for tiktoken runs on it unchanged: see
+        `fastbpe.tiktoken_compat.Encoding`. `name` defaults to one made from `fingerprint()`."""
+        from fastbpe.tiktoken_compat import Encoding
+
+        return Encoding.from_tokenizer(self, name)
 
     def fingerprint(self) -> str:
         """SHA-256 over what decides the ids (rule, pattern, special tokens, vocabulary and, under
