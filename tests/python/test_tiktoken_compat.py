@@ -714,12 +714,18 @@ def test_encode_iterable_refuses_disallowed_text_across_strings(cl100k):
     assert list(cl100k.encode_iterable(iter(parts), allowed_special=set(), disallowed_special=())) == cl100k.encode_ordinary("".join(parts))
 
 
-def test_subset_encoders_are_few(cl100k):
-    """Streams and files with a subset of the special tokens use an encoder of their own: one per
-    subset, and only a few kept."""
-    for k in range(6):
-        list(cl100k.encode_iterable(["a\n" * k], allowed_special=set(list(cl100k.special_tokens)[: k % 5]), disallowed_special=()))
-    assert 0 < len(cl100k._views) <= 4
+def test_subsets_of_the_special_tokens_split_then_get_an_encoder(cl100k, tik):
+    """A subset of the special tokens seen the first time is split on in Python; seen again, it
+    gets an encoder of its own (only a few kept). Both give tiktoken's ids."""
+    text = corpus("code_rust.txt", 30_000)
+    ref = tik["cl100k_base"]
+    for k in range(12):
+        specials = set(cl100k.special_tokens[: k % 4 + 1])
+        want = ref.encode(text, allowed_special=specials, disallowed_special=())
+        assert cl100k.encode(text, allowed_special=specials, disallowed_special=()) == want, k
+        assert cl100k._encode_split([text], frozenset(specials), 1)[0] == want
+        assert cl100k._recognizing(frozenset(specials)).encode(text) == want
+    assert 0 < len(cl100k._views[0]) <= 3
 
 
 def test_decode_errors(cl100k):
