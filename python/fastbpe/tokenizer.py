@@ -263,7 +263,7 @@ def _refuse_disallowed_in_stream(texts: Iterable[str], disallowed: frozenset[str
             if m is not None:
                 where = f" at character {done - len(tail) + m.start()} of the stream"
                 raise disallowed_error(m.group(), where, "tok")
-            tail = window[len(window) - keep :] if keep else ""
+            tail = window[max(0, len(window) - keep) :]
             done += len(s)
         yield s
 
@@ -282,7 +282,7 @@ def _refuse_disallowed_in_file(path: str, disallowed: frozenset[str]) -> None:
             if m is not None:
                 where = f" in '{path}' at byte offset {done - len(tail) + m.start()}"
                 raise disallowed_error(m.group().decode("utf-8"), where, "tok")
-            tail = window[len(window) - keep :] if keep else b""
+            tail = window[max(0, len(window) - keep) :]
             done += len(block)
 
 

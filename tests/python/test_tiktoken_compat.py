@@ -692,8 +692,8 @@ def test_ordinary_variants(cl100k, custom):
 
 def test_encode_file_refuses_disallowed_text_before_writing(cl100k, tmp_path):
     source = tmp_path / "in.txt"
-    source.write_bytes(b"x" * 20_000_000 + b"<|endofprompt|> and more")
-    with pytest.raises(ValueError, match=r"disallowed special token '<\|endofprompt\|>' in '.*in\.txt' at byte offset 20000000"):
+    source.write_bytes(b"x" * (2**24 - 5) + b"<|endofprompt|> and more")  # across the search's second 8 MB block
+    with pytest.raises(ValueError, match=r"disallowed special token '<\|endofprompt\|>' in '.*in\.txt' at byte offset 16777211"):
         cl100k.encode_file(source, tmp_path / "out.bin", allowed_special={EOT})
     assert sorted(os.listdir(tmp_path)) == ["in.txt"]  # no output, no sidecar, no temporary
 
@@ -712,6 +712,21 @@ def test_encode_iterable_refuses_disallowed_text_across_strings(cl100k):
     with pytest.raises(ValueError, match=r"'<\|endoftext\|>' at character 10 of the stream"):
         list(cl100k.encode_iterable(iter(parts), allowed_special=set()))
     assert list(cl100k.encode_iterable(iter(parts), allowed_special=set(), disallowed_special=())) == cl100k.encode_ordinary("".join(parts))
+
+
+@HYP
+@given(
+    data=st.data(),
+    text=TEXT,
+    policy=st.sampled_from([*TOKENIZER_POLICIES, {"allowed_special": set()}, {"allowed_special": {EOT}}]),
+)
+def test_streams_under_each_policy_equal_encode(custom, data, text, policy):
+    """encode_iterable of the text in small strings (special tokens straddle them) gives what
+    encode gives, or the same refusal."""
+    step = data.draw(st.integers(1, 9))  # small strings: special tokens straddle them
+    parts = [text[i : i + step] for i in range(0, len(text), step)]
+    want = outcome(custom.encode, text, **policy)
+    assert outcome(lambda: list(custom.encode_iterable(iter(parts), **policy))) == want
 
 
 def test_subsets_of_the_special_tokens_split_then_get_an_encoder(cl100k, tik):
