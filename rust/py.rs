@@ -515,6 +515,24 @@ impl CoreEncoder {
         self.list(py, &out)
     }
 
+    /// Ids of one piece given as bytes, which need not be UTF-8 (tiktoken's `_encode_bytes`
+    /// needs that): the piece looked up whole, else BPE on its bytes. Long pieces release the GIL.
+    fn encode_piece_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        piece: &[u8],
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut out = Vec::new();
+        if piece.len() < 4096 {
+            if !piece.is_empty() {
+                self.enc.encode_piece(piece, &mut out);
+            }
+        } else {
+            py.detach(|| self.enc.encode_piece(piece, &mut out));
+        }
+        self.list(py, &out)
+    }
+
     /// Ids as a little-endian buffer of `width`-byte integers (2 or 4), for numpy.
     fn encode_to_buffer<'py>(
         &self,

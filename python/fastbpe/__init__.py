@@ -6,7 +6,7 @@
     tok.encode_file("corpus.txt", "tokens.bin")     # a flat uint16/uint32 array on disk
 """
 
-from fastbpe import patterns, reference
+from fastbpe import patterns, reference, tiktoken_compat
 from fastbpe._core import __version__
 from fastbpe.simple import ByteTokenizer, CharacterTokenizer, WordTokenizer, compression_ratio
 from fastbpe.tokenizer import Tokenizer, UnknownTokenError
@@ -22,6 +22,7 @@ __all__ = [
     "WordTokenizer",
     "compression_ratio",
     "patterns",
+    "tiktoken_compat",
     "reference",
     "__version__",
 ]
