@@ -1262,7 +1262,11 @@ mod tests {
             Some(BuildError::SpecialIdTaken("<|x|>".into(), 97))
         );
         // The id of a token with the same bytes, and an id shared with another special token.
-        let same = [("a".to_string(), 97), ("<|x|>".into(), 300), ("<|y|>".into(), 300)];
+        let same = [
+            ("a".to_string(), 97),
+            ("<|x|>".into(), 300),
+            ("<|y|>".into(), 300),
+        ];
         let enc = Encoder::from_merges(&bytes_vocab(), &[], &same, Pattern::Gpt2);
         assert!(enc.is_ok());
     }
