@@ -6,6 +6,18 @@ import pytest
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
+# The shared corpora (under corpus/) that parity tests run on.
+CORPORA = [
+    "de_eltec.txt",
+    "ru_tinystories.txt",
+    "zh_fortunes.txt",
+    "code_go.txt",
+    "code_rust.txt",
+    "code_python.txt",
+    "tinystories_val.txt",
+    "enwiki_100M.txt.gz",
+]
+
 # Under CI the shared data must be there: a parity test that skips there checks nothing.
 UNDER_CI = os.environ.get("CI", "").lower() == "true"
 _missing_shared: set[str] = set()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tiktoken
 import tokenizers
-from conftest import shared_file
+from conftest import CORPORA, shared_file
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -31,16 +31,6 @@ O200K_SPECIALS = {EOT: 199999, "<|endofprompt|>": 200018}
 CL100K_FILE = "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"
 O200K_FILE = "fb374d419588a4632f3f557e76b4b70aebbca790"
 CUSTOM = r"\w+|\s+|[^\w\s]+"
-CORPORA = [
-    "de_eltec.txt",
-    "ru_tinystories.txt",
-    "zh_fortunes.txt",
-    "code_go.txt",
-    "code_rust.txt",
-    "code_python.txt",
-    "tinystories_val.txt",
-    "enwiki_100M.txt.gz",
-]
 # Fixture name of the fastbpe tokenizer for each tiktoken encoding.
 FASTBPE = {"gpt2": "gpt2", "cl100k_base": "cl100k", "o200k_base": "o200k"}
 # tiktoken itself is the slow side for cl100k and o200k: their first ~1 MB of each corpus keeps this fast.

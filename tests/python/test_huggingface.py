@@ -12,7 +12,7 @@ from functools import lru_cache
 import pytest
 import regex
 import tokenizers
-from conftest import shared_file
+from conftest import CORPORA, shared_file
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -27,16 +27,6 @@ CL100K_SPECIALS = {EOT: 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 1002
 O200K_SPECIALS = {EOT: 199999, "<|endofprompt|>": 200018}
 CL100K_FILE = "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"
 O200K_FILE = "fb374d419588a4632f3f557e76b4b70aebbca790"
-CORPORA = [
-    "de_eltec.txt",
-    "ru_tinystories.txt",
-    "zh_fortunes.txt",
-    "code_go.txt",
-    "code_rust.txt",
-    "code_python.txt",
-    "tinystories_val.txt",
-    "enwiki_100M.txt.gz",
-]
 # Llama-3's pattern (a custom regex for fastbpe).
 LLAMA3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 # Anchors, word boundaries, a look-behind, possessive repeats.

@@ -13,7 +13,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 import pytest
 import tiktoken
-from conftest import shared_file
+from conftest import CORPORA, shared_file
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -34,16 +34,6 @@ TIKTOKEN_NAME = {
     "o200k_harmony": "o200k_harmony",
 }
 ENCODINGS = list(TIKTOKEN_NAME)
-CORPORA = [
-    "de_eltec.txt",
-    "ru_tinystories.txt",
-    "zh_fortunes.txt",
-    "code_go.txt",
-    "code_rust.txt",
-    "code_python.txt",
-    "tinystories_val.txt",
-    "enwiki_100M.txt.gz",
-]
 HYP = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
