@@ -98,7 +98,7 @@ impl SpecialSplitter {
     }
 
     /// True when a special token could hold both byte `i - 1` and byte `i` of `buf`.
-    fn could_span(&self, buf: &[u8], i: usize) -> bool {
+    pub(crate) fn could_span(&self, buf: &[u8], i: usize) -> bool {
         if self.inner_pairs.is_empty() {
             return false;
         }

@@ -264,6 +264,40 @@ impl Encoder {
         Ok(())
     }
 
+    /// The special-token matcher (custom-regex encoding, `regex_encode.rs`).
+    pub(crate) fn special_splitter(&self) -> &SpecialSplitter {
+        &self.specials
+    }
+
+    /// The id of each special token, in the matcher's order.
+    pub(crate) fn special_ids(&self) -> &[u32] {
+        &self.special_ids
+    }
+
+    /// One piece found by a custom regex (`regex_encode.rs`), encoded as `encode_segment`
+    /// encodes each piece.
+    #[inline]
+    pub(crate) fn encode_found_piece(
+        &self,
+        piece: &[u8],
+        out: &mut Vec<u32>,
+        cache: &mut PieceCache,
+        budget: &mut Budget,
+    ) -> Result<(), Interrupted> {
+        if let [b] = piece {
+            out.push(self.byte_ids[usize::from(*b)]);
+        } else if let Some(&id) = self.whole.get(piece) {
+            out.push(id);
+        } else if let Some(ids) = cache.get(piece) {
+            out.extend_from_slice(ids);
+        } else {
+            let at = out.len();
+            self.bpe(piece, out, budget)?;
+            cache.insert(piece, out.get(at..).unwrap_or_default());
+        }
+        Ok(())
+    }
+
     /// Longest special token, in bytes (0 without special tokens).
     pub fn special_max_len(&self) -> usize {
         self.specials.max_len()
@@ -1005,7 +1039,7 @@ impl<V> BytesMap<V> {
 /// Ids of pieces that went through BPE, for the length of one encode call: words that are not
 /// tokens themselves recur (names, inflections), and a lookup is much cheaper than BPE.
 #[derive(Default)]
-struct PieceCache {
+pub(crate) struct PieceCache {
     map: BytesMap<(u32, u32)>,
     ids: Vec<u32>,
 }
@@ -1091,7 +1125,7 @@ impl<'a> Budget<'a> {
     }
 
     #[inline(always)]
-    fn spend(&mut self, n: usize) -> Result<(), Interrupted> {
+    pub(crate) fn spend(&mut self, n: usize) -> Result<(), Interrupted> {
         if n < self.left {
             self.left -= n;
             return Ok(());
@@ -1113,7 +1147,7 @@ impl<'a> Budget<'a> {
     }
 
     /// Err once the poll has asked to stop.
-    fn check(&self) -> Result<(), Interrupted> {
+    pub(crate) fn check(&self) -> Result<(), Interrupted> {
         if self.stopped {
             Err(Interrupted)
         } else {

@@ -5,6 +5,11 @@
 pub mod count;
 pub mod encode;
 pub mod pretok;
+pub mod regex_encode;
+pub mod regex_split;
+#[rustfmt::skip]
+#[allow(dead_code)] // generated: the version is for the Python binding
+mod regex_classes;
 pub mod train;
 #[rustfmt::skip]
 #[allow(dead_code)] // generated: not every class is used by every pattern

@@ -15,6 +15,8 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyList};
 use crate::count::{self, CountError, Counts, Interrupted, SpecialError, SpecialSplitter};
 use crate::encode::{Budget, BuildError, DecodeError, Encoder};
 use crate::pretok::Pattern;
+use crate::regex_encode::{self, Cutting, RegexError};
+use crate::regex_split;
 use crate::train::{self, TrainError};
 
 create_exception!(
@@ -23,6 +25,70 @@ create_exception!(
     PyKeyError,
     "An id that is not in the tokenizer's vocabulary."
 );
+
+create_exception!(
+    fastbpe,
+    RegexSearchError,
+    pyo3::exceptions::PyRuntimeError,
+    "The Rust regex engine gave up on a search (backtracking limit): split with the `regex` module instead."
+);
+
+/// A custom pre-tokenization regex compiled for the Rust engine (`rust/regex_split.rs`).
+/// Constructing one raises ValueError, with the reason, for a pattern outside the subset whose
+/// meaning is known to equal the `regex` module's.
+#[pyclass(module = "fastbpe._core", frozen)]
+pub struct RegexSplitter {
+    inner: regex_split::RegexSplitter,
+}
+
+#[pymethods]
+impl RegexSplitter {
+    #[new]
+    fn new(pattern: &str) -> PyResult<Self> {
+        regex_split::RegexSplitter::new(pattern)
+            .map(|inner| RegexSplitter { inner })
+            .map_err(|why| {
+                PyValueError::new_err(format!(
+                    "the Rust regex engine does not run {pattern:?}: {why}"
+                ))
+            })
+    }
+
+    /// The pieces of `text`: the matches and the text between them.
+    fn split(&self, py: Python<'_>, text: &str) -> PyResult<Vec<String>> {
+        let pieces = py.detach(|| {
+            self.inner
+                .split(text)
+                .map(|p| p.into_iter().map(String::from).collect())
+        });
+        pieces.map_err(|e| RegexSearchError::new_err(e.0))
+    }
+
+    /// The pattern as fancy-regex reads it (character classes written out).
+    #[getter]
+    fn translated(&self) -> String {
+        self.inner.translated().to_string()
+    }
+}
+
+/// Maps a custom-regex failure: a search the engine gave up on, or what reading `path` gave.
+fn regex_error(path: &std::path::Path, e: RegexError) -> PyErr {
+    match e {
+        RegexError::Search(e) => RegexSearchError::new_err(e.0),
+        RegexError::File(e) => read_error(path, e),
+    }
+}
+
+/// `Cutting` for files: the default, or chunks of `chunk_bytes` (tests).
+fn cutting(chunk_bytes: Option<usize>) -> Cutting {
+    match chunk_bytes {
+        None => Cutting::default(),
+        Some(n) => Cutting {
+            chunk: n,
+            overlap: n / 4,
+        },
+    }
+}
 
 /// Maps a file-reading failure to the Python exception a user expects, naming the file.
 fn read_error(path: &std::path::Path, e: CountError) -> PyErr {
@@ -206,6 +272,52 @@ impl WordCounts {
                 CountError::Io(e) => PyOSError::new_err(format!("counting the texts: {e}")),
                 e => PyOSError::new_err(format!("counting the texts: {e:?}")),
             })?;
+        count::merge_counts(&mut self.counts, c);
+        Ok(())
+    }
+
+    /// Counts the pieces of a UTF-8 file under a custom regex, on `num_threads` threads.
+    #[pyo3(signature = (splitter, path, num_threads, progress=None, chunk_bytes=None))]
+    fn add_file_regex(
+        &mut self,
+        py: Python<'_>,
+        splitter: &RegexSplitter,
+        path: PathBuf,
+        num_threads: &Bound<'_, PyAny>,
+        progress: Option<Py<PyAny>>,
+        chunk_bytes: Option<usize>,
+    ) -> PyResult<()> {
+        let num_threads = count_arg(num_threads, "num_threads")?;
+        let (re, specials) = (&splitter.inner, &self.specials);
+        let res = detach_with_hook(py, progress, |hook| {
+            regex_encode::count_file(
+                re,
+                specials,
+                &path,
+                num_threads,
+                cutting(chunk_bytes),
+                &mut |n| hook(n),
+            )
+        })?;
+        let c = res.map_err(|e| regex_error(&path, e))?;
+        count::merge_counts(&mut self.counts, c);
+        Ok(())
+    }
+
+    /// Counts the pieces of each text under a custom regex on `num_threads` threads.
+    #[pyo3(signature = (splitter, texts, num_threads))]
+    fn add_texts_regex(
+        &mut self,
+        py: Python<'_>,
+        splitter: &RegexSplitter,
+        texts: Vec<PyBackedStr>,
+        num_threads: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let num_threads = count_arg(num_threads, "num_threads")?;
+        let (re, specials) = (&splitter.inner, &self.specials);
+        let c = py
+            .detach(|| regex_encode::count_texts(re, specials, &texts, num_threads))
+            .map_err(|e| regex_error(std::path::Path::new("<texts>"), e))?;
         count::merge_counts(&mut self.counts, c);
         Ok(())
     }
@@ -395,6 +507,26 @@ impl CoreEncoder {
         self.list(py, &ids)
     }
 
+    /// The ids of `text` under a custom regex; long texts release the GIL and stop on Ctrl-C.
+    fn regex_ids(
+        &self,
+        py: Python<'_>,
+        splitter: &RegexSplitter,
+        text: &str,
+        with_specials: bool,
+    ) -> PyResult<Vec<u32>> {
+        let (enc, re) = (&self.enc, &splitter.inner);
+        let r = if text.len() < 4096 {
+            regex_encode::encode_text(enc, re, text, with_specials, Budget::never())
+        } else {
+            detach_with_hook(py, None, |hook| {
+                let mut stop = || hook(0).is_err();
+                regex_encode::encode_text(enc, re, text, with_specials, Budget::new(&mut stop))
+            })?
+        };
+        r.map_err(|e| regex_error(std::path::Path::new("<text>"), e))
+    }
+
     /// Refuses a width that cannot hold every id.
     fn check_width(&self, width: usize) -> PyResult<()> {
         if width != 2 && width != 4 {
@@ -581,6 +713,96 @@ impl CoreEncoder {
         PyList::new(py, lists)
     }
 
+    /// The ids of `text` under a custom regex (GIL released, Ctrl-C checked for long texts).
+    fn encode_regex<'py>(
+        &self,
+        py: Python<'py>,
+        splitter: &RegexSplitter,
+        text: &str,
+        with_specials: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let ids = self.regex_ids(py, splitter, text, with_specials)?;
+        self.list(py, &ids)
+    }
+
+    /// `encode_regex` as a little-endian buffer of `width`-byte ids.
+    fn encode_regex_to_buffer<'py>(
+        &self,
+        py: Python<'py>,
+        splitter: &RegexSplitter,
+        text: &str,
+        width: usize,
+        with_specials: bool,
+    ) -> PyResult<Bound<'py, PyByteArray>> {
+        self.check_width(width)?;
+        let ids = self.regex_ids(py, splitter, text, with_specials)?;
+        let mut buf = Vec::new();
+        crate::encode::ids_to_le_bytes(&ids, width, &mut buf);
+        Ok(PyByteArray::new(py, &buf))
+    }
+
+    /// The ids of each text under a custom regex, on `num_threads` threads.
+    #[pyo3(signature = (splitter, texts, num_threads, with_specials=true))]
+    fn encode_regex_batch<'py>(
+        &self,
+        py: Python<'py>,
+        splitter: &RegexSplitter,
+        texts: Vec<PyBackedStr>,
+        num_threads: &Bound<'py, PyAny>,
+        with_specials: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let num_threads = count_arg(num_threads, "num_threads")?;
+        let (enc, re) = (&self.enc, &splitter.inner);
+        let all = detach_with_hook(py, None, |hook| {
+            let mut stop = || hook(0).is_err();
+            regex_encode::encode_batch(enc, re, &texts, with_specials, num_threads, &mut stop)
+        })?
+        .map_err(|e| regex_error(std::path::Path::new("<texts>"), e))?;
+        let lists = all
+            .iter()
+            .map(|ids| self.list(py, ids))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, lists)
+    }
+
+    /// Encodes a file under a custom regex into `out_path`; returns the number of ids.
+    #[pyo3(signature = (splitter, path, out_path, width, num_threads, progress=None, chunk_bytes=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn encode_regex_file(
+        &self,
+        py: Python<'_>,
+        splitter: &RegexSplitter,
+        path: PathBuf,
+        out_path: PathBuf,
+        width: usize,
+        num_threads: &Bound<'_, PyAny>,
+        progress: Option<Py<PyAny>>,
+        chunk_bytes: Option<usize>,
+    ) -> PyResult<u64> {
+        self.check_width(width)?;
+        let num_threads = count_arg(num_threads, "num_threads")?;
+        let (enc, re) = (&self.enc, &splitter.inner);
+        detach_with_hook(py, progress, |hook| {
+            let cut = cutting(chunk_bytes);
+            regex_encode::encode_file(
+                enc,
+                re,
+                &path,
+                &out_path,
+                width,
+                num_threads,
+                cut,
+                &mut |n| hook(n),
+            )
+        })?
+        .map_err(|e| match e {
+            RegexError::File(CountError::Write(e)) => {
+                PyOSError::new_err(format!("'{}': {e}", out_path.display()))
+            }
+            e => regex_error(&path, e),
+        })
+    }
+
     /// Streaming: the length in characters of the longest prefix of `text` that can be
     /// encoded now, whatever text follows (0 if none).
     fn safe_prefix_chars(&self, text: &str) -> usize {
@@ -640,6 +862,12 @@ impl CoreEncoder {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WordCounts>()?;
     m.add_class::<CoreEncoder>()?;
+    m.add_class::<RegexSplitter>()?;
+    m.add("RegexSearchError", m.py().get_type::<RegexSearchError>())?;
+    m.add(
+        "REGEX_CLASSES_REGEX_VERSION",
+        crate::regex_classes::REGEX_VERSION,
+    )?;
     m.add("UnknownTokenError", m.py().get_type::<UnknownTokenError>())?;
     m.add_function(wrap_pyfunction!(train_merges, m)?)?;
     m.add_function(wrap_pyfunction!(split, m)?)?;

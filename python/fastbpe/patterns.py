@@ -1,8 +1,11 @@
 """Pre-tokenization patterns.
 
 The named patterns are tiktoken's own for those encodings; fastbpe has hand-written splitters
-for the ones listed in `BUILTIN` (exactly equal to `regex.findall(pattern, text)`), and applies
-any other pattern with Python's `regex` module.
+for the ones listed in `BUILTIN` (exactly equal to `regex.findall(pattern, text)`). Any other
+pattern runs in Rust (fancy-regex, in parallel, without the GIL) when it is written in the
+subset whose meaning both engines share (`rust/regex_split.rs`), and otherwise with Python's
+`regex` module; both give the same pieces, which `pieces` below defines. `engine(pattern)`
+says which one a pattern gets.
 
 A pattern is a name, a regex or None:
 - A string made only of ASCII letters, digits, `_` and `-` is a *name*: "gpt2", "cl100k",
@@ -19,7 +22,11 @@ A pattern is a name, a regex or None:
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import regex
+
+from fastbpe import _core
 
 # GPT-2 (tiktoken's r50k_base/gpt2). Equivalent to the original
 # r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+".
@@ -137,3 +144,43 @@ def pieces_from_spans(text: str, start: int, stop: int, spans) -> list[str]:
     if at < stop:
         out.append(text[at:stop])
     return out
+
+
+@lru_cache(maxsize=64)
+def _rust(source: str) -> tuple[_core.RegexSplitter | None, str | None]:
+    try:
+        return _core.RegexSplitter(source), None
+    except ValueError as e:
+        return None, str(e)
+
+
+def rust_splitter(pattern: str | None) -> _core.RegexSplitter | None:
+    """The Rust splitter of a custom regex, or None where the pattern is a named one, None, or
+    a regex outside the subset the Rust engine runs exactly (see `engine`)."""
+    pattern = canonical(pattern)
+    if pattern is None or pattern in NAMED:
+        return None
+    return _rust(pattern)[0]
+
+
+def engine(pattern: str | None) -> str:
+    """Which splitter a pattern gets: "builtin" (a named pattern: hand-written in Rust),
+    "rust" (a custom regex run by fancy-regex in Rust, in parallel and without the GIL),
+    "python" (a custom regex run by Python's `regex` module: it uses a construct whose meaning
+    the Rust engine is not known to share, such as \\b, $, look-behind or back-references; see
+    `python_reason`), or "none" (pattern None). The pieces, and so the ids, are the same."""
+    pattern = canonical(pattern)
+    if pattern is None:
+        return "none"
+    if pattern in NAMED:
+        return "builtin"
+    return "rust" if _rust(pattern)[0] is not None else "python"
+
+
+def python_reason(pattern: str | None) -> str | None:
+    """Why a custom regex runs in Python's `regex` module rather than in Rust (None when it
+    does not)."""
+    pattern = canonical(pattern)
+    if pattern is None or pattern in NAMED:
+        return None
+    return _rust(pattern)[1]

@@ -393,16 +393,45 @@ class Tokenizer:
 
     @cached_property
     def _custom(self):
-        """For patterns without a Rust splitter: (piece regex, special-token regex) in Python."""
+        """For custom regexes: (piece regex, special-token regex, Rust splitter or None). The
+        Rust splitter, where the pattern has one, finds the pieces; the `regex` module is the
+        readable definition and the fallback."""
         if self.pattern is None or self.pattern in patterns.BUILTIN:
             return None
         rx = patterns.compile(self.pattern)
         ordered = sorted(self.special_tokens, key=len, reverse=True)
         special_rx = regex.compile("(" + "|".join(regex.escape(s) for s in ordered) + ")") if ordered else None
-        return rx, special_rx
+        return rx, special_rx, patterns.rust_splitter(self.pattern)
+
+    @property
+    def regex_engine(self) -> str:
+        """What splits text into pieces: "builtin" (a named pattern's hand-written Rust
+        splitter), "rust" (a custom regex run in Rust by fancy-regex), "python" (a custom regex
+        run by the `regex` module) or "none" (pattern None); see `fastbpe.patterns.engine`.
+        The ids do not depend on it."""
+        return patterns.engine(self.pattern)
 
     def _encode_custom(self, text: str, with_specials: bool) -> list[int]:
-        rx, special_rx = self._custom
+        splitter = self._custom[2]
+        if splitter is not None:
+            try:
+                return self._core.encode_regex(splitter, text, with_specials)
+            except _core.RegexSearchError:
+                pass  # fancy-regex gave up (backtracking): the `regex` module splits it
+        return self._encode_custom_python(text, with_specials)
+
+    def _encode_custom_batch(self, texts: list[str], with_specials: bool, num_threads: int | None) -> list[list[int]]:
+        splitter = self._custom[2]
+        if splitter is not None:
+            try:
+                return self._core.encode_regex_batch(splitter, texts, _threads(num_threads), with_specials)
+            except _core.RegexSearchError:
+                pass
+        return [self._encode_custom_python(t, with_specials) for t in texts]
+
+    def _encode_custom_python(self, text: str, with_specials: bool) -> list[int]:
+        """The readable path: pieces from the `regex` module (`patterns.pieces`), BPE in Rust."""
+        rx, special_rx, _ = self._custom
         parts = special_rx.split(text) if (with_specials and special_rx is not None) else [text]
         out: list[int] = []
         for i, part in enumerate(parts):
@@ -530,7 +559,7 @@ class Tokenizer:
                     return self._encode_split(texts, allowed, num_threads)
                 return view.encode_batch(texts, num_threads)
         if self._custom is not None:
-            return [self._encode_custom(t, True) for t in texts]
+            return self._encode_custom_batch(texts, True, num_threads)
         return self._core.encode_batch(texts, _threads(num_threads))
 
     def encode_ordinary_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]:
@@ -541,7 +570,7 @@ class Tokenizer:
             if not isinstance(t, str):
                 raise TypeError(f"encode_ordinary_batch() takes str texts, not {type(t).__name__}")
         if self._custom is not None:
-            return [self._encode_custom(t, False) for t in texts]
+            return self._encode_custom_batch(texts, False, num_threads)
         return self._core.encode_batch(texts, _threads(num_threads), False)
 
     @cached_property
@@ -572,8 +601,14 @@ class Tokenizer:
                 if view is None:
                     return np.asarray(self._encode_split([text], allowed, None)[0], dtype=dtype)
                 return view.encode_to_numpy(text)
+        if self._custom is not None and self._custom[2] is not None:
+            try:
+                buf = self._core.encode_regex_to_buffer(self._custom[2], text, dtype.itemsize, with_specials)
+                return np.frombuffer(buf, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
+            except _core.RegexSearchError:
+                pass
         if self._custom is not None:
-            return np.asarray(self._encode_custom(text, with_specials), dtype=dtype)
+            return np.asarray(self._encode_custom_python(text, with_specials), dtype=dtype)
         buf = self._core.encode_to_buffer(text, dtype.itemsize, with_specials)
         return np.frombuffer(buf, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
 
@@ -749,12 +784,32 @@ class Tokenizer:
                     raise named from None
                 writer.adopt(n)
             else:
-                n = self._encode_file_python(path, writer, bar)
+                n = self._encode_file_custom(path, writer, num_threads, bar)
             if bar:
                 bar.close()
         if n == 0:
             return np.zeros(0, dtype=dtype)  # an empty file cannot be memory-mapped
         return np.memmap(out_path, dtype=dtype.newbyteorder("<"), mode="r")
+
+    def _encode_file_custom(self, path: str, writer: token_files.TokenWriter, num_threads: int | None, bar) -> int:
+        """Custom patterns: in Rust where the pattern has a Rust splitter (chunks split in
+        parallel and stitched exactly, `rust/regex_encode.rs`), else `_encode_file_python`."""
+        splitter = self._custom[2]
+        if splitter is not None:
+            itemsize = writer.dtype.itemsize
+            try:
+                n = self._core.encode_regex_file(splitter, path, writer.tmp, itemsize, _threads(num_threads), bar)
+            except _core.RegexSearchError:
+                os.truncate(writer.tmp, 0)  # what the Rust encoder wrote; the `regex` module starts over
+            except OSError as e:
+                named = _write_error(e, writer.path)
+                if named is None:
+                    raise
+                raise named from None
+            else:
+                writer.adopt(n)
+                return n
+        return self._encode_file_python(path, writer, bar)
 
     def _encode_file_python(self, path: str, writer: token_files.TokenWriter, bar) -> int:
         """Custom patterns: the file read in blocks, its pieces found by `CustomStream`."""

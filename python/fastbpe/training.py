@@ -73,6 +73,25 @@ def _count_custom_file(path: str, rx, special_tokens: list[str], counts: Counter
     add(stream.finish())
 
 
+def _count_file_rust(counts: _core.WordCounts, splitter, path: str, num_threads: int, bar) -> bool:
+    """Counts a file's pieces in Rust; False (nothing counted) when fancy-regex gave up on a
+    search, and the `regex` module is to count it."""
+    try:
+        counts.add_file_regex(splitter, path, num_threads, bar)
+    except _core.RegexSearchError:
+        return False
+    return True
+
+
+def _count_texts_rust(counts: _core.WordCounts, splitter, texts: list[str], num_threads: int) -> bool:
+    """As `_count_file_rust` for a batch of texts."""
+    try:
+        counts.add_texts_regex(splitter, texts, num_threads)
+    except _core.RegexSearchError:
+        return False
+    return True
+
+
 def _special_regex(special_tokens: list[str], as_bytes: bool = False):
     """A regex matching any special token, the longest first; None when there are none."""
     if not special_tokens:
@@ -122,6 +141,8 @@ def train(
     pattern = patterns.canonical(pattern)
     builtin = pattern is None or pattern in patterns.BUILTIN
     rx = None if builtin else patterns.compile(pattern)
+    # A custom regex the Rust engine runs is counted in Rust, in parallel (else in Python).
+    splitter = None if builtin else patterns.rust_splitter(pattern)
     special_rx = _special_regex(specials)
     show = _progress.wanted(progress)
     paths, texts = _inputs(input)
@@ -137,7 +158,7 @@ def train(
         bar = _progress.Bar(f"counting {os.path.basename(path)}", os.path.getsize(path), "MB", 1e6) if show else None
         if builtin:
             counts.add_file(path, num_threads, bar)
-        else:
+        elif not (splitter is not None and _count_file_rust(counts, splitter, path, num_threads, bar)):
             _count_custom_file(path, rx, specials, custom_counts, bar)
         if bar:
             bar.close()
@@ -145,6 +166,8 @@ def train(
         for batch in _batches(texts):
             if builtin:
                 counts.add_texts(batch, num_threads)
+            elif splitter is not None and _count_texts_rust(counts, splitter, batch, num_threads):
+                pass
             else:
                 for t in batch:
                     _count_custom_text(t, rx, special_rx, custom_counts)

@@ -1,0 +1,945 @@
+//! Encoding and counting with a custom regex (`regex_split::RegexSplitter`): texts in
+//! parallel, and files cut into chunks that are split in parallel and stitched together
+//! exactly.
+//!
+//! Where a file may be cut is not known for an arbitrary regex, so chunks are cut anywhere
+//! (after a newline where one is near) and each worker splits its chunk from its first byte,
+//! as if a piece began there, and on into the next chunk by up to `OVERLAP` bytes. A search
+//! that starts at a given place gives the same matches whatever came before (the accepted
+//! patterns do not look behind), so two splittings that pass through one common place (the
+//! end of a piece in both, a "resume position") agree from there on. The stitcher follows the
+//! splitting of the file from its start: in the overlap it finds the first resume position of
+//! the previous chunk's splitting that is also one of the next chunk's, takes the previous
+//! chunk's output up to there and the next one's from there. Where the two never meet in the
+//! overlap (a piece longer than it), it splits again from the last place it knows, on one
+//! thread. Near the end of what a worker was given, its last two matches are not trusted
+//! (they might continue, or a look-ahead see other text), as in `fastbpe._stream.CustomStream`:
+//! exact for patterns whose matches depend on at most the next two matches.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::count::{
+    merge_counts, recv_shared, spawn, thread_count, worker_panicked, CountError, Counts,
+    Interrupted, SpecialSplitter,
+};
+use crate::encode::{ids_to_le_bytes, Budget, Encoder, PieceCache};
+use crate::regex_split::{RegexSplitter, SearchFailed};
+
+/// Bytes of a file per chunk.
+pub const CHUNK: usize = 1 << 20;
+/// Bytes of the next chunk a worker splits on into, where the two splittings should meet.
+pub const OVERLAP: usize = 1 << 14;
+/// How long the reader waits before it polls the hook.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// Why custom-regex work stopped.
+#[derive(Debug)]
+pub enum RegexError {
+    /// fancy-regex gave up on a search: the caller uses the `regex` module instead.
+    Search(SearchFailed),
+    /// Reading or writing failed, the file is not UTF-8, or the hook asked to stop.
+    File(CountError),
+}
+
+impl From<SearchFailed> for RegexError {
+    fn from(e: SearchFailed) -> Self {
+        RegexError::Search(e)
+    }
+}
+
+impl From<Interrupted> for RegexError {
+    fn from(_: Interrupted) -> Self {
+        RegexError::File(CountError::Interrupted)
+    }
+}
+
+impl From<CountError> for RegexError {
+    fn from(e: CountError) -> Self {
+        RegexError::File(e)
+    }
+}
+
+/// What splitting produces: ids (encoding) or pieces (counting).
+pub(crate) trait Output: Default + Send {
+    fn len(&self) -> usize;
+}
+
+impl Output for Vec<u32> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
+
+/// Pieces as byte ranges of the text they came from.
+#[derive(Default)]
+pub(crate) struct Pieces(Vec<(usize, usize)>);
+
+impl Output for Pieces {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// How pieces and special tokens turn into output.
+pub(crate) trait Emit<O: Output> {
+    /// The piece `stretch[a..b]`; the stretch starts at byte `offset` of the whole text.
+    fn piece(
+        &mut self,
+        stretch: &str,
+        a: usize,
+        b: usize,
+        offset: usize,
+        out: &mut O,
+    ) -> Result<(), Interrupted>;
+    /// The special token with id `id`.
+    fn special(&mut self, id: u32, out: &mut O);
+}
+
+/// Encoding: BPE on each piece.
+pub(crate) struct EncodeEmit<'a, 'b> {
+    enc: &'a Encoder,
+    cache: PieceCache,
+    budget: Budget<'b>,
+}
+
+impl Emit<Vec<u32>> for EncodeEmit<'_, '_> {
+    #[inline]
+    fn piece(
+        &mut self,
+        stretch: &str,
+        a: usize,
+        b: usize,
+        _: usize,
+        out: &mut Vec<u32>,
+    ) -> Result<(), Interrupted> {
+        let piece = stretch.as_bytes().get(a..b).unwrap_or_default();
+        self.budget.spend(piece.len())?;
+        self.enc
+            .encode_found_piece(piece, out, &mut self.cache, &mut self.budget)
+    }
+
+    fn special(&mut self, id: u32, out: &mut Vec<u32>) {
+        out.push(id);
+    }
+}
+
+/// Counting: the pieces' ranges in the whole text (special tokens are not pieces).
+pub(crate) struct PieceEmit;
+
+impl Emit<Pieces> for PieceEmit {
+    #[inline]
+    fn piece(
+        &mut self,
+        _: &str,
+        a: usize,
+        b: usize,
+        offset: usize,
+        out: &mut Pieces,
+    ) -> Result<(), Interrupted> {
+        out.0.push((offset + a, offset + b));
+        Ok(())
+    }
+
+    fn special(&mut self, _: u32, _: &mut Pieces) {}
+}
+
+/// Special tokens: the matcher and the id of each of its tokens (none: not recognized).
+#[derive(Clone, Copy)]
+pub(crate) struct Specials<'a> {
+    splitter: Option<&'a SpecialSplitter>,
+    ids: &'a [u32],
+}
+
+impl<'a> Specials<'a> {
+    fn of(enc: &'a Encoder, with_specials: bool) -> Self {
+        Specials {
+            splitter: with_specials.then(|| enc.special_splitter()),
+            ids: enc.special_ids(),
+        }
+    }
+
+    fn counting(splitter: &'a SpecialSplitter) -> Self {
+        Specials {
+            splitter: Some(splitter),
+            ids: &[],
+        }
+    }
+
+    /// The matches in `text`: (start, end, id).
+    fn matches(self, text: &'a str) -> impl Iterator<Item = (usize, usize, u32)> + 'a {
+        let ids = self.ids;
+        self.splitter
+            .into_iter()
+            .flat_map(move |sp| sp.matches(text))
+            .map(move |(s, e, k)| (s, e, ids.get(k).copied().unwrap_or(0)))
+    }
+}
+
+/// Splits `text` (special tokens, then each stretch between them) into `out`; `mark(pos,
+/// out_len)` at every resume position (each stretch's start and end, and every match's end),
+/// in order, with the length `out` had there.
+fn split_text<O: Output>(
+    re: &RegexSplitter,
+    specials: Specials,
+    text: &str,
+    emit: &mut impl Emit<O>,
+    out: &mut O,
+    mark: &mut dyn FnMut(usize, usize),
+) -> Result<(), RegexError> {
+    let mut last = 0;
+    for (start, end, id) in specials.matches(text) {
+        split_stretch(re, text, last, start, emit, out, mark)?;
+        emit.special(id, out);
+        last = end;
+    }
+    split_stretch(re, text, last, text.len(), emit, out, mark)
+}
+
+/// Splits the stretch `text[from..to]` (what the pattern sees: its end is the text's end).
+fn split_stretch<O: Output>(
+    re: &RegexSplitter,
+    text: &str,
+    from: usize,
+    to: usize,
+    emit: &mut impl Emit<O>,
+    out: &mut O,
+    mark: &mut dyn FnMut(usize, usize),
+) -> Result<(), RegexError> {
+    let stretch = text.get(from..to).unwrap_or_default();
+    mark(from, out.len());
+    let mut at = 0;
+    while at < stretch.len() {
+        let Some((start, end)) = re.find_at(stretch, at)? else {
+            break;
+        };
+        if end <= at {
+            break; // no accepted pattern matches empty
+        }
+        if start > at {
+            emit.piece(stretch, at, start, from, out)?;
+        }
+        emit.piece(stretch, start, end, from, out)?;
+        at = end;
+        mark(from + at, out.len());
+    }
+    if at < stretch.len() {
+        emit.piece(stretch, at, stretch.len(), from, out)?;
+        mark(to, out.len());
+    }
+    Ok(())
+}
+
+// ---- texts -----------------------------------------------------------------------------------
+
+/// The ids of `text`; with `with_specials`, special tokens become their ids.
+pub fn encode_text(
+    enc: &Encoder,
+    re: &RegexSplitter,
+    text: &str,
+    with_specials: bool,
+    budget: Budget,
+) -> Result<Vec<u32>, RegexError> {
+    let mut emit = EncodeEmit {
+        enc,
+        cache: PieceCache::default(),
+        budget,
+    };
+    let mut out = Vec::with_capacity(text.len() / 4 + 1);
+    let specials = Specials::of(enc, with_specials);
+    split_text(re, specials, text, &mut emit, &mut out, &mut |_, _| {})?;
+    emit.budget.check()?;
+    Ok(out)
+}
+
+/// The ids of each text, on `num_threads` threads. `poll` runs on the calling thread now and
+/// then (true: stop, `Interrupted`).
+pub fn encode_batch<S: AsRef<str> + Sync>(
+    enc: &Encoder,
+    re: &RegexSplitter,
+    texts: &[S],
+    with_specials: bool,
+    num_threads: usize,
+    poll: &mut dyn FnMut() -> bool,
+) -> Result<Vec<Vec<u32>>, RegexError> {
+    let threads = thread_count(num_threads).min(texts.len().max(1));
+    let results: Vec<Mutex<Option<Vec<u32>>>> = texts.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let failed: Mutex<Option<RegexError>> = Mutex::new(None);
+    let specials = Specials::of(enc, with_specials);
+    let work = |poll: &mut dyn FnMut() -> bool| {
+        let mut stopped = || stop.load(Ordering::Relaxed) || poll();
+        let mut emit = EncodeEmit {
+            enc,
+            cache: PieceCache::default(),
+            budget: Budget::new(&mut stopped),
+        };
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let (Some(text), Some(slot)) = (texts.get(i), results.get(i)) else {
+                break;
+            };
+            let mut out = Vec::with_capacity(text.as_ref().len() / 4 + 1);
+            let r = split_text(
+                re,
+                specials,
+                text.as_ref(),
+                &mut emit,
+                &mut out,
+                &mut |_, _| {},
+            )
+            .and_then(|()| emit.budget.check().map_err(RegexError::from));
+            match r {
+                Ok(()) => *lock(slot) = Some(out),
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    lock(&failed).get_or_insert(e);
+                    break;
+                }
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            if spawn(scope, || work(&mut || false)).is_err() {
+                break; // fewer threads: the calling thread does the rest
+            }
+        }
+        work(poll);
+    });
+    if let Some(e) = lock(&failed).take() {
+        return Err(e);
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .ok_or_else(|| RegexError::File(worker_panicked()))
+        })
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counts the pieces of each text (special tokens split them and are not counted) on
+/// `num_threads` threads.
+pub fn count_texts<S: AsRef<str> + Sync>(
+    re: &RegexSplitter,
+    specials: &SpecialSplitter,
+    texts: &[S],
+    num_threads: usize,
+) -> Result<Counts, RegexError> {
+    let threads = thread_count(num_threads).min(texts.len().max(1));
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let specials = Specials::counting(specials);
+    let work = || -> Result<Counts, RegexError> {
+        let mut counts = Counts::default();
+        let mut pieces = Pieces::default();
+        while let Some(text) = texts.get(next.fetch_add(1, Ordering::Relaxed)) {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let text = text.as_ref();
+            pieces.0.clear();
+            let r = split_text(
+                re,
+                specials,
+                text,
+                &mut PieceEmit,
+                &mut pieces,
+                &mut |_, _| {},
+            );
+            if let Err(e) = r {
+                stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+            add_pieces(text.as_bytes(), &pieces.0, &mut counts);
+        }
+        Ok(counts)
+    };
+    let maps = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads)
+            .filter_map(|_| spawn(scope, work).ok())
+            .collect();
+        let mut maps = vec![work()];
+        for h in handles {
+            maps.push(
+                h.join()
+                    .unwrap_or_else(|_| Err(RegexError::File(worker_panicked()))),
+            );
+        }
+        maps
+    });
+    let mut total = Counts::default();
+    for m in maps {
+        merge_counts(&mut total, m?);
+    }
+    Ok(total)
+}
+
+fn add_pieces(text: &[u8], pieces: &[(usize, usize)], counts: &mut Counts) {
+    for &(a, b) in pieces {
+        let piece = text.get(a..b).unwrap_or_default();
+        if let Some(c) = counts.get_mut(piece) {
+            *c += 1;
+        } else {
+            counts.insert(piece.to_vec(), 1);
+        }
+    }
+}
+
+// ---- files -----------------------------------------------------------------------------------
+
+/// A part of a file handed to a worker: `buf` holds the chunk (`..end`) and the overlap after
+/// it (`end..`); `ext_is_end`: the overlap ends where a stretch ends (a special token, or the
+/// end of the file), so nothing after it can change its splitting.
+struct Chunk {
+    base: usize,
+    buf: Vec<u8>,
+    end: usize,
+    ext_is_end: bool,
+}
+
+/// A chunk split: its output, and the resume positions (relative to `base`, with the output's
+/// length there) near its start (`head`) and from its end on (`tail`), trusted ones only.
+struct Done<O> {
+    base: usize,
+    buf: Vec<u8>,
+    end: usize,
+    ext_is_end: bool,
+    out: O,
+    head: Vec<(usize, usize)>,
+    tail: Vec<(usize, usize)>,
+}
+
+/// How a file is cut (tests use small chunks to put cuts everywhere).
+#[derive(Clone, Copy)]
+pub struct Cutting {
+    pub chunk: usize,
+    pub overlap: usize,
+}
+
+impl Default for Cutting {
+    fn default() -> Self {
+        Cutting {
+            chunk: CHUNK,
+            overlap: OVERLAP,
+        }
+    }
+}
+
+/// Splits a chunk; `Err(offset)` for invalid UTF-8 in the chunk itself.
+fn split_chunk<O: Output>(
+    re: &RegexSplitter,
+    specials: Specials,
+    chunk: Chunk,
+    overlap: usize,
+    emit: &mut impl Emit<O>,
+) -> Result<Done<O>, RegexError> {
+    let Chunk {
+        base,
+        mut buf,
+        end,
+        mut ext_is_end,
+    } = chunk;
+    if let Err(e) = std::str::from_utf8(buf.get(..end).unwrap_or_default()) {
+        return Err(CountError::InvalidUtf8 {
+            offset: (base + e.valid_up_to()) as u64,
+        }
+        .into());
+    }
+    if let Err(e) = std::str::from_utf8(buf.get(end..).unwrap_or_default()) {
+        // Reported with the next chunk; this one's splitting stops before it.
+        buf.truncate(end + e.valid_up_to());
+        ext_is_end = false;
+    }
+    let text = std::str::from_utf8(&buf).unwrap_or_default();
+    let mut out = O::default();
+    let mut marks: Vec<(usize, usize)> = Vec::new();
+    let mut record = |pos: usize, len: usize| {
+        if pos <= overlap || pos >= end {
+            marks.push((pos, len));
+        }
+    };
+    split_text(re, specials, text, emit, &mut out, &mut record)?;
+    // The last two matches before an end that is not a stretch's are not trusted: the resume
+    // positions after the third last match's end are dropped.
+    let trusted = if ext_is_end {
+        text.len()
+    } else {
+        trusted_end(re, specials, text)?
+    };
+    let (mut head, mut tail) = (Vec::new(), Vec::new());
+    for &(pos, len) in marks.iter().filter(|m| m.0 <= trusted) {
+        if pos <= overlap {
+            head.push((pos, len));
+        }
+        if pos >= end {
+            tail.push((pos, len));
+        }
+    }
+    Ok(Done {
+        base,
+        buf,
+        end,
+        ext_is_end,
+        out,
+        head,
+        tail,
+    })
+}
+
+/// Where the trusted part of `text` ends when what follows it is unknown: the end of the third
+/// last match of its last stretch (that stretch's start if it has fewer than three).
+fn trusted_end(re: &RegexSplitter, specials: Specials, text: &str) -> Result<usize, RegexError> {
+    let start = specials.matches(text).last().map_or(0, |m| m.1);
+    let stretch = text.get(start..).unwrap_or_default();
+    let mut ends: [usize; 3] = [0; 3];
+    let mut n = 0usize;
+    let mut at = 0;
+    while at < stretch.len() {
+        let Some((_, end)) = re.find_at(stretch, at)? else {
+            break;
+        };
+        if end <= at {
+            break;
+        }
+        ends[n % 3] = end;
+        n += 1;
+        at = end;
+    }
+    Ok(start + if n >= 3 { ends[n % 3] } else { 0 })
+}
+
+/// Reads `path` and hands chunks to `num_threads` workers; `sink(done, range)` gets, in file
+/// order, each chunk's output range that belongs to the splitting of the whole file.
+#[allow(clippy::too_many_arguments)]
+fn run_file<'e, O: Output>(
+    path: &Path,
+    re: &RegexSplitter,
+    specials: Specials,
+    num_threads: usize,
+    cutting: Cutting,
+    hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
+    make_emit: &(dyn Fn() -> Box<dyn Emit<O> + 'e> + Sync),
+    mut sink: impl FnMut(&Done<O>, std::ops::Range<usize>) -> Result<(), RegexError> + Send,
+) -> Result<(), RegexError> {
+    let num_threads = thread_count(num_threads);
+    let chunk = cutting.chunk.max(16);
+    let overlap = cutting.overlap.clamp(4, chunk / 4);
+    let mut file = std::fs::File::open(path).map_err(CountError::Io)?;
+    if file.metadata().map_err(CountError::Io)?.is_dir() {
+        return Err(CountError::Io(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "is a directory",
+        ))
+        .into());
+    }
+    let in_flight = num_threads * 2 + 2;
+    let (ticket_tx, ticket_rx) = mpsc::sync_channel::<()>(in_flight);
+    for _ in 0..in_flight {
+        let _ = ticket_tx.send(());
+    }
+    let (work_tx, work_rx) = mpsc::sync_channel::<(usize, Chunk)>(in_flight);
+    let work_rx = Mutex::new(work_rx);
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<Done<O>, RegexError>)>();
+    let (result_tx, result_rx) = mpsc::channel::<Result<(), RegexError>>();
+    let stop = AtomicBool::new(false);
+    let max_special = specials.splitter.map_or(0, |s| s.max_len());
+    std::thread::scope(|scope| {
+        let mut workers = 0;
+        for _ in 0..num_threads {
+            let done_tx = done_tx.clone();
+            let (work_rx, stop) = (&work_rx, &stop);
+            let started = spawn(scope, move || {
+                let mut emit = make_emit();
+                while let Some((seq, c)) = recv_shared(work_rx) {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = split_chunk(re, specials, c, overlap, &mut emit);
+                    if done_tx.send((seq, r)).is_err() {
+                        break;
+                    }
+                }
+            });
+            match started {
+                Ok(_) => workers += 1,
+                Err(_) if workers > 0 => break,
+                Err(e) => return Err(RegexError::File(CountError::Io(e))),
+            }
+        }
+        drop(done_tx);
+        let stop_ref = &stop;
+        let stitch = move || -> Result<(), RegexError> {
+            let mut pending: BTreeMap<usize, Result<Done<O>, RegexError>> = BTreeMap::new();
+            let mut next = 0usize;
+            // The splitting of the file so far: the chunk it is in, where it is (file offset) and
+            // the length the chunk's output had there.
+            let mut cur: Option<(Done<O>, usize, usize)> = None;
+            let mut emit = make_emit();
+            for (seq, r) in done_rx {
+                pending.insert(seq, r);
+                while let Some(r) = pending.remove(&next) {
+                    let nxt = r?;
+                    next += 1;
+                    let _ = ticket_tx.send(());
+                    cur = Some(match cur.take() {
+                        None => (nxt, 0, 0),
+                        Some((c, at, from)) => match sync(&c, at, &nxt) {
+                            Some((pos, upto, resume)) => {
+                                sink(&c, from..upto)?;
+                                (nxt, pos, resume)
+                            }
+                            None => {
+                                let again = resplit(re, specials, &c, at, nxt, overlap, &mut emit)?;
+                                (again, at, 0)
+                            }
+                        },
+                    });
+                }
+            }
+            if stop_ref.load(Ordering::Relaxed) {
+                return Err(Interrupted.into());
+            }
+            if let Some((c, _, from)) = cur {
+                let n = c.out.len();
+                sink(&c, from..n)?;
+            }
+            Ok(())
+        };
+        let stitcher = spawn(scope, move || {
+            let _ = result_tx.send(stitch());
+        });
+        if let Err(e) = stitcher {
+            return Err(RegexError::File(CountError::Io(e)));
+        }
+        // The reader (this thread).
+        let mut reader = Reader {
+            file: &mut file,
+            buf: Vec::new(),
+            base: 0,
+            read: 0,
+            eof: false,
+            chunk,
+            overlap,
+            max_special,
+            specials: specials.splitter,
+        };
+        let mut read_all = || -> Result<(), RegexError> {
+            let mut seq = 0usize;
+            while let Some(c) = reader.next_chunk(hook)? {
+                loop {
+                    match ticket_rx.recv_timeout(WAIT_POLL) {
+                        Ok(()) => break,
+                        Err(RecvTimeoutError::Timeout) => hook(reader.read)?,
+                        Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                    }
+                }
+                if work_tx.send((seq, c)).is_err() {
+                    return Ok(());
+                }
+                seq += 1;
+            }
+            Ok(())
+        };
+        let read = read_all();
+        drop(work_tx);
+        drop(ticket_rx);
+        if let Err(e) = read {
+            stop.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+        loop {
+            match result_rx.recv_timeout(WAIT_POLL) {
+                Ok(r) => return r,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = hook(reader.read) {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(e.into());
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(worker_panicked().into()),
+            }
+        }
+    })
+}
+
+/// The first resume position of `cur`'s splitting at or after file offset `at` that is also
+/// one of `nxt`'s: (the offset, `cur`'s output length there, `nxt`'s).
+fn sync<O>(cur: &Done<O>, at: usize, nxt: &Done<O>) -> Option<(usize, usize, usize)> {
+    cur.tail.iter().find_map(|&(pos, upto)| {
+        let abs = cur.base + pos;
+        let rel = abs.checked_sub(nxt.base).filter(|_| abs >= at)?;
+        let k = nxt.head.binary_search_by_key(&rel, |m| m.0).ok()?;
+        Some((abs, upto, nxt.head.get(k)?.1))
+    })
+}
+
+/// Splits again from file offset `at` (a resume position of the file's splitting, in `cur`)
+/// through the end of `nxt`, on this thread: where the two chunks' splittings do not meet.
+fn resplit<O: Output>(
+    re: &RegexSplitter,
+    specials: Specials,
+    cur: &Done<O>,
+    at: usize,
+    nxt: Done<O>,
+    overlap: usize,
+    emit: &mut impl Emit<O>,
+) -> Result<Done<O>, RegexError> {
+    let mut buf = Vec::new();
+    if at < nxt.base {
+        buf.extend_from_slice(
+            cur.buf
+                .get(at - cur.base..nxt.base - cur.base)
+                .unwrap_or_default(),
+        );
+        buf.extend_from_slice(&nxt.buf);
+    } else {
+        buf.extend_from_slice(nxt.buf.get(at - nxt.base..).unwrap_or_default());
+    }
+    let end = (nxt.base + nxt.end).saturating_sub(at);
+    let chunk = Chunk {
+        base: at,
+        buf,
+        end,
+        ext_is_end: nxt.ext_is_end,
+    };
+    split_chunk(re, specials, chunk, overlap, emit)
+}
+
+/// Reads a file into chunks: each about `chunk` bytes, cut after a newline where there is one
+/// in its second half and never inside a special token, with up to `overlap` bytes after it.
+struct Reader<'a> {
+    file: &'a mut std::fs::File,
+    buf: Vec<u8>,
+    base: usize,
+    read: u64,
+    eof: bool,
+    chunk: usize,
+    overlap: usize,
+    max_special: usize,
+    specials: Option<&'a SpecialSplitter>,
+}
+
+impl Reader<'_> {
+    fn next_chunk(
+        &mut self,
+        hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
+    ) -> Result<Option<Chunk>, RegexError> {
+        let want = self.chunk + self.overlap + self.max_special + 4;
+        loop {
+            while !self.eof && self.buf.len() < want {
+                let old = self.buf.len();
+                self.buf.resize(old + self.chunk, 0);
+                let n = read_full(self.file, &mut self.buf[old..]).map_err(CountError::Io)?;
+                self.buf.truncate(old + n);
+                self.read += n as u64;
+                self.eof = n == 0;
+                hook(self.read)?;
+            }
+            if self.buf.is_empty() {
+                return Ok(None);
+            }
+            let (end, x, ext_is_end) = if self.eof && self.buf.len() <= self.chunk + self.overlap {
+                (self.buf.len(), self.buf.len(), true)
+            } else {
+                match self.cut() {
+                    Some(c) => c,
+                    None if self.eof => (self.buf.len(), self.buf.len(), true),
+                    None => {
+                        // No place to cut yet (a special token's bytes throughout): read on.
+                        let more = self.buf.len() + self.chunk;
+                        let old = self.buf.len();
+                        self.buf.resize(more, 0);
+                        let n =
+                            read_full(self.file, &mut self.buf[old..]).map_err(CountError::Io)?;
+                        self.buf.truncate(old + n);
+                        self.read += n as u64;
+                        self.eof = n == 0;
+                        hook(self.read)?;
+                        continue;
+                    }
+                }
+            };
+            let chunk = Chunk {
+                base: self.base,
+                buf: self.buf.get(..x).unwrap_or_default().to_vec(),
+                end,
+                ext_is_end,
+            };
+            self.buf.drain(..end);
+            self.base += end;
+            return Ok(Some(chunk));
+        }
+    }
+
+    /// A place no special token spans: between two bytes no special token holds together, at
+    /// a character boundary.
+    fn clean(&self, i: usize) -> bool {
+        let b = &self.buf;
+        i > 0
+            && i < b.len()
+            && b.get(i).is_some_and(|&c| (c as i8) >= -0x40)
+            && !self.specials.is_some_and(|s| s.could_span(b, i))
+    }
+
+    /// (chunk end, overlap end, whether the overlap ends a stretch).
+    fn cut(&self) -> Option<(usize, usize, bool)> {
+        let b = &self.buf;
+        let hi = self
+            .chunk
+            .min(b.len().saturating_sub(self.overlap + self.max_special + 1));
+        let lo = hi / 2;
+        let end = (lo..=hi)
+            .rev()
+            .find(|&i| b.get(i.wrapping_sub(1)) == Some(&b'\n') && self.clean(i))
+            .or_else(|| (lo..=hi).rev().find(|&i| self.clean(i)))
+            .or_else(|| (1..lo).rev().find(|&i| self.clean(i)))?;
+        // The overlap ends at the first special token in it, else about `overlap` bytes on.
+        let window_end = (end + self.overlap + self.max_special).min(b.len());
+        let window = b.get(end..window_end).unwrap_or_default();
+        let first_special = self.specials.and_then(|s| {
+            let text = match std::str::from_utf8(window) {
+                Ok(t) => t,
+                Err(e) => std::str::from_utf8(window.get(..e.valid_up_to())?).ok()?,
+            };
+            s.matches(text).next().map(|m| m.0)
+        });
+        if let Some(a) = first_special.filter(|&a| a < self.overlap) {
+            return Some((end, end + a, true));
+        }
+        let mut x = (end + self.overlap).min(b.len());
+        while x > end && !(x == b.len() || self.clean(x)) {
+            x -= 1;
+        }
+        Some((end, x, self.eof && x == b.len()))
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns the number of bytes read.
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Encodes a UTF-8 file into little-endian ids (`width` bytes each) written to `out`; returns
+/// the number of tokens. Special tokens become their ids.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_file(
+    enc: &Encoder,
+    re: &RegexSplitter,
+    path: &Path,
+    out: &Path,
+    width: usize,
+    num_threads: usize,
+    cutting: Cutting,
+    hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
+) -> Result<u64, RegexError> {
+    if !enc.ids_fit(width) {
+        return Err(CountError::Write(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("ids up to {:?} do not fit in {width} bytes", enc.max_id()),
+        ))
+        .into());
+    }
+    let file = std::fs::File::create(out).map_err(CountError::Write)?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let mut total = 0u64;
+    let mut bytes = Vec::new();
+    let make = || -> Box<dyn Emit<Vec<u32>> + '_> {
+        Box::new(EncodeEmit {
+            enc,
+            cache: PieceCache::default(),
+            budget: Budget::never(),
+        })
+    };
+    run_file(
+        path,
+        re,
+        Specials::of(enc, true),
+        num_threads,
+        cutting,
+        hook,
+        &make,
+        |done, range| {
+            let ids = done.out.get(range).unwrap_or_default();
+            bytes.clear();
+            ids_to_le_bytes(ids, width, &mut bytes);
+            writer.write_all(&bytes).map_err(CountError::Write)?;
+            total += ids.len() as u64;
+            Ok(())
+        },
+    )?;
+    writer.flush().map_err(CountError::Write)?;
+    writer.get_ref().sync_all().map_err(CountError::Write)?;
+    Ok(total)
+}
+
+/// Counts the pieces of a UTF-8 file (special tokens split it and are not counted).
+pub fn count_file(
+    re: &RegexSplitter,
+    specials: &SpecialSplitter,
+    path: &Path,
+    num_threads: usize,
+    cutting: Cutting,
+    hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
+) -> Result<Counts, RegexError> {
+    let mut counts = Counts::default();
+    let make = || -> Box<dyn Emit<Pieces>> { Box::new(PieceEmit) };
+    run_file(
+        path,
+        re,
+        Specials::counting(specials),
+        num_threads,
+        cutting,
+        hook,
+        &make,
+        |done, range| {
+            add_pieces(
+                &done.buf,
+                done.out.0.get(range).unwrap_or_default(),
+                &mut counts,
+            );
+            Ok(())
+        },
+    )?;
+    Ok(counts)
+}
+
+impl<O: Output, E: Emit<O> + ?Sized> Emit<O> for Box<E> {
+    #[inline]
+    fn piece(
+        &mut self,
+        stretch: &str,
+        a: usize,
+        b: usize,
+        offset: usize,
+        out: &mut O,
+    ) -> Result<(), Interrupted> {
+        (**self).piece(stretch, a, b, offset, out)
+    }
+
+    fn special(&mut self, id: u32, out: &mut O) {
+        (**self).special(id, out)
+    }
+}
