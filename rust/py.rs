@@ -65,7 +65,6 @@ impl RegexSplitter {
     }
 
     /// The pattern as fancy-regex reads it (character classes written out).
-    #[getter]
     fn translated(&self) -> String {
         self.inner.translated().to_string()
     }

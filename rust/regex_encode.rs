@@ -181,16 +181,25 @@ impl<'a> Specials<'a> {
     }
 }
 
+/// Where a resume position is: a stretch's start, a match's end, or a stretch's end after text
+/// no match covered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Start,
+    Match,
+    End,
+}
+
 /// Splits `text` (special tokens, then each stretch between them) into `out`; `mark(pos,
-/// out_len)` at every resume position (each stretch's start and end, and every match's end),
-/// in order, with the length `out` had there.
+/// out_len, kind)` at every resume position (each stretch's start and end, and every match's
+/// end), in order, with the length `out` had there.
 fn split_text<O: Output>(
     re: &RegexSplitter,
     specials: Specials,
     text: &str,
     emit: &mut impl Emit<O>,
     out: &mut O,
-    mark: &mut dyn FnMut(usize, usize),
+    mark: &mut dyn FnMut(usize, usize, Mark),
 ) -> Result<(), RegexError> {
     let mut last = 0;
     for (start, end, id) in specials.matches(text) {
@@ -209,10 +218,10 @@ fn split_stretch<O: Output>(
     to: usize,
     emit: &mut impl Emit<O>,
     out: &mut O,
-    mark: &mut dyn FnMut(usize, usize),
+    mark: &mut dyn FnMut(usize, usize, Mark),
 ) -> Result<(), RegexError> {
     let stretch = text.get(from..to).unwrap_or_default();
-    mark(from, out.len());
+    mark(from, out.len(), Mark::Start);
     let mut at = 0;
     while at < stretch.len() {
         let Some((start, end)) = re.find_at(stretch, at)? else {
@@ -226,11 +235,11 @@ fn split_stretch<O: Output>(
         }
         emit.piece(stretch, start, end, from, out)?;
         at = end;
-        mark(from + at, out.len());
+        mark(from + at, out.len(), Mark::Match);
     }
     if at < stretch.len() {
         emit.piece(stretch, at, stretch.len(), from, out)?;
-        mark(to, out.len());
+        mark(to, out.len(), Mark::End);
     }
     Ok(())
 }
@@ -252,7 +261,7 @@ pub fn encode_text(
     };
     let mut out = Vec::with_capacity(text.len() / 4 + 1);
     let specials = Specials::of(enc, with_specials);
-    split_text(re, specials, text, &mut emit, &mut out, &mut |_, _| {})?;
+    split_text(re, specials, text, &mut emit, &mut out, &mut |_, _, _| {})?;
     emit.budget.check()?;
     Ok(out)
 }
@@ -292,7 +301,7 @@ pub fn encode_batch<S: AsRef<str> + Sync>(
                 text.as_ref(),
                 &mut emit,
                 &mut out,
-                &mut |_, _| {},
+                &mut |_, _, _| {},
             )
             .and_then(|()| emit.budget.check().map_err(RegexError::from));
             match r {
@@ -357,7 +366,7 @@ pub fn count_texts<S: AsRef<str> + Sync>(
                 text,
                 &mut PieceEmit,
                 &mut pieces,
-                &mut |_, _| {},
+                &mut |_, _, _| {},
             );
             if let Err(e) = r {
                 stop.store(true, Ordering::Relaxed);
@@ -466,18 +475,33 @@ fn split_chunk<O: Output>(
     let text = std::str::from_utf8(&buf).unwrap_or_default();
     let mut out = O::default();
     let mut marks: Vec<(usize, usize)> = Vec::new();
-    let mut record = |pos: usize, len: usize| {
+    // The last stretch's start and its last three match ends (a ring), for the trusted end.
+    let mut stretch_start = 0;
+    let mut last_ends = [0usize; 3];
+    let mut matches = 0usize;
+    let mut record = |pos: usize, len: usize, kind: Mark| {
         if pos <= overlap || pos >= end {
             marks.push((pos, len));
         }
+        match kind {
+            Mark::Start => (stretch_start, matches) = (pos, 0),
+            Mark::Match => {
+                last_ends[matches % 3] = pos;
+                matches += 1;
+            }
+            Mark::End => {}
+        }
     };
     split_text(re, specials, text, emit, &mut out, &mut record)?;
-    // The last two matches before an end that is not a stretch's are not trusted: the resume
-    // positions after the third last match's end are dropped.
+    // Where what follows is unknown, the last two matches are not trusted (they might
+    // continue, or a look-ahead see other text): the resume positions after the end of the
+    // third last match of the last stretch are dropped.
     let trusted = if ext_is_end {
         text.len()
+    } else if matches >= 3 {
+        last_ends[matches % 3]
     } else {
-        trusted_end(re, specials, text)?
+        stretch_start
     };
     let (mut head, mut tail) = (Vec::new(), Vec::new());
     for &(pos, len) in marks.iter().filter(|m| m.0 <= trusted) {
@@ -497,28 +521,6 @@ fn split_chunk<O: Output>(
         head,
         tail,
     })
-}
-
-/// Where the trusted part of `text` ends when what follows it is unknown: the end of the third
-/// last match of its last stretch (that stretch's start if it has fewer than three).
-fn trusted_end(re: &RegexSplitter, specials: Specials, text: &str) -> Result<usize, RegexError> {
-    let start = specials.matches(text).last().map_or(0, |m| m.1);
-    let stretch = text.get(start..).unwrap_or_default();
-    let mut ends: [usize; 3] = [0; 3];
-    let mut n = 0usize;
-    let mut at = 0;
-    while at < stretch.len() {
-        let Some((_, end)) = re.find_at(stretch, at)? else {
-            break;
-        };
-        if end <= at {
-            break;
-        }
-        ends[n % 3] = end;
-        n += 1;
-        at = end;
-    }
-    Ok(start + if n >= 3 { ends[n % 3] } else { 0 })
 }
 
 /// Reads `path` and hands chunks to `num_threads` workers; `sink(done, range)` gets, in file
@@ -941,5 +943,40 @@ impl<O: Output, E: Emit<O> + ?Sized> Emit<O> for Box<E> {
 
     fn special(&mut self, id: u32, out: &mut O) {
         (**self).special(id, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+    #[test]
+    fn file_counts_equal_the_whole_text_for_any_chunk_size() {
+        let re = RegexSplitter::new(LLAMA3).unwrap();
+        let sp = SpecialSplitter::new(&["<|e|>"]).unwrap();
+        let mut text = String::new();
+        for i in 0..300 {
+            text.push_str(&format!("word{i} it's  {} \n\n", "x".repeat(i % 97)));
+            text.push_str(&" ".repeat(i % 53));
+            if i % 7 == 0 {
+                text.push_str("<|e|>é中");
+            }
+        }
+        let whole = count_texts(&re, &sp, &[text.as_str()], 1).unwrap();
+        let dir = std::env::temp_dir().join(format!("fastbpe_regex_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.txt");
+        std::fs::write(&path, &text).unwrap();
+        for chunk in [16, 33, 64, 257, 1000, 1 << 20] {
+            let cutting = Cutting {
+                chunk,
+                overlap: chunk / 4,
+            };
+            let got = count_file(&re, &sp, &path, 3, cutting, &mut |_| Ok(())).unwrap();
+            assert_eq!(got, whole, "chunk {chunk}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
