@@ -703,12 +703,16 @@ fn resplit<O: Output>(
     if at < nxt.base {
         buf.extend_from_slice(
             cur.buf
-                .get(at - cur.base..nxt.base - cur.base)
+                .get(at.saturating_sub(cur.base)..nxt.base.saturating_sub(cur.base))
                 .unwrap_or_default(),
         );
         buf.extend_from_slice(&nxt.buf);
     } else {
-        buf.extend_from_slice(nxt.buf.get(at - nxt.base..).unwrap_or_default());
+        buf.extend_from_slice(
+            nxt.buf
+                .get(at.saturating_sub(nxt.base)..)
+                .unwrap_or_default(),
+        );
     }
     let end = (nxt.base + nxt.end).saturating_sub(at);
     let chunk = Chunk {

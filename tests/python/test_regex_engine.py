@@ -300,3 +300,22 @@ def test_any_pattern_string_is_refused_or_splits_as_regex(pattern):
         except _core.RegexSearchError:
             continue
         assert got == patterns.pieces(rx, text), (pattern, text)
+
+
+def test_a_search_the_engine_gives_up_on_falls_back_to_regex(tmp_path):
+    """A look-ahead inside a repeated group backtracks exponentially in fancy-regex, which gives
+    up (RegexSearchError) after its backtracking limit: the `regex` module then splits the text,
+    and the ids are the same."""
+    pattern = r"(?:(?!x)a+)+b|."
+    text = "a" * 26 + " ab"
+    with pytest.raises(_core.RegexSearchError):
+        _core.RegexSplitter(pattern).split(text)
+    # "aa" is a token: wrong pieces (a run of a's as one) would show in the ids.
+    tok = fastbpe.Tokenizer({i: bytes([i]) for i in range(256)} | {256: b"aa"}, [(b"a", b"a")], pattern=pattern)
+    assert tok.regex_engine == "rust"
+    expected = python_ids(tok, text)
+    assert expected == [97] * 26 + [32, 97, 98]  # "." takes each a: no b follows the run
+    assert tok.encode(text) == expected
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    assert tok.encode_file(path, tmp_path / "t.bin", progress=False).tolist() == expected
