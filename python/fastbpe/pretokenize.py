@@ -383,11 +383,13 @@ class _Matcher:
                 # The white space before it, back to the previous match at most.
                 while start > at and _SPACE.match(sentence, start - 1):
                     start -= 1
+                start = max(start, at)
             if token.rstrip:
                 stop = _LEADING_SPACE.match(sentence, stop).end()
             if at < start:
                 out.append(sentence[at:start])
-            out.append(token.id)
+            if start < stop:  # stripped down to nothing (its text taken by the last match's rstrip): dropped
+                out.append(token.id)
             at = stop
         if at < len(sentence):
             out.append(sentence[at:])
@@ -413,6 +415,20 @@ class Pipeline:
                 raise ValueError(f"{where}: added tokens {seen[key]!r} and {t.content!r} are matched as the same text {text!r}")
             seen[key] = t.content
             self._normalized_text[t.id] = text
+
+    def decoded_as(self) -> dict[int, bytes]:
+        """What `tokenizers` decodes an added token's id to where that is not its content: a
+        `normalized` token decodes as its normalized text (even where the model gave the id),
+        through the ByteLevel decoder (characters of GPT-2's byte alphabet only: those bytes)."""
+        from fastbpe.tokenizer import unicode_to_bytes
+
+        table = unicode_to_bytes()
+        out = {}
+        for t in self.added:
+            text = self._normalized_text[t.id]
+            if text != t.content:
+                out[t.id] = bytes(table[c] for c in text) if all(c in table for c in text) else text.encode("utf-8")
+        return out
 
     @classmethod
     def from_spec(cls, spec: dict, where: str) -> Pipeline:

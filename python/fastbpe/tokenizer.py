@@ -863,6 +863,36 @@ class Tokenizer:
             ids = ids.tolist()
         elif not isinstance(ids, (list, tuple)):
             ids = list(ids)
+        if self._hf is not None and self._decoded_as:
+            return self._decode_bytes_as_hf(ids)
+        try:
+            return self._core.decode_bytes(ids)
+        except (OverflowError, TypeError, UnknownTokenError):
+            bad = self._bad_id(ids)
+            if bad is None:
+                raise
+            raise bad from None
+
+    @cached_property
+    def _decoded_as(self) -> dict[int, bytes]:
+        """Ids that Hugging Face decodes otherwise than as their bytes (`Pipeline.decoded_as`)."""
+        return self._pipeline.decoded_as() if self._pipeline is not None else {}
+
+    def _decode_bytes_as_hf(self, ids: list) -> bytes:
+        """`decode_bytes` with the ids of `_decoded_as` decoded as Hugging Face does."""
+        table = self._decoded_as
+        out, run = [], []
+        for i in ids:
+            if isinstance(i, int) and i in table:
+                out.append(self._decode_run(run))
+                out.append(table[i])
+                run = []
+            else:
+                run.append(i)
+        out.append(self._decode_run(run))
+        return b"".join(out)
+
+    def _decode_run(self, ids: list) -> bytes:
         try:
             return self._core.decode_bytes(ids)
         except (OverflowError, TypeError, UnknownTokenError):
