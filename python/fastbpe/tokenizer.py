@@ -1196,12 +1196,20 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Read a file written by `save`. A malformed file raises ValueError naming the file and
-        the field."""
+        """Read a file written by `save`, or a Hugging Face `tokenizer.json` (told apart by its
+        content: a "model" and no "format"; read as `from_huggingface` reads it). A malformed
+        file raises ValueError naming the file and the field."""
+        from fastbpe.formats import huggingface
+
         path = os.fspath(path)
-        data = _read_json(path, "a fastbpe tokenizer file")
+        data = _read_json(path, "a fastbpe tokenizer file or a Hugging Face tokenizer.json")
+        if huggingface.is_tokenizer_json(data):
+            return huggingface.read_data(cls, data, path)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a fastbpe tokenizer file (no \"format\": \"{FORMAT}\")")
+            raise ValueError(
+                f"{path} is not a fastbpe tokenizer file (no \"format\": \"{FORMAT}\") nor a Hugging Face "
+                "tokenizer.json (no \"model\")"
+            )
         if data.get("version") not in (VERSION, VERSION_HF):
             raise ValueError(
                 f"{path} has format version {data.get('version')!r}; this fastbpe reads versions {VERSION} and "

@@ -483,3 +483,44 @@ def test_onig_empty_matches():
 
     assert pretokenize.onig_spans(regex.compile(r"\w*"), "ab cd") == [(0, 2), (3, 5)]
     assert pretokenize.onig_spans(regex.compile(r"x*"), "ab") == [(0, 0), (1, 1), (2, 2)]
+
+
+# ---- other ways in and out ----------------------------------------------------------------------
+
+
+def test_special_tokens_sharing_an_id_are_refused_by_to_huggingface(tmp_path):
+    """tiktoken's o200k_harmony shape: a tokenizer.json keeps one added token per id, so tokenizers
+    would read one of the two as plain text; to_huggingface says so instead of writing it."""
+    specials = {EOT: 199999, "<|end|>": 200007, "<|reserved_200007|>": 200007}
+    tok = fastbpe.Tokenizer.from_tiktoken(shared_file("tiktoken_cache", "fb374d419588a4632f3f557e76b4b70aebbca790"), "o200k", specials)
+    assert tok.encode("<|end|><|reserved_200007|>") == [200007, 200007]
+    with pytest.raises(ValueError, match="'<\\|end\\|>' and '<\\|reserved_200007\\|>' share the id 200007"):
+        tok.to_huggingface(tmp_path / "t.json")
+    assert not (tmp_path / "t.json").exists()
+    del specials["<|reserved_200007|>"]
+    tok = fastbpe.Tokenizer.from_tiktoken(shared_file("tiktoken_cache", "fb374d419588a4632f3f557e76b4b70aebbca790"), "o200k", specials)
+    back = Tokenizer.from_file(tok.to_huggingface(tmp_path / "t.json"))
+    assert back.encode("a<|end|>b").ids == tok.encode("a<|end|>b")
+
+
+def test_load_and_the_command_line_read_a_tokenizer_json(tmp_path, capsys):
+    from fastbpe import cli, token_files
+
+    t, tok = shaped("deepseek")
+    path = tmp_path / "tokenizer.json"
+    t.save(str(path))
+    assert fastbpe.Tokenizer.load(path) == tok
+    corpus_path = tmp_path / "c.txt"
+    text = corpus("zh_fortunes.txt") + EOT + corpus("code_go.txt")
+    corpus_path.write_text(text, encoding="utf-8")
+    cli.main(["encode", str(corpus_path), "--tokenizer", str(path), "--out", str(tmp_path / "o.bin")])
+    ids, _ = token_files.read_tokens(str(tmp_path / "o.bin"))
+    assert ids.tolist() == t.encode(text, add_special_tokens=False).ids
+    cli.main(["compare", str(corpus_path), "--tokenizer", str(path), "--max-bytes", "20000"])
+    assert f"| bpe ({tok.vocab_size}) | {tok.vocab_size:,} |" in capsys.readouterr().out
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    with pytest.raises(SystemExit) as e:
+        cli.main(["encode", str(corpus_path), "--tokenizer", str(tmp_path / "other.json"), "--out", str(tmp_path / "p.bin")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastbpe: error: ") and "nor a Hugging Face tokenizer.json" in err and "\n" not in err

@@ -148,9 +148,24 @@ def _added_token(s: str) -> dict:
     return {"content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
 
 
+def check_distinct_ids(tok) -> None:
+    """ValueError where two special tokens share an id (tiktoken's o200k_harmony does): a
+    tokenizer.json keeps one added token per id, so `tokenizers` would recognize only one of them
+    and read the other as plain text."""
+    first: dict[int, str] = {}
+    for s, i in _added(tok).items():
+        if first.setdefault(i, s) != s:
+            raise ValueError(
+                f"special tokens {first[i]!r} and {s!r} share the id {i}: a Hugging Face tokenizer.json keeps one "
+                f"added token per id, so tokenizers would read {first[i]!r} or {s!r} as plain text; give each its "
+                "own id (or leave one out) before writing it for Hugging Face"
+            )
+
+
 def to_json(tok) -> dict:
     """The `tokenizer.json` of a fastbpe Tokenizer, as a dict."""
     check_special_tokens_decode(tok)
+    check_distinct_ids(tok)
     return {
         "version": "1.0",
         "truncation": None,
@@ -223,9 +238,19 @@ def read(cls, source):
     """A `cls` (fastbpe Tokenizer) from a Hugging Face byte-level BPE tokenizer: a path to a
     `tokenizer.json` or to a folder holding one, the JSON text, or a `tokenizers.Tokenizer`.
     See `Tokenizer.from_huggingface`."""
+    data, where = _load(source)
+    return read_data(cls, data, where)
+
+
+def is_tokenizer_json(data) -> bool:
+    """Whether a JSON value looks like a Hugging Face tokenizer.json (a model, no fastbpe format)."""
+    return isinstance(data, dict) and "format" not in data and isinstance(data.get("model"), dict)
+
+
+def read_data(cls, data, where: str):
+    """`read` from the JSON value of a tokenizer.json; `where` names it in errors."""
     from fastbpe.tokenizer import _MergeError, _merges_from_ranks, _special_only
 
-    data, where = _load(source)
     if not isinstance(data, dict):
         raise ValueError(f"{where} is not a tokenizer.json: expected a JSON object")
     _check_components(data, where)
