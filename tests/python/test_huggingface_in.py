@@ -150,6 +150,16 @@ def test_pre_tokenizers_equal_tokenizers_on_every_corpus(name):
         same(t, tok, corpus(c))
 
 
+def test_a_split_regex_that_matches_the_empty_string_goes_through_the_pipeline():
+    """Oniguruma splits at empty matches, fastbpe's own pieces skip them: such a file, plain
+    otherwise, is read as a pipeline."""
+    t = hf_tokenizer(_split(Regex(r"\p{L}*"), "isolated"))
+    tok = read(t)
+    assert tok._hf is not None
+    for c in CORPORA:
+        same(t, tok, corpus(c))
+
+
 NORMALIZERS = {
     "nfc": nm.NFC(),
     "nfd": nm.NFD(),

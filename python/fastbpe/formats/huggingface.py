@@ -300,9 +300,13 @@ def _pre_tokenization(data: dict, added, where: str) -> tuple[str | None, dict |
     )
     if plain:
         try:
-            return _pattern(data.get("pre_tokenizer"), where), None
+            pattern = _pattern(data.get("pre_tokenizer"), where)
         except ValueError:
-            pass  # the pipeline reads it, or says what it does not support
+            pattern = ""  # the pipeline reads it, or says what it does not support
+        # fastbpe's pieces skip empty matches, where Oniguruma's splits at them: a regex that
+        # matches the empty string goes through the pipeline, which follows Oniguruma.
+        if pattern != "" and (pattern is None or pattern in patterns.BUILTIN or patterns.compile(pattern).search("") is None):
+            return pattern, None
     spec = {
         "normalizer": data.get("normalizer"),
         "pre_tokenizer": data.get("pre_tokenizer"),
