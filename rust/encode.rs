@@ -1234,7 +1234,10 @@ mod tests {
         assert_eq!(e.encode("abc"), vec![256, u32::from(b'c')]);
         e.ignore_merges(&v);
         assert_eq!(e.encode("abc"), vec![257]);
-        assert_eq!(e.encode("abcd"), vec![256, u32::from(b'c'), u32::from(b'd')]);
+        assert_eq!(
+            e.encode("abcd"),
+            vec![256, u32::from(b'c'), u32::from(b'd')]
+        );
     }
 
     #[test]
