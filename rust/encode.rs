@@ -209,6 +209,19 @@ impl Encoder {
         Ok(enc)
     }
 
+    /// Hugging Face's `ignore_merges`: a piece whose bytes are one of `vocab`'s tokens (the
+    /// vocabulary given to `from_merges`) becomes that token's id without BPE; other pieces
+    /// merge as before. Where two ids share bytes the lowest wins, as in `base`.
+    pub fn ignore_merges(&mut self, vocab: &[(u32, Vec<u8>)]) {
+        let mut by_id: Vec<&(u32, Vec<u8>)> = vocab.iter().collect();
+        by_id.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        for (id, bytes) in by_id {
+            if bytes.len() > 1 {
+                self.whole.insert(bytes, *id);
+            }
+        }
+    }
+
     /// From tiktoken-style ranks (token bytes -> rank, the rank also being the id).
     pub fn from_ranks(
         ranks: &[(Vec<u8>, u32)],
@@ -1242,6 +1255,23 @@ mod tests {
             }
             ids
         }
+    }
+
+    #[test]
+    fn ignore_merges_takes_whole_tokens() {
+        // "abc" is a token that the merges do not build (they build "ab" + "c" -> no "abc").
+        let mut v = bytes_vocab();
+        v.push((256, b"ab".to_vec()));
+        v.push((257, b"abc".to_vec()));
+        let merges = vec![(b"a".to_vec(), b"b".to_vec())];
+        let mut e = Encoder::from_merges(&v, &merges, &[], Pattern::Whole).unwrap();
+        assert_eq!(e.encode("abc"), vec![256, u32::from(b'c')]);
+        e.ignore_merges(&v);
+        assert_eq!(e.encode("abc"), vec![257]);
+        assert_eq!(
+            e.encode("abcd"),
+            vec![256, u32::from(b'c'), u32::from(b'd')]
+        );
     }
 
     #[test]

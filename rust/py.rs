@@ -579,13 +579,16 @@ impl CoreEncoder {
     /// From `vocab` (id -> bytes, without special tokens), `merges` in priority order and
     /// special tokens (str -> id). `pattern`: "gpt2", "cl100k", "o200k", "whole" (no
     /// pre-tokenization). Ids are any ints from 0 to 2**32 - 1, sparse ones included.
+    /// `ignore_merges` (Hugging Face's): a piece that is a token of `vocab` is that token.
     #[staticmethod]
+    #[pyo3(signature = (vocab, merges, specials, pattern, ignore_merges=false))]
     fn from_merges(
         py: Python<'_>,
         vocab: Vec<(Bound<'_, PyAny>, Vec<u8>)>,
         merges: Vec<(Vec<u8>, Vec<u8>)>,
         specials: Vec<(String, Bound<'_, PyAny>)>,
         pattern: &str,
+        ignore_merges: bool,
     ) -> PyResult<Self> {
         let pattern = parse_pattern(Some(pattern))?;
         let vocab = vocab
@@ -597,7 +600,13 @@ impl CoreEncoder {
             .collect::<PyResult<Vec<_>>>()?;
         let specials = Self::specials_arg(specials)?;
         let enc = py
-            .detach(|| Encoder::from_merges(&vocab, &merges, &specials, pattern))
+            .detach(|| {
+                let mut enc = Encoder::from_merges(&vocab, &merges, &specials, pattern)?;
+                if ignore_merges {
+                    enc.ignore_merges(&vocab);
+                }
+                Ok(enc)
+            })
             .map_err(build_error)?;
         CoreEncoder::new(py, enc)
     }

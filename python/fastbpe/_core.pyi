@@ -37,7 +37,11 @@ class WordCounts:
 class CoreEncoder:
     @staticmethod
     def from_merges(
-        vocab: list[tuple[int, bytes]], merges: list[tuple[bytes, bytes]], specials: list[tuple[str, int]], pattern: str
+        vocab: list[tuple[int, bytes]],
+        merges: list[tuple[bytes, bytes]],
+        specials: list[tuple[str, int]],
+        pattern: str,
+        ignore_merges: bool = False,
     ) -> CoreEncoder: ...
     @staticmethod
     def from_ranks(ranks: list[tuple[bytes, int]], specials: list[tuple[str, int]], pattern: str) -> CoreEncoder: ...

@@ -427,14 +427,14 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("compare", help="the lecture's table: character, byte, word and BPE tokenizers on a file")
     p.add_argument("file", help="a UTF-8 text file")
-    p.add_argument("--tokenizer", help="a saved BPE tokenizer (default: train one on the file)")
+    p.add_argument("--tokenizer", help="a saved BPE tokenizer or a Hugging Face tokenizer.json (default: train one on the file)")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary when training one")
     p.add_argument("--max-bytes", type=int, default=5_000_000, help="read at most this many characters")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("encode", help="encode a text file into a flat token array (np.memmap-ready)")
     p.add_argument("corpus", help="a UTF-8 text file")
-    p.add_argument("--tokenizer", required=True, help="a tokenizer saved by train-tokenizer")
+    p.add_argument("--tokenizer", required=True, help="a tokenizer saved by train-tokenizer, or a Hugging Face tokenizer.json")
     p.add_argument("--out", required=True, help="the token file (its dtype goes to OUT.json)")
     p.add_argument("--val-out", help="also split off the last --val-fraction of the tokens into this file")
     p.add_argument("--val-fraction", type=float, default=0.05)

@@ -135,6 +135,14 @@ class Encoding:
         defaults to "fastbpe-" and the start of the tokenizer's fingerprint."""
         if not isinstance(tokenizer, Tokenizer):
             raise TypeError(f"tokenizer must be a fastbpe.Tokenizer, not {type(tokenizer).__name__}")
+        if tokenizer._hf is not None:
+            # tiktoken's interface is one regex and special tokens; a normalizer, several steps
+            # or added tokens with flags have no place in it (encode_with_unstable would be wrong).
+            raise ValueError(
+                "this tokenizer was read from a Hugging Face tokenizer.json whose normalizer, pre-tokenizer or "
+                "added tokens go beyond one regex and special tokens: tiktoken's interface cannot describe it; "
+                "use the Tokenizer itself"
+            )
         if name is None:
             name = f"fastbpe-{tokenizer.fingerprint()[:16]}"
         elif not isinstance(name, str):

@@ -24,6 +24,9 @@ UnknownTokenError = _core.UnknownTokenError
 
 FORMAT = "fastbpe.tokenizer"
 VERSION = 1
+# Files and pickles that hold a Hugging Face pipeline, a post-processor or ignore_merges (fields
+# an older fastbpe would ignore, giving other ids): written only then, so others stay readable.
+VERSION_HF = 2
 
 # Ids are 32-bit: they must be below this.
 ID_LIMIT = 1 << 32
@@ -339,6 +342,14 @@ class Tokenizer:
         # "merges": the pairs are the merges (CS336, GPT-2 files); "ranks": tiktoken's rule,
         # any two parts whose concatenation is a token merge, by that token's rank.
         self._rule = rule
+        # Read from Hugging Face files (`from_huggingface`), kept by save/load and pickling:
+        # its `ignore_merges` (a piece that is a token is that token, merges or not), the ids
+        # its post-processor puts before and after a text (`add_special_tokens=True`), and the
+        # spec of the `fastbpe.pretokenize.Pipeline` that replaces `pattern` where fastbpe's
+        # own pre-tokenization cannot give its pieces (None otherwise).
+        self._ignore_merges = False
+        self._post: tuple[list[int], list[int]] = ([], [])
+        self._hf: dict | None = None
         self._fingerprint: str | None = None
         self._check_ordinary_tokens()
 
@@ -387,9 +398,34 @@ class Tokenizer:
         holder = self.vocab
         specials = sorted(self.special_token_ids.items(), key=lambda si: holder[si[1]] != si[0].encode("utf-8"))
         vocab = [(i, t) for i, t in self.vocab.items() if i not in self._special_only]
+        if self._hf is not None:
+            # The pipeline finds added tokens itself; the core only decodes the non-special ones.
+            known = {s for s, _ in specials}
+            specials += [(t["content"], t["id"]) for t in self._hf["added_tokens"] if t["content"] not in known]
         if self._rule == "ranks":
             return _core.CoreEncoder.from_ranks([(t, i) for i, t in vocab], specials, name)
-        return _core.CoreEncoder.from_merges(vocab, self.merges, specials, name)
+        return _core.CoreEncoder.from_merges(vocab, self.merges, specials, name, self._ignore_merges)
+
+    @cached_property
+    def _pipeline(self):
+        """The Hugging Face pipeline (`fastbpe.pretokenize.Pipeline`), or None."""
+        if self._hf is None:
+            return None
+        from fastbpe.pretokenize import Pipeline
+
+        return Pipeline.from_spec(self._hf, "the tokenizer's Hugging Face pipeline")
+
+    def _encode_hf(self, text: str, allowed: frozenset[str]) -> list[int]:
+        """Ids of `text` through the Hugging Face pipeline, the special tokens in `allowed`
+        recognized (non-special added tokens always are, as in `tokenizers`)."""
+        return self._pipeline.encode(text, allowed, self._core.encode_pieces)
+
+    def _add_special(self, ids: list[int]) -> list[int]:
+        """`ids` with the post-processor's ids around them."""
+        prefix, suffix = self._post
+        if not prefix and not suffix:
+            return ids
+        return [*prefix, *ids, *suffix]
 
     @cached_property
     def _custom(self):
@@ -447,6 +483,7 @@ class Tokenizer:
         # Not keyword-only: CPython fills those from a dict, ~20 ns a call on this hot path.
         allowed_special: Literal["all"] | AbstractSet[str] = ALL,
         disallowed_special: Literal["all"] | Collection[str] = ALL,
+        add_special_tokens: bool = False,
     ) -> list[int]:
         """Token ids of `text`; special tokens in it become their ids (longest match first).
 
@@ -456,19 +493,31 @@ class Tokenizer:
         `disallowed_special` raises ValueError ("all": every special token not allowed). For
         text from users, `encode(text, allowed_special=set())` refuses special-token text and
         `encode(text, allowed_special=set(), disallowed_special=())` encodes it as plain text
-        (as `encode_ordinary` does)."""
+        (as `encode_ordinary` does).
+
+        `add_special_tokens=True` adds what the post-processor of a tokenizer read with
+        `from_huggingface` puts around a text (Llama-3's `<|begin_of_text|>`, RoBERTa's `<s>` and
+        `</s>`); fastbpe's default is False, Hugging Face's is True."""
         if not isinstance(text, str):
             raise TypeError(f"encode() takes a str, not {type(text).__name__}")
-        if allowed_special is disallowed_special is ALL:
+        if allowed_special is disallowed_special is ALL and not add_special_tokens and self._hf is None:
             if self._custom is not None:
                 return self._encode_custom(text, True)
             return self._core.encode(text)
-        return self._encode_allowed(text, self._allowed_in([text], allowed_special, disallowed_special))
+        if self._hf is not None:
+            ids = self._encode_hf(text, self._allowed_in([text], allowed_special, disallowed_special))
+        elif allowed_special is disallowed_special is ALL:
+            ids = self._encode_custom(text, True) if self._custom is not None else self._core.encode(text)
+        else:
+            ids = self._encode_allowed(text, self._allowed_in([text], allowed_special, disallowed_special))
+        return self._add_special(ids) if add_special_tokens else ids
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Token ids of `text`, special tokens treated as plain text."""
         if not isinstance(text, str):
             raise TypeError(f"encode_ordinary() takes a str, not {type(text).__name__}")
+        if self._hf is not None:
+            return self._encode_hf(text, frozenset())
         if self._custom is not None:
             return self._encode_custom(text, False)
         return self._core.encode_ordinary(text)
@@ -536,10 +585,12 @@ class Tokenizer:
         *,
         allowed_special: Literal["all"] | AbstractSet[str] = ALL,
         disallowed_special: Literal["all"] | Collection[str] = ALL,
+        add_special_tokens: bool = False,
     ) -> list[list[int]]:
         """`encode` of each text, in parallel on `num_threads` threads (default: all cores);
-        `allowed_special` and `disallowed_special` as in `encode` (a disallowed special token
-        raises ValueError naming the text).
+        `allowed_special`, `disallowed_special` and `add_special_tokens` as in `encode` (a
+        disallowed special token raises ValueError naming the text). Tokenizers read with a
+        Hugging Face pipeline encode the texts one after the other.
 
         The calling thread turns finished results into lists while the others go on encoding.
         Like `encode`'s, the lists are left out of the cyclic garbage collector: they hold only
@@ -549,6 +600,12 @@ class Tokenizer:
         for t in texts:
             if not isinstance(t, str):
                 raise TypeError(f"encode_batch() takes str texts, not {type(t).__name__}")
+        if add_special_tokens:
+            rows = self.encode_batch(texts, num_threads, allowed_special=allowed_special, disallowed_special=disallowed_special)
+            return [self._add_special(row) for row in rows]
+        if self._hf is not None:
+            allowed = self._allowed_in(texts, allowed_special, disallowed_special, name_each=True)
+            return [self._encode_hf(t, allowed) for t in texts]
         if not (allowed_special is disallowed_special is ALL):
             allowed = self._allowed_in(texts, allowed_special, disallowed_special, name_each=True)
             if not allowed:
@@ -569,6 +626,8 @@ class Tokenizer:
         for t in texts:
             if not isinstance(t, str):
                 raise TypeError(f"encode_ordinary_batch() takes str texts, not {type(t).__name__}")
+        if self._hf is not None:
+            return [self._encode_hf(t, frozenset()) for t in texts]
         if self._custom is not None:
             return self._encode_custom_batch(texts, False, num_threads)
         return self._core.encode_batch(texts, _threads(num_threads), False)
@@ -585,12 +644,15 @@ class Tokenizer:
         *,
         allowed_special: Literal["all"] | AbstractSet[str] = ALL,
         disallowed_special: Literal["all"] | Collection[str] = ALL,
+        add_special_tokens: bool = False,
     ) -> np.ndarray:
         """`encode(text)` as a numpy array (uint16 when every id fits, else uint32);
-        `allowed_special` and `disallowed_special` as in `encode`."""
+        `allowed_special`, `disallowed_special` and `add_special_tokens` as in `encode`."""
         if not isinstance(text, str):
             raise TypeError(f"encode_to_numpy() takes a str, not {type(text).__name__}")
         dtype = self.dtype
+        if add_special_tokens or self._hf is not None:
+            return np.asarray(self.encode(text, allowed_special, disallowed_special, add_special_tokens), dtype=dtype)
         with_specials = True
         if not (allowed_special is disallowed_special is ALL):
             allowed = self._allowed_in([text], allowed_special, disallowed_special)
@@ -638,6 +700,9 @@ class Tokenizer:
         if not (allowed_special is disallowed_special is ALL):
             yield from self._encode_iterable_special(iterable, allowed_special, disallowed_special)
             return
+        if self._hf is not None:
+            yield from self._encode_iterable_hf(iterable)
+            return
         if self._custom is not None:
             yield from self._encode_iterable_custom(iterable)
             return
@@ -661,6 +726,18 @@ class Tokenizer:
             rest = text[n:]
             pending, size, threshold = [rest], len(rest), max(1 << 16, 2 * len(rest))
         yield from self.encode("".join(pending))
+
+    def _encode_iterable_hf(self, iterable: Iterable[str]) -> Iterator[int]:
+        """`encode_iterable` through the Hugging Face pipeline: text is held until a place where
+        the ids of the rest do not depend on the text before (`Pipeline.safe_cut`: right after an
+        added token such as a document's end), so memory follows the longest text between such
+        tokens."""
+        stream = _HFStream(self)
+        for s in iterable:
+            if not isinstance(s, str):
+                raise TypeError(f"encode_iterable() takes str items, not {type(s).__name__}")
+            yield from stream.feed(s)
+        yield from stream.finish()
 
     def _encode_iterable_custom(self, iterable: Iterable[str]) -> Iterator[int]:
         """`encode_iterable` for a custom regex: the pieces come from `CustomStream`."""
@@ -774,7 +851,9 @@ class Tokenizer:
         }
         bar = _progress.Bar(f"encoding {os.path.basename(path)}", os.path.getsize(path), "MB", 1e6) if _progress.wanted(progress) else None
         with token_files.TokenWriter(out_path, dtype, meta) as writer:
-            if self._custom is None:
+            if self._hf is not None:
+                n = self._encode_file_hf(path, writer, bar)
+            elif self._custom is None:
                 try:
                     n = self._core.encode_file(path, writer.tmp, dtype.itemsize, _threads(num_threads), bar)
                 except OSError as e:
@@ -824,6 +903,14 @@ class Tokenizer:
         write(stream.finish())
         return writer.num_tokens
 
+    def _encode_file_hf(self, path: str, writer: token_files.TokenWriter, bar) -> int:
+        """Through the Hugging Face pipeline: the file read in blocks, cut as `encode_iterable`."""
+        stream = _HFStream(self)
+        for text in _stream.read_text(path, 1 << 20, bar):
+            writer.write(np.asarray(stream.feed(text), dtype=writer.dtype))
+        writer.write(np.asarray(stream.finish(), dtype=writer.dtype))
+        return writer.num_tokens
+
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes of the tokens, concatenated. Ids are ints (numpy integers too); an id not in
         the vocabulary raises UnknownTokenError naming it, a non-integer TypeError."""
@@ -831,6 +918,36 @@ class Tokenizer:
             ids = ids.tolist()
         elif not isinstance(ids, (list, tuple)):
             ids = list(ids)
+        if self._hf is not None and self._decoded_as:
+            return self._decode_bytes_as_hf(ids)
+        try:
+            return self._core.decode_bytes(ids)
+        except (OverflowError, TypeError, UnknownTokenError):
+            bad = self._bad_id(ids)
+            if bad is None:
+                raise
+            raise bad from None
+
+    @cached_property
+    def _decoded_as(self) -> dict[int, bytes]:
+        """Ids that Hugging Face decodes otherwise than as their bytes (`Pipeline.decoded_as`)."""
+        return self._pipeline.decoded_as() if self._pipeline is not None else {}
+
+    def _decode_bytes_as_hf(self, ids: list) -> bytes:
+        """`decode_bytes` with the ids of `_decoded_as` decoded as Hugging Face does."""
+        table = self._decoded_as
+        out, run = [], []
+        for i in ids:
+            if isinstance(i, int) and i in table:
+                out.append(self._decode_run(run))
+                out.append(table[i])
+                run = []
+            else:
+                run.append(i)
+        out.append(self._decode_run(run))
+        return b"".join(out)
+
+    def _decode_run(self, ids: list) -> bytes:
         try:
             return self._core.decode_bytes(ids)
         except (OverflowError, TypeError, UnknownTokenError):
@@ -873,7 +990,11 @@ class Tokenizer:
             import hashlib
 
             h = hashlib.sha256()
-            h.update(json.dumps([self._rule, self.pattern, sorted(self.special_token_ids.items())]).encode())
+            head = [self._rule, self.pattern, sorted(self.special_token_ids.items())]
+            hf = self._hf_fields()
+            if hf:
+                head.append(hf)  # absent for fastbpe's own tokenizers: their fingerprints stay
+            h.update(json.dumps(head, sort_keys=True).encode())
             for i, t in sorted(self.vocab.items()):
                 h.update(b"%d:%d:" % (i, len(t)) + t)
             if self._rule == "merges":
@@ -896,6 +1017,7 @@ class Tokenizer:
             and self.merges == other.merges
             and self.special_token_ids == other.special_token_ids
             and self.pattern == other.pattern
+            and self._hf_fields() == other._hf_fields()
         )
 
     # ---- pickling ------------------------------------------------------------------------------
@@ -903,14 +1025,16 @@ class Tokenizer:
     def __getstate__(self) -> dict:
         """What decides the ids. The Rust encoder and the other caches are left out (they cannot be
         pickled, and are rebuilt on first use); so are merges derived from tiktoken ranks."""
+        hf = self._hf_fields()
         return {
             "format": FORMAT,
-            "version": VERSION,
+            "version": VERSION_HF if hf else VERSION,
             "vocab": self.vocab,
             "merges": self._merges if self._rule == "merges" else None,
             "special_tokens": self.special_token_ids,
             "pattern": self.pattern,
             "rule": self._rule,
+            **hf,
         }
 
     def __setstate__(self, state) -> None:
@@ -919,10 +1043,10 @@ class Tokenizer:
         where = "pickled Tokenizer"
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(f"{where}: not the state of a fastbpe Tokenizer (no format {FORMAT!r})")
-        if state.get("version") != VERSION:
+        if state.get("version") not in (VERSION, VERSION_HF):
             raise ValueError(
-                f"{where}: state version {state.get('version')!r}; this fastbpe reads version {VERSION}: "
-                "pickle it with this version of fastbpe"
+                f"{where}: state version {state.get('version')!r}; this fastbpe reads versions {VERSION} and "
+                f"{VERSION_HF}: pickle it with this version of fastbpe"
             )
         rule = state.get("rule")
         if rule not in ("merges", "ranks"):
@@ -936,11 +1060,12 @@ class Tokenizer:
         except (TypeError, ValueError) as e:
             raise type(e)(f"{where}: {e}") from None
         specials = _special_tokens_field(where, state.get("special_tokens"), vocab)
-        special_only = set(specials.values()) if rule == "ranks" else _special_only(vocab, merges, specials, set())
+        special_only = _special_only_of(rule, vocab, merges, specials, state.get("huggingface"), where)
         try:
             self._setup(vocab, merges, specials, pattern, rule, special_only)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
+        self._set_hf_fields(state, where)
 
     # ---- other formats -----------------------------------------------------------------------
 
@@ -1043,23 +1168,38 @@ class Tokenizer:
     @classmethod
     def from_huggingface(cls, source) -> Tokenizer:
         """A Hugging Face byte-level BPE tokenizer: a path to a `tokenizer.json` (or to the folder
-        holding it), its JSON text, or a `tokenizers.Tokenizer`.
+        holding it), its JSON text, or a `tokenizers.Tokenizer`. The ids and the decoded text are
+        those of `tokenizers.Tokenizer.encode(text, add_special_tokens=...)` and its `decode`
+        (with `skip_special_tokens=False`).
 
-        Read: a BPE model (vocab, merges as "a b" or [a, b]; `ignore_merges`, which means
-        tiktoken's rule, when the merges are the ones that rule derives from the ids); the
-        pre-tokenizer ByteLevel (with its regex: the "gpt2" pattern; without: None) or a Sequence
-        of Split(Regex, "Isolated") and ByteLevel without its regex; the ByteLevel decoder; every
-        added token, special or not, as a special token with its id. Anything else (a normalizer,
-        a template post-processor, another pre-tokenizer or model, lstrip/rstrip) raises
-        ValueError naming it.
+        Read: a BPE model (vocab, merges as "a b" or [a, b], `ignore_merges`); the normalizers
+        NFC, NFD, NFKC, NFKD, Lowercase, Prepend, Replace and Sequence; the pre-tokenizers Split
+        (every behavior, invert, a Regex or a String), Digits, Whitespace, WhitespaceSplit,
+        Punctuation, Sequence, and ByteLevel (with or without its regex, `add_prefix_space`: a
+        space before each piece that does not start with one), which must end them; added tokens
+        with `lstrip`, `rstrip`, `single_word` and `normalized` as `tokenizers` applies them; the
+        post-processors TemplateProcessing (the single template), RobertaProcessing,
+        BertProcessing, ByteLevel and Sequence, whose ids `encode(..., add_special_tokens=True)`
+        adds; the ByteLevel decoder. Special added tokens are fastbpe's special tokens
+        (`allowed_special` applies to them); other added tokens are recognized always, by
+        `encode_ordinary` too, as `tokenizers` does. Anything else (Metaspace, BertNormalizer,
+        truncation, another model or decoder, ...) raises ValueError naming it.
+
+        A file that is ByteLevel alone, or one regex Split (isolated) and ByteLevel without its
+        regex, with no normalizer and plain special tokens, keeps fastbpe's own pre-tokenization
+        (the named patterns in Rust). Any other is pre-tokenized by `fastbpe.pretokenize.Pipeline`
+        in Python, then encoded in Rust: slower, and `encode_batch` encodes one text after the
+        other; `encode_iterable` and `encode_file` hold text until an added token that cuts it
+        (a special token such as `<|endoftext|>`), so memory follows the text between them.
 
         A Split regex that fastbpe wrote, or that is a named pattern's text, gives back that
         pattern (the named ones run in Rust). Any other regex runs through Python's `regex`
         module, and is refused where it holds a construct that module reads otherwise than
-        Oniguruma, Hugging Face's engine ({n,m}+, ^ and $, \\z, \\h, (?m), ...). Both engines take
-        character classes such as \\p{L}, \\w and \\s from their own Unicode tables: on characters
-        that only recent Unicode versions assign (the `regex` module's tables are newer) fastbpe
-        follows `regex`, as it does for its own patterns; on all other text the ids are HF's."""
+        Oniguruma, Hugging Face's engine ({n,m}+, ^ and $ outside a class, \\z, \\h, (?m),
+        ...). Both engines take character classes such as \\p{L}, \\w and \\s from their own
+        Unicode tables, and the normalizers come from Python's `unicodedata`: on characters that
+        only recent Unicode versions assign the two can differ; on all other text the ids are
+        HF's."""
         from fastbpe.formats import huggingface
 
         return huggingface.read(cls, source)
@@ -1067,7 +1207,7 @@ class Tokenizer:
     # ---- files -------------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "format": FORMAT,
             "version": VERSION,
             "pattern": self.pattern,
@@ -1077,6 +1217,48 @@ class Tokenizer:
             "merges": [[token_to_str(a), token_to_str(b)] for a, b in self.merges],
             "rule": self._rule,
         }
+        hf = self._hf_fields()
+        if hf:
+            out["version"] = VERSION_HF
+            out.update(hf)
+        return out
+
+    def _hf_fields(self) -> dict:
+        """What a tokenizer read from Hugging Face keeps beyond fastbpe's own fields (none for
+        other tokenizers): `ignore_merges`, `post_processor` (the ids before and after a text),
+        `huggingface` (the pipeline's spec)."""
+        out: dict = {}
+        if self._ignore_merges:
+            out["ignore_merges"] = True
+        if self._post[0] or self._post[1]:
+            out["post_processor"] = {"prefix": list(self._post[0]), "suffix": list(self._post[1])}
+        if self._hf is not None:
+            out["huggingface"] = self._hf
+        return out
+
+    def _set_hf_fields(self, data: dict, where: str) -> None:
+        """Set what `_hf_fields` wrote (absent fields: a tokenizer of fastbpe's own)."""
+        ignore = data.get("ignore_merges", False)
+        if not isinstance(ignore, bool) or (ignore and self._rule != "merges"):
+            raise ValueError(f"{where}: the field 'ignore_merges' is {ignore!r}; expected true or false, and only with rule 'merges'")
+        self._ignore_merges = ignore
+        post = data.get("post_processor")
+        if post is not None:
+            ok = isinstance(post, dict) and all(
+                isinstance(post.get(k), list) and all(type(i) is int and i in self.vocab for i in post[k])
+                for k in ("prefix", "suffix")
+            )
+            if not ok:
+                raise ValueError(f"{where}: the field 'post_processor' must be {{\"prefix\": [ids], \"suffix\": [ids]}} of ids in the vocabulary")
+            self._post = (list(post["prefix"]), list(post["suffix"]))
+        hf = data.get("huggingface")
+        if hf is not None:
+            if self.pattern is not None:
+                raise ValueError(f"{where}: the field 'huggingface' needs the pattern null")
+            from fastbpe.pretokenize import Pipeline
+
+            Pipeline.from_spec(hf, f"{where}: the field 'huggingface'")
+            self._hf = hf
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer as JSON (atomically: a complete file or none)."""
@@ -1084,16 +1266,24 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Read a file written by `save`. A malformed file raises ValueError naming the file and
-        the field."""
+        """Read a file written by `save`, or a Hugging Face `tokenizer.json` (told apart by its
+        content: a "model" and no "format"; read as `from_huggingface` reads it). A malformed
+        file raises ValueError naming the file and the field."""
+        from fastbpe.formats import huggingface
+
         path = os.fspath(path)
-        data = _read_json(path, "a fastbpe tokenizer file")
+        data = _read_json(path, "a fastbpe tokenizer file or a Hugging Face tokenizer.json")
+        if huggingface.is_tokenizer_json(data):
+            return huggingface.read_data(cls, data, path)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a fastbpe tokenizer file (no \"format\": \"{FORMAT}\")")
-        if data.get("version") != VERSION:
             raise ValueError(
-                f"{path} has format version {data.get('version')!r}; this fastbpe reads version {VERSION}: "
-                "upgrade fastbpe"
+                f"{path} is not a fastbpe tokenizer file (no \"format\": \"{FORMAT}\") nor a Hugging Face "
+                "tokenizer.json (no \"model\")"
+            )
+        if data.get("version") not in (VERSION, VERSION_HF):
+            raise ValueError(
+                f"{path} has format version {data.get('version')!r}; this fastbpe reads versions {VERSION} and "
+                f"{VERSION_HF}: upgrade fastbpe"
             )
         for key in ("pattern", "special_tokens", "vocab", "merges"):
             if key not in data:
@@ -1108,7 +1298,7 @@ class Tokenizer:
         vocab = _vocab_field(path, data["vocab"])
         merges = _merges_field(path, data["merges"])
         specials = _special_tokens_field(path, data["special_tokens"], vocab)
-        special_only = set(specials.values()) if rule == "ranks" else _special_only(vocab, merges, specials, set())
+        special_only = _special_only_of(rule, vocab, merges, specials, data.get("huggingface"), path)
         tok = cls.__new__(cls)
         try:
             tok._setup(vocab, merges, specials, pattern, rule, special_only)
@@ -1116,6 +1306,7 @@ class Tokenizer:
             raise ValueError(f"{path}: the field 'merges' does not fit the field 'vocab': {e}") from None
         except ValueError as e:
             raise ValueError(f"{path}: the field 'vocab': {e}") from None
+        tok._set_hf_fields(data, path)
         return tok
 
 
@@ -1143,6 +1334,38 @@ class _SpecialSubset(Tokenizer):
 
     def fingerprint(self) -> str:
         return self._full.fingerprint()
+
+
+class _HFStream:
+    """Text that arrives in parts, through a tokenizer's Hugging Face pipeline: the ids of the
+    whole text, held back until `Pipeline.safe_cut` finds a place where cutting changes none."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+        self.allowed = tok._special_frozenset
+        self.parts: list[str] = []
+        self.size = 0
+        self.threshold = 1 << 16
+
+    def feed(self, s: str) -> list[int]:
+        self.parts.append(s)
+        self.size += len(s)
+        if self.size < self.threshold:
+            return []
+        text = "".join(self.parts)
+        n = self.tok._pipeline.safe_cut(text, self.allowed)
+        if n == 0:
+            # No safe place yet: keep reading, in larger steps so joining stays linear.
+            self.parts, self.threshold = [text], self.threshold * 2
+            return []
+        rest = text[n:]
+        self.parts, self.size, self.threshold = [rest], len(rest), max(1 << 16, 2 * len(rest))
+        return self.tok._encode_hf(text[:n], self.allowed)
+
+    def finish(self) -> list[int]:
+        text = "".join(self.parts)
+        self.parts, self.size = [], 0
+        return self.tok._encode_hf(text, self.allowed)
 
 
 # Errors that only writing can cause. The Rust encoder reports every I/O error against the file it
@@ -1340,6 +1563,24 @@ def _special_tokens_field(path: str, raw, vocab: dict[int, bytes]) -> dict[str, 
                 f"but the field 'vocab' has {vocab.get(i)!r} there"
             )
     return dict(raw)
+
+
+def _special_only_of(rule: str, vocab, merges, specials: dict[str, int], hf, where: str) -> set[int]:
+    """The special-only ids of a saved tokenizer: every special token under tiktoken's rule;
+    under merges, as `_special_only` finds them, the non-special added tokens of a Hugging Face
+    pipeline included, with the ids that the file's model vocab did not have (`added_ids`)."""
+    if rule == "ranks":
+        return set(specials.values())
+    if hf is None:
+        return _special_only(vocab, merges, specials, set())
+    if not isinstance(hf, dict) or not isinstance(hf.get("added_tokens"), list) or not isinstance(hf.get("added_ids", []), list):
+        raise ValueError(f"{where}: the field 'huggingface' must be an object with 'added_tokens' and 'added_ids'")
+    every = dict(specials)
+    for t in hf["added_tokens"]:
+        if isinstance(t, dict) and isinstance(t.get("content"), str) and t.get("id") in vocab:
+            every.setdefault(t["content"], t["id"])
+    added = {i for i in hf.get("added_ids", []) if i in vocab}
+    return _special_only(vocab, merges, every, added)
 
 
 def _threads(num_threads: int | None) -> int:

@@ -85,7 +85,7 @@ def model_vocab(tok) -> dict[str, int]:
     """The BPE model's vocab: ordinary tokens in GPT-2's byte alphabet, special tokens as their
     text. ValueError where one string would need two ids."""
     vocab = {token_to_str(t): i for i, t in sorted(tok.vocab.items()) if i not in tok._special_only}
-    for s, i in tok.special_token_ids.items():
+    for s, i in _added(tok).items():
         if vocab.setdefault(s, i) != i:
             raise ValueError(
                 f"special token {s!r} (id {i}) is written {s!r} in a tokenizer.json, as the ordinary token "
@@ -110,22 +110,70 @@ def check_special_tokens_decode(tok) -> None:
             )
 
 
+def _added(tok) -> dict[str, int]:
+    """Every added token, content -> id: the special tokens and a pipeline's other added tokens."""
+    out = dict(tok.special_token_ids)
+    for t in (tok._hf or {}).get("added_tokens", []):
+        out.setdefault(t["content"], t["id"])
+    return out
+
+
+def _added_tokens_json(tok) -> list[dict]:
+    """`added_tokens`: a pipeline's own entries (flags kept), else the special tokens."""
+    if tok._hf is not None:
+        return [dict(t) for t in tok._hf["added_tokens"]]
+    return [{"id": i, **_added_token(s)} for s, i in tok.special_token_ids.items()]
+
+
+def _post_processor_json(tok) -> dict | None:
+    """The ids around a text (`add_special_tokens`) as TemplateProcessing's single template."""
+    prefix, suffix = tok._post
+    if not prefix and not suffix:
+        return None
+    names = {i: s for s, i in reversed(list(_added(tok).items()))}
+
+    def name(i: int) -> str:
+        return names.get(i) or token_to_str(tok.vocab[i])
+
+    items = [{"SpecialToken": {"id": name(i), "type_id": 0}} for i in prefix]
+    items.append({"Sequence": {"id": "A", "type_id": 0}})
+    items += [{"SpecialToken": {"id": name(i), "type_id": 0}} for i in suffix]
+    pair = items + [{"Sequence": {"id": "B", "type_id": 1}}]
+    special = {name(i): {"id": name(i), "ids": [i], "tokens": [name(i)]} for i in [*prefix, *suffix]}
+    return {"type": "TemplateProcessing", "single": items, "pair": pair, "special_tokens": special}
+
+
 def _added_token(s: str) -> dict:
     """A special token as `tokenizers` declares it: matched as written, nothing stripped."""
     return {"content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
 
 
+def check_distinct_ids(tok) -> None:
+    """ValueError where two special tokens share an id (tiktoken's o200k_harmony does): a
+    tokenizer.json keeps one added token per id, so `tokenizers` would recognize only one of them
+    and read the other as plain text."""
+    first: dict[int, str] = {}
+    for s, i in _added(tok).items():
+        if first.setdefault(i, s) != s:
+            raise ValueError(
+                f"special tokens {first[i]!r} and {s!r} share the id {i}: a Hugging Face tokenizer.json keeps one "
+                f"added token per id, so tokenizers would read {first[i]!r} or {s!r} as plain text; give each its "
+                "own id (or leave one out) before writing it for Hugging Face"
+            )
+
+
 def to_json(tok) -> dict:
     """The `tokenizer.json` of a fastbpe Tokenizer, as a dict."""
     check_special_tokens_decode(tok)
+    check_distinct_ids(tok)
     return {
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": [{"id": i, **_added_token(s)} for s, i in tok.special_token_ids.items()],
-        "normalizer": None,
-        "pre_tokenizer": pre_tokenizer(tok.pattern),
-        "post_processor": None,
+        "added_tokens": _added_tokens_json(tok),
+        "normalizer": tok._hf["normalizer"] if tok._hf is not None else None,
+        "pre_tokenizer": tok._hf["pre_tokenizer"] if tok._hf is not None else pre_tokenizer(tok.pattern),
+        "post_processor": _post_processor_json(tok),
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
         "model": {
             "type": "BPE",
@@ -135,7 +183,7 @@ def to_json(tok) -> dict:
             "end_of_word_suffix": None,
             "fuse_unk": False,
             "byte_fallback": False,
-            "ignore_merges": tok._rule == "ranks",
+            "ignore_merges": tok._rule == "ranks" or tok._ignore_merges,
             "vocab": model_vocab(tok),
             "merges": [[token_to_str(a), token_to_str(b)] for a, b in tok.merges],
         },
@@ -190,31 +238,38 @@ def read(cls, source):
     """A `cls` (fastbpe Tokenizer) from a Hugging Face byte-level BPE tokenizer: a path to a
     `tokenizer.json` or to a folder holding one, the JSON text, or a `tokenizers.Tokenizer`.
     See `Tokenizer.from_huggingface`."""
+    data, where = _load(source)
+    return read_data(cls, data, where)
+
+
+def is_tokenizer_json(data) -> bool:
+    """Whether a JSON value looks like a Hugging Face tokenizer.json (a model, no fastbpe format)."""
+    return isinstance(data, dict) and "format" not in data and isinstance(data.get("model"), dict)
+
+
+def read_data(cls, data, where: str):
+    """`read` from the JSON value of a tokenizer.json; `where` names it in errors."""
     from fastbpe.tokenizer import _MergeError, _merges_from_ranks, _special_only
 
-    data, where = _load(source)
     if not isinstance(data, dict):
         raise ValueError(f"{where} is not a tokenizer.json: expected a JSON object")
     _check_components(data, where)
     model = data.get("model")
-    specials = _added_tokens(data.get("added_tokens"), where)
-    vocab, in_model = _model_vocab(model.get("vocab"), specials, where)
+    added = _added_tokens(data.get("added_tokens"), where)
+    every_added = {t.content: t.id for t in added}
+    specials = {t.content: t.id for t in added if t.special}
+    vocab, in_model = _model_vocab(model.get("vocab"), every_added, where)
     merges = _merges(model.get("merges"), where)
-    pattern = _pattern(data.get("pre_tokenizer"), where)
-    if model.get("ignore_merges"):
+    pattern, pipeline = _pre_tokenization(data, added, where)
+    post = post_processor(data.get("post_processor"), where, vocab)
+    added_ids = {i for i in every_added.values() if i not in in_model}
+    ignore_merges = bool(model.get("ignore_merges"))
+    if ignore_merges and _merges_from_ranks(vocab, set(every_added.values())) == merges:
         # tiktoken's rule: the whole piece if it is a token, else merges by the rank (id) of
-        # their result; the file's merges must be the ones that rule derives from the ids.
-        rule, special_only = "ranks", set(specials.values())
-        derived = _merges_from_ranks(vocab, special_only)
-        if derived != merges:
-            n = next((k for k, (a, b) in enumerate(zip(derived, merges)) if a != b), min(len(derived), len(merges)))
-            raise ValueError(
-                f"{where}: the model sets ignore_merges, but its merges are not those tiktoken's rule derives "
-                f"from the ids (they differ at merge {n}); fastbpe reads ignore_merges only with those"
-            )
+        # their result: the file's merges are the ones that rule derives from the ids.
+        rule, special_only, ignore_merges = "ranks", set(every_added.values()), False
     else:
-        added = {i for i in specials.values() if i not in in_model}
-        rule, special_only = "merges", _special_only(vocab, merges, specials, added)
+        rule, special_only = "merges", _special_only(vocab, merges, every_added, added_ids)
     tok = cls.__new__(cls)
     try:
         tok._setup(vocab, merges, specials, pattern, rule, special_only)
@@ -222,7 +277,113 @@ def read(cls, source):
         raise ValueError(f"{where}: model.merges does not fit model.vocab: {e}") from None
     except ValueError as e:
         raise ValueError(f"{where}: model.vocab: {e}") from None
+    tok._ignore_merges = ignore_merges
+    tok._post = post
+    if pipeline is not None:
+        pipeline["added_ids"] = sorted(added_ids)
+        tok._hf = pipeline
+        tok._pipeline  # built now, so that what it refuses is refused here
     return tok
+
+
+def _pre_tokenization(data: dict, added, where: str) -> tuple[str | None, dict | None]:
+    """(pattern, None) where fastbpe's own pre-tokenization gives Hugging Face's pieces (no
+    normalizer; added tokens that are special, stripped of nothing, all matched in one pass;
+    ByteLevel, or one regex Split isolated then ByteLevel without its regex); otherwise
+    (None, the pipeline's spec for `fastbpe.pretokenize.Pipeline`)."""
+    from fastbpe import pretokenize
+
+    plain = (
+        data.get("normalizer") is None
+        and all(t.special and not (t.lstrip or t.rstrip or t.single_word) for t in added)
+        and len({t.normalized for t in added}) <= 1
+    )
+    if plain:
+        try:
+            pattern = _pattern(data.get("pre_tokenizer"), where)
+        except ValueError:
+            pattern = ""  # the pipeline reads it, or says what it does not support
+        # fastbpe's pieces skip empty matches, where Oniguruma's splits at them: a regex that
+        # matches the empty string goes through the pipeline, which follows Oniguruma.
+        if pattern != "" and (pattern is None or pattern in patterns.BUILTIN or patterns.compile(pattern).search("") is None):
+            return pattern, None
+    spec = {
+        "normalizer": data.get("normalizer"),
+        "pre_tokenizer": data.get("pre_tokenizer"),
+        "added_tokens": [t.to_json() for t in added],
+    }
+    pretokenize.Pipeline.from_spec(spec, where)  # refuses what it cannot follow, naming it
+    return None, spec
+
+
+def post_processor(spec, where: str, vocab: dict[int, bytes]) -> tuple[list[int], list[int]]:
+    """The ids a post-processor puts before and after a single sequence when special tokens are
+    added: TemplateProcessing's single template, RobertaProcessing's and BertProcessing's cls and
+    sep, a Sequence of them; ByteLevel adds none (it changes only offsets)."""
+    if spec is None:
+        return [], []
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind == "ByteLevel":
+        return [], []
+    if kind == "Sequence":
+        prefix, suffix = [], []
+        inner = spec.get("processors")
+        if not isinstance(inner, list):
+            raise ValueError(f"{where}: the Sequence post_processor needs a 'processors' array")
+        for p in inner:
+            before, after = post_processor(p, where, vocab)
+            prefix, suffix = before + prefix, suffix + after
+        return prefix, suffix
+    if kind in ("RobertaProcessing", "BertProcessing"):
+        ids = []
+        for key in ("cls", "sep"):
+            pair = spec.get(key)
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
+                raise ValueError(f"{where}: the {kind} post_processor's {key} is {pair!r}; expected [token, id]")
+            ids.append(_known_id(pair[1], vocab, where, f"the {kind} {key}"))
+        return [ids[0]], [ids[1]]
+    if kind == "TemplateProcessing":
+        return _template(spec, where, vocab)
+    raise pretokenize_unsupported(f"{where}: the post_processor {_describe(spec)} is not supported")
+
+
+def pretokenize_unsupported(message: str) -> ValueError:
+    from fastbpe.pretokenize import Unsupported
+
+    return Unsupported(message)
+
+
+def _known_id(i, vocab: dict[int, bytes], where: str, what: str) -> int:
+    i = _check_id(i, where, what)
+    if i not in vocab:
+        raise ValueError(f"{where}: {what} has the id {i}, which is not in the vocabulary")
+    return i
+
+
+def _template(spec: dict, where: str, vocab: dict[int, bytes]) -> tuple[list[int], list[int]]:
+    """TemplateProcessing's single template: the special tokens' ids around `$A`."""
+    single, tokens = spec.get("single"), spec.get("special_tokens") or {}
+    if not isinstance(single, list) or not isinstance(tokens, dict):
+        raise ValueError(f"{where}: the TemplateProcessing post_processor needs a 'single' array and 'special_tokens'")
+    prefix: list[int] = []
+    suffix: list[int] | None = None
+    for item in single:
+        if isinstance(item, dict) and isinstance(item.get("Sequence"), dict):
+            if item["Sequence"].get("id") != "A" or suffix is not None:
+                raise pretokenize_unsupported(
+                    f"{where}: the TemplateProcessing single template {single!r} is not supported: it must hold $A once"
+                )
+            suffix = []
+            continue
+        name = item.get("SpecialToken", {}).get("id") if isinstance(item, dict) and isinstance(item.get("SpecialToken"), dict) else None
+        entry = tokens.get(name) if isinstance(name, str) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("ids"), list):
+            raise ValueError(f"{where}: the TemplateProcessing template item {item!r} names no special token with ids")
+        ids = [_known_id(i, vocab, where, f"the template's special token {name!r}") for i in entry["ids"]]
+        (prefix if suffix is None else suffix).extend(ids)
+    if suffix is None:
+        raise pretokenize_unsupported(f"{where}: the TemplateProcessing single template {single!r} has no $A")
+    return prefix, suffix
 
 
 def _load(source) -> tuple[object, str]:
@@ -267,14 +428,9 @@ def _check_components(data: dict, where: str) -> None:
             raise ValueError(f"{where}: the model's {key} is {model[key]!r}; byte-level BPE has none")
     if model.get("byte_fallback"):
         raise ValueError(f"{where}: the model sets byte_fallback; fastbpe reads byte-level BPE, which needs none")
-    if data.get("normalizer") is not None:
-        raise ValueError(f"{where}: the normalizer {_describe(data['normalizer'])} is not supported; fastbpe reads files without one")
-    post = data.get("post_processor")
-    if post is not None and not (isinstance(post, dict) and post.get("type") == "ByteLevel"):
-        raise ValueError(
-            f"{where}: the post_processor {_describe(post)} is not supported (it can add ids); fastbpe reads "
-            "files without one, or with ByteLevel's, which changes only offsets"
-        )
+    for key in ("truncation", "padding"):
+        if data.get(key) is not None:
+            raise ValueError(f"{where}: {key} is set ({data[key]!r}); fastbpe does not truncate or pad: set it to null")
     decoder = data.get("decoder")
     if not (isinstance(decoder, dict) and decoder.get("type") == "ByteLevel"):
         raise ValueError(f"{where}: the decoder {_describe(decoder)} is not supported; byte-level BPE decodes with ByteLevel")
@@ -288,27 +444,38 @@ def _check_id(i, where: str, what: str) -> int:
     return i
 
 
-def _added_tokens(raw, where: str) -> dict[str, int]:
-    """The added tokens, content -> id. fastbpe treats them all as special tokens: `tokenizers`
-    cuts every added token out of the text before the model sees it, special or not."""
+def _added_tokens(raw, where: str) -> list:
+    """The added tokens (`fastbpe.pretokenize.AddedToken`), contents and ids distinct, each
+    decoding to its own text."""
+    from fastbpe import pretokenize
+
     if raw is None:
-        return {}
+        return []
     if not isinstance(raw, list):
         raise ValueError(f"{where}: added_tokens must be an array")
-    out: dict[str, int] = {}
+    out = []
+    contents: dict[str, int] = {}
     owner: dict[int, str] = {}
-    for n, t in enumerate(raw):
-        if not isinstance(t, dict) or not isinstance(t.get("content"), str) or not t["content"]:
-            raise ValueError(f"{where}: added_tokens[{n}] needs a non-empty string 'content'")
-        s = t["content"]
-        i = _check_id(t.get("id"), where, f"added token {s!r}")
-        for flag in ("lstrip", "rstrip", "single_word"):
-            if t.get(flag):
-                raise ValueError(f"{where}: added token {s!r} sets {flag}, which fastbpe does not support")
-        if s in out or i in owner:
-            raise ValueError(f"{where}: added tokens {owner.get(i, s)!r} and {s!r} repeat a content or an id")
-        out[s], owner[i] = i, s
+    for n, entry in enumerate(raw):
+        t = pretokenize.added_token_of(entry, where, n)
+        if t.content in contents or t.id in owner:
+            raise ValueError(f"{where}: added tokens {owner.get(t.id, t.content)!r} and {t.content!r} repeat a content or an id")
+        contents[t.content], owner[t.id] = t.id, t.content
+        _check_decodes(t.content, where)
+        out.append(t)
     return out
+
+
+def _check_decodes(s: str, where: str) -> None:
+    """An added token written only with characters of GPT-2's byte alphabet ("é", "Ġx") decodes
+    in `tokenizers` to the bytes those stand for, not to its text: refused."""
+    table = unicode_to_bytes()
+    if all(c in table for c in s) and bytes(table[c] for c in s) != s.encode("utf-8"):
+        raise ValueError(
+            f"{where}: the added token {s!r} decodes in tokenizers to "
+            f"{bytes(table[c] for c in s).decode('utf-8', 'replace')!r} (its ByteLevel decoder reads characters of "
+            "GPT-2's byte alphabet as bytes), not to its text; fastbpe does not read such a token"
+        )
 
 
 def _model_vocab(raw, specials: dict[str, int], where: str) -> tuple[dict[int, bytes], set[int]]:
@@ -421,7 +588,7 @@ def pattern_of_regex(source: str, where: str) -> str:
     for name, text in patterns.NAMED.items():
         if source == text or source == onig.translate(text):
             return name
-    bare = regex.sub(r"\\.|\[\^", "", source)  # escaped characters and the ^ of a negated class
+    bare = _outside_classes(source)
     for construct, what in _DIFFERENT:
         if construct.search(bare if "anchors" in what else source):
             raise ValueError(f"{where}: the Split regex {source[:200]!r} has {what}; fastbpe cannot read it exactly")
@@ -429,6 +596,33 @@ def pattern_of_regex(source: str, where: str) -> str:
         return patterns.canonical(source)
     except ValueError as e:
         raise ValueError(f"{where}: the Split regex is not one Python's regex module reads: {e}") from None
+
+
+def _outside_classes(source: str) -> str:
+    """The regex without escaped characters and character classes (where ^ and $ are literal):
+    what is left of it outside them."""
+    out = []
+    i, depth = 0, 0
+    while i < len(source):
+        c = source[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            depth += 1
+            i += 1
+            # A leading ^ negates; a ] right after the opening (or the ^) is a literal.
+            if source.startswith("^", i):
+                i += 1
+            if source.startswith("]", i):
+                i += 1
+            continue
+        if c == "]" and depth:
+            depth -= 1
+        elif depth == 0:
+            out.append(c)
+        i += 1
+    return "".join(out)
 
 
 _UNQUOTED = {q: c for c, q in _QUOTED.items()}
