@@ -5,6 +5,7 @@
 pub mod count;
 pub mod encode;
 pub mod pretok;
+pub mod ranks;
 pub mod train;
 #[rustfmt::skip]
 #[allow(dead_code)] // generated: not every class is used by every pattern
