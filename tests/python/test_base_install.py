@@ -96,6 +96,17 @@ def test_lm_commands_without_torch_say_how_to_get_it(args, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]  # nothing done before the error
 
 
+def test_lm_without_einops_says_how_to_get_it():
+    """PyTorch installed on its own: the rest of the [lm] extra is named too."""
+    pytest.importorskip("torch")
+    code = WITHOUT_LM.replace('("torch", "einops", "matplotlib")', '("einops",)')
+    done = subprocess.run(
+        [sys.executable, "-c", code + "from fastbpe.cli import main\nmain(['lm', 'generate', '--run', 'nowhere'])"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (2, 'fastbpe: error: fastbpe.lm needs einops: pip install "fastbpe-rs[lm]"\n')
+
+
 def test_one_version_everywhere():
     cargo = (ROOT / "Cargo.toml").read_text()
     version = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
