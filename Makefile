@@ -22,8 +22,10 @@ setup-dev: $(BIN)/python
 demo: setup
 	$(BIN)/fastbpe demo
 
+# cargo's tests build the crate without the python feature: in a target folder of their own, so
+# that they do not replace the extension's build, which pytest's wheel test reuses.
 test: setup-dev
-	cargo test --release
+	cargo test --release --target-dir target/cargo-test
 	$(BIN)/python -m pytest -q
 
 # The wheel, into dist/: abi3 (one for CPython >= 3.10), manylinux for the glibc it was built against.
