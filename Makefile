@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup setup-dev bench clean
+.PHONY: demo test setup setup-dev bench wheel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,18 @@ setup-dev: $(BIN)/python
 demo: setup
 	$(BIN)/fastbpe demo
 
+# cargo's tests build the crate without the python feature: in a target folder of their own, so
+# that they do not replace the extension's build, which pytest's wheel test reuses.
 test: setup-dev
-	cargo test --release
+	cargo test --release --target-dir target/cargo-test
 	$(BIN)/python -m pytest -q
+
+# The wheel, into dist/: abi3 (one for CPython >= 3.10), manylinux for the glibc it was built against.
+wheel: setup-dev
+	$(BIN)/maturin build --release --interpreter $(BIN)/python --out dist
 
 bench: setup-dev
 	$(BIN)/python benches/train_bench.py
 
 clean:
-	rm -rf $(VENV) target runs
+	rm -rf $(VENV) target runs dist

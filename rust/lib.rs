@@ -10,6 +10,7 @@ pub mod regex_split;
 #[rustfmt::skip]
 #[allow(dead_code)] // generated: the version is for the Python binding
 mod regex_classes;
+pub mod ranks;
 pub mod train;
 #[rustfmt::skip]
 #[allow(dead_code)] // generated: not every class is used by every pattern

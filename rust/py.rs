@@ -17,6 +17,7 @@ use crate::encode::{Budget, BuildError, DecodeError, Encoder};
 use crate::pretok::Pattern;
 use crate::regex_encode::{self, Cutting, RegexError};
 use crate::regex_split;
+use crate::ranks;
 use crate::train::{self, TrainError};
 
 create_exception!(
@@ -379,6 +380,24 @@ fn train_merges<'py>(
         .iter()
         .map(|(l, r)| (PyBytes::new(py, l), PyBytes::new(py, r)))
         .collect())
+}
+
+/// The merges tiktoken's rule derives from ranked tokens (`tokens` lowest rank first, no two
+/// the same): the (left, right) of every token BPE builds from two parts, in rank order.
+#[pyfunction]
+#[pyo3(signature = (tokens))]
+fn merges_from_ranks<'py>(
+    py: Python<'py>,
+    tokens: Vec<Vec<u8>>,
+) -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    let merges = py.detach(|| {
+        let tokens: Vec<&[u8]> = tokens.iter().map(|t| &t[..]).collect();
+        ranks::merges_from_ranks(&tokens)
+    });
+    merges
+        .iter()
+        .map(|(l, r)| (PyBytes::new(py, l), PyBytes::new(py, r)))
+        .collect()
 }
 
 /// The pieces of `text` under a built-in pattern (for tests against the `regex` module).
@@ -880,6 +899,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train_merges, m)?)?;
     m.add_function(wrap_pyfunction!(split, m)?)?;
     m.add_function(wrap_pyfunction!(safe_cuts, m)?)?;
+    m.add_function(wrap_pyfunction!(merges_from_ranks, m)?)?;
     m.add(
         "UNICODE_TABLES_REGEX_VERSION",
         crate::unicode_tables::REGEX_VERSION,

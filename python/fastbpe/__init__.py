@@ -7,10 +7,25 @@
 """
 
 from fastbpe import patterns, reference, tiktoken_compat
-from fastbpe._core import __version__
 from fastbpe.simple import ByteTokenizer, CharacterTokenizer, WordTokenizer, compression_ratio
 from fastbpe.tokenizer import Tokenizer, UnknownTokenError
 from fastbpe.training import train, train_bpe
+
+
+def _distribution_version() -> str:
+    """The installed distribution's version (Cargo.toml's, through maturin); the compiled core's
+    own copy of it where no metadata is found (the package on sys.path without being installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("fastbpe-rs")
+    except metadata.PackageNotFoundError:
+        from fastbpe._core import __version__ as core_version
+
+        return core_version
+
+
+__version__ = _distribution_version()
 
 __all__ = [
     "Tokenizer",

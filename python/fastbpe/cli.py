@@ -347,9 +347,9 @@ def load_run(run_dir: str):
 
 def cmd_lm_generate(args) -> None:
     # The arguments are checked before the model is loaded.
+    lm = _lm()
     from fastbpe.lm.sample import check_sampling
 
-    lm = _lm()
     try:
         check_sampling(args.temperature, args.top_p, names=("--temperature", "--top-p"))
     except ValueError as e:
@@ -372,8 +372,7 @@ def cmd_lm_generate(args) -> None:
 
 
 def cmd_napkin(args) -> None:
-    lm = _lm()  # noqa: F841 - a clear error when torch is missing
-    from fastbpe.lm.accounting import napkin_main
+    from fastbpe.napkin import napkin_main  # plain arithmetic: no torch needed
 
     napkin_main(args.rest)
 
@@ -382,6 +381,8 @@ def cmd_demo(args) -> None:
     """The main job: corpus -> tokenizer -> token files -> a trained tiny LM -> samples."""
     from fastbpe import corpus as corpus_mod
 
+    if not args.tokenizer_only:
+        _lm()  # without torch: say so before any work
     path = args.corpus or str(corpus_mod.shakespeare())
     out = args.out
     os.makedirs(out, exist_ok=True)
@@ -410,8 +411,15 @@ def cmd_demo(args) -> None:
                                        top_p=0.95, seed=0, samples=2))
 
 
+def _version() -> str:
+    from fastbpe import __version__
+
+    return __version__
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = _Parser(prog="fastbpe", description="Byte-level BPE tokenizers and the LM path after them.")
+    parser.add_argument("--version", action="version", version=f"fastbpe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train-tokenizer", help="learn a BPE tokenizer from text files")
@@ -479,8 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_lm_generate)
 
-    # napkin's options belong to accounting.napkin_main (which needs torch): they pass through
-    # to it, --help included.
+    # napkin's options belong to fastbpe.napkin.napkin_main: they pass through to it, --help included.
     p = sub.add_parser("napkin", help="the lecture's napkin math: training time and memory (see --help)", add_help=False)
     p.set_defaults(func=cmd_napkin)
 

@@ -180,3 +180,28 @@ def encode(
 
 def decode(ids: Iterable[int], vocab: dict[int, bytes]) -> str:
     return b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def merges_from_ranks(vocab: dict[int, bytes], skip: set[int]) -> list[tuple[bytes, bytes]]:
+    """The merge that builds each token of a rank file (id = rank; ids in `skip` are not ranked)
+    under tiktoken's rule: BPE on the token's bytes with only lower ranks allowed ends in exactly
+    two parts. A token that ends in more parts has no merge."""
+    ranks = {t: i for i, t in vocab.items() if i not in skip}
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) < 2:
+            continue
+        parts = [bytes([b]) for b in token]
+        while len(parts) > 2:
+            best = None
+            for i in range(len(parts) - 1):
+                r = ranks.get(parts[i] + parts[i + 1])
+                if r is not None and r < rank and (best is None or r < best[0]):
+                    best = (r, i)
+            if best is None:
+                break
+            i = best[1]
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) == 2:
+            merges.append((parts[0], parts[1]))
+    return merges

@@ -1592,24 +1592,8 @@ def _threads(num_threads: int | None) -> int:
 
 
 def _merges_from_ranks(vocab: dict[int, bytes], skip: set[int]) -> list[tuple[bytes, bytes]]:
-    """The merge that builds each token under tiktoken's rule: BPE on the token's bytes with only
-    lower ranks allowed ends in exactly two parts."""
-    ranks = {t: i for i, t in vocab.items() if i not in skip}
-    merges = []
-    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if len(token) < 2:
-            continue
-        parts = [bytes([b]) for b in token]
-        while len(parts) > 2:
-            best = None
-            for i in range(len(parts) - 1):
-                r = ranks.get(parts[i] + parts[i + 1])
-                if r is not None and r < rank and (best is None or r < best[0]):
-                    best = (r, i)
-            if best is None:
-                break
-            i = best[1]
-            parts[i : i + 2] = [parts[i] + parts[i + 1]]
-        if len(parts) == 2:
-            merges.append((parts[0], parts[1]))
-    return merges
+    """The merge that builds each token under tiktoken's rule, in rank order: the Rust core's
+    derivation of `fastbpe.reference.merges_from_ranks` (which defines it). Only the ranks' order
+    reaches the core."""
+    ranks = {t: i for i, t in vocab.items() if i not in skip}  # a token given twice: the last id
+    return _core.merges_from_ranks(sorted(ranks, key=ranks.__getitem__))

@@ -264,3 +264,19 @@ def test_napkin_main_errors(capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err
     assert err.strip().splitlines()[-1].startswith("fastbpe napkin: error:")
+
+
+def test_the_torch_free_part_is_reexported():
+    """fastbpe.napkin (no torch) owns the arithmetic; fastbpe.lm.accounting keeps its names."""
+    import types
+
+    from fastbpe import napkin
+
+    moved = [
+        n for n, v in vars(napkin).items()
+        if not n.startswith("_") and not isinstance(v, types.ModuleType)
+        and getattr(v, "__module__", napkin.__name__) == napkin.__name__  # defined there, not imported
+    ]  # fmt: skip
+    assert {"napkin", "napkin_main", "mfu", "PEAK_FLOPS", "transformer_forward_flops", "OPTIMIZER_STATE_BUFFERS"} <= set(moved)
+    for name in moved:
+        assert getattr(acc, name) is getattr(napkin, name), name

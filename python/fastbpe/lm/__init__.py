@@ -6,6 +6,10 @@ try:
     import torch  # noqa: F401
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError('fastbpe.lm needs PyTorch: pip install "fastbpe-rs[lm]"') from e
+try:
+    import einops  # noqa: F401
+except ImportError as e:  # PyTorch installed on its own, without the rest of the extra
+    raise ImportError('fastbpe.lm needs einops: pip install "fastbpe-rs[lm]"') from e
 
 from fastbpe.lm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastbpe.lm.data import BatchLoader, get_batch, open_tokens, sequential_batches
