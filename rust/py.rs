@@ -210,6 +210,18 @@ impl WordCounts {
         Ok(())
     }
 
+    /// Streaming: the length in characters of the longest prefix of `text` whose pieces do
+    /// not depend on the text after it (0 if none), as `CoreEncoder.safe_prefix_chars` for an
+    /// encoder of the same pattern and special tokens; counting the prefix and the rest apart
+    /// gives the counts of the whole.
+    fn safe_prefix_chars(&self, text: &str) -> usize {
+        let s = text.as_bytes();
+        let n = count::last_safe_cut(s, 0, self.pattern, &self.specials)
+            .or_else(|| count::split_cut(s, self.pattern, &self.specials))
+            .unwrap_or(0);
+        text.get(..n).map_or(0, |t| t.chars().count())
+    }
+
     /// Adds counts of pieces produced elsewhere (a custom regex applied in Python).
     fn add_pieces(&mut self, pieces: &Bound<'_, PyDict>) -> PyResult<()> {
         for (k, v) in pieces.iter() {
