@@ -418,10 +418,10 @@ class _DocumentReader:
             col = getattr(e, "colno", None)
             raise self._error(lineno, f"not valid JSON ({msg}{f' at column {col}' if col else ''}); {hint}") from None
         if not isinstance(obj, dict):
-            raise self._error(
-                lineno, f"a JSON {_json_type(obj)}, not an object; each line must be one JSON object, "
-                f"such as {{\"{self.text_field}\": \"...\"}}"
-            )
+            hint = f"each line must be one JSON object, such as {{\"{self.text_field}\": \"...\"}}"
+            if isinstance(obj, list):
+                hint = "a JSON array is not JSON lines: write one object per line (for example with jq -c '.[]')"
+            raise self._error(lineno, f"a JSON {_json_type(obj)}, not an object; {hint}")
         try:
             doc = obj[self.text_field]
         except KeyError:
@@ -533,11 +533,12 @@ def _document_batches(path: str, fmt: Format, text_field: str, batch_chars: int)
         yield Batch(texts, where, reader.position())
 
 
-def safe_chunks(parts: Iterator[str], safe_prefix: Callable[[str], int], size: int = _CHUNK_CHARS) -> Iterator[str]:
+def safe_chunks(parts: Iterator[str], safe_prefix: Callable[[str], int], size: int | None = None) -> Iterator[str]:
     """The text of `parts` again, cut only where `safe_prefix(text)` (the characters of `text`
     whose pieces cannot depend on what follows) allows, in chunks of about `size` characters or
     more: counting or encoding the chunks apart gives what the whole text gives. A chunk grows
     past `size` while no safe place is found (memory follows the longest piece)."""
+    size = size or _CHUNK_CHARS
     pending: list[str] = []
     held = 0
     threshold = size
