@@ -690,7 +690,7 @@ def encode_into(
             stacklevel=3,
         )
     refuse = special_regex(frozenset(disallowed)).search if disallowed else None
-    everything = len(allowed) == len(tokenizer.special_token_ids)
+    core = _core_encoder(tokenizer, allowed)
     batches = _document_batches(path, fmt, check_text_field(text_field), BATCH_CHARS)
     unit = "row" if fmt.kind == PARQUET else "line"
     with contextlib.closing(in_background(batches)) as ready:
@@ -700,26 +700,37 @@ def encode_into(
                     m = refuse(doc)
                     if m is not None:
                         raise disallowed_error(m.group(), f" in '{path}' {unit} {at}", "tok")
-            if everything:
-                lists = tokenizer.encode_batch(batch.texts, num_threads)
+            if core is not None:
+                buf = core.encode_batch_to_buffer(batch.texts, dtype.itemsize, num_threads, eot)
+                writer.write(np.frombuffer(buf, dtype=dtype.newbyteorder("<")))
             else:
+                flat: list[int] = []
                 lists = tokenizer.encode_batch(batch.texts, num_threads, allowed_special=allowed, disallowed_special=())
-            flat: list[int] = []
-            for ids in lists:
-                flat += ids
-                if eot is not None:
-                    flat.append(eot)
-            writer.write(np.array(flat, dtype=dtype))
+                for ids in lists:
+                    flat += ids
+                    if eot is not None:
+                        flat.append(eot)
+                writer.write(np.array(flat, dtype=dtype))
             if progress:
                 progress(batch.bytes_read)
     return writer.num_tokens
+
+
+def _core_encoder(tokenizer, allowed):
+    """The Rust encoder that gives `tokenizer.encode`'s ids when every special token is
+    recognized (`allowed`) and the pattern is split in Rust; None otherwise (the caller goes
+    through the tokenizer's own methods)."""
+    if len(allowed) < len(tokenizer.special_token_ids) or tokenizer._custom is not None:
+        return None
+    return tokenizer._core
 
 
 def _encode_text(tokenizer, path: str, fmt: Format, writer, num_threads: int, allowed, disallowed, progress) -> int:
     """A compressed text file: its text cut at safe places and encoded in parallel batches, or,
     under a special-token policy or a pattern split in Python, through `encode_iterable`."""
     dtype = writer.dtype
-    if disallowed or len(allowed) < len(tokenizer.special_token_ids) or tokenizer._custom is not None:
+    core = _core_encoder(tokenizer, allowed)
+    if core is None or disallowed:
         parts = _text_parts(path, fmt, 1 << 20, progress)
         ids = tokenizer.encode_iterable(parts, allowed_special=allowed, disallowed_special=disallowed)
         while True:
@@ -727,11 +738,11 @@ def _encode_text(tokenizer, path: str, fmt: Format, writer, num_threads: int, al
             if block.size == 0:
                 return writer.num_tokens
             writer.write(block)
-    batches = _text_batches(path, fmt, tokenizer._core.safe_prefix_chars, BATCH_CHARS)
+    batches = _text_batches(path, fmt, core.safe_prefix_chars, BATCH_CHARS)
     with contextlib.closing(in_background(batches)) as ready:
         for batch in ready:
-            lists = tokenizer.encode_batch(batch.texts, num_threads)
-            writer.write(np.array(list(itertools.chain.from_iterable(lists)), dtype=dtype))
+            buf = core.encode_batch_to_buffer(batch.texts, dtype.itemsize, num_threads)
+            writer.write(np.frombuffer(buf, dtype=dtype.newbyteorder("<")))
             if progress:
                 progress(batch.bytes_read)
     return writer.num_tokens

@@ -188,6 +188,14 @@ def test_encode_file_is_each_document_then_eot(tmp_path, tok, how, small_batches
     assert leftovers(tmp_path) == []
 
 
+def test_uint32_token_files(tmp_path, tok, small_batches):
+    for path in (write_jsonl(tmp_path, DOCS, "gz"), write(tmp_path / "t.txt.gz", gzip.compress(text_corpus().encode()))):
+        arr = tok.encode_file(path, tmp_path / "o.bin", dtype=np.uint32, progress=False)
+        assert arr.dtype == np.uint32
+        want = expected(tok, DOCS) if "jsonl" in path else tok.encode(text_corpus())
+        assert arr.tolist() == want
+
+
 @pytest.mark.parametrize("how", [None, "gz", "zst"])
 def test_the_batches_do_not_change_the_ids(tmp_path, tok, how):
     """Default batch sizes: thousands of documents in one batch, and one document per batch."""
