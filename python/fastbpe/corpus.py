@@ -96,25 +96,24 @@ class MissingExtraError(ImportError):
     """A corpus format whose reader is an optional dependency that is not installed."""
 
 
+_TARS = (".tar", ".tgz", ".txz", ".tar.gz", ".tar.xz", ".tar.zst", ".tar.zstd")
+
+
 def _by_name(path: str) -> tuple[str, str | None]:
     """(kind, compression) as the file's name says."""
     name = os.path.basename(path).lower()
+    if name.endswith(_TARS):
+        raise ValueError(f"'{path}' is a tar archive: unpack it and give the files inside it")
     stem, ext = os.path.splitext(name)
     compression = _COMPRESSIONS.get(ext)
     if compression is not None:
         name = stem
-        if name.endswith(".tar") or ext == ".tgz":
-            raise ValueError(f"'{path}' is a tar archive: unpack it and give the files inside it")
-    if name.endswith(".tgz"):
-        raise ValueError(f"'{path}' is a tar archive: unpack it and give the files inside it")
     return _CONTAINERS.get(os.path.splitext(name)[1], TEXT), compression
 
 
 def _by_bytes(path: str) -> tuple[str | None, bytes]:
     """What the first bytes of a regular file say it holds ("gzip", "zstd", "xz", "zip", "bzip2",
-    "parquet" or None), and those bytes. Other files (a pipe, a device) are not read ahead."""
-    if not os.path.isfile(path):
-        return None, b""
+    "parquet" or None), and those bytes."""
     with open(path, "rb") as f:
         head = f.read(16)
         for magic, what in _MAGIC:
@@ -160,9 +159,9 @@ def detect_format(path: str | os.PathLike) -> Format:
             f"'{path}': Parquet files compress their columns themselves; "
             f"give the .parquet file without {_SUFFIX[compression]}"
         )
-    found, head = _by_bytes(path)
     if not os.path.isfile(path):
-        return Format(kind, compression)  # a pipe or a device: as named
+        return Format(kind, compression)  # a pipe or a device: as named, not read ahead
+    found, head = _by_bytes(path)
     if found in ("zip", "bzip2"):
         raise ValueError(
             f"'{path}' is {_holds(found)}, which fastbpe does not read: unpack it "
@@ -205,6 +204,7 @@ def detect_format(path: str | os.PathLike) -> Format:
 
 
 def check_text_field(text_field) -> str:
+    """`text_field` if it can name a JSON field or a Parquet column, else TypeError/ValueError."""
     if not isinstance(text_field, str):
         raise TypeError(f"text_field must be a str (the JSON field or Parquet column of the text), not {type(text_field).__name__}")
     if not text_field:
@@ -633,12 +633,14 @@ def eot_id(tokenizer) -> int | None:
     return full.special_token_ids.get(END_OF_TEXT)
 
 
-def count_into(counts, path: str, fmt: Format, text_field: str, num_threads: int, progress=None) -> None:
+def count_into(counts, cutter, path: str, fmt: Format, text_field: str, num_threads: int, progress=None) -> None:
     """Adds the pieces of a corpus file that is not plain text to `counts` (`_core.WordCounts`
     of a named pattern or None): each document on its own, so that no piece spans two; a text
-    file's text cut at safe places. `progress(bytes of the file read)`."""
+    file's text cut at safe places, found by `cutter.safe_prefix_chars`: another `WordCounts` of
+    the same pattern and special tokens (the reader thread cuts while `counts` counts, and a
+    `WordCounts` that counts cannot be used meanwhile). `progress(bytes of the file read)`."""
     if fmt.kind == TEXT:
-        batches = _text_batches(path, fmt, counts.safe_prefix_chars, BATCH_CHARS)
+        batches = _text_batches(path, fmt, cutter.safe_prefix_chars, BATCH_CHARS)
     else:
         batches = _document_batches(path, fmt, check_text_field(text_field), BATCH_CHARS)
     with contextlib.closing(in_background(batches)) as ready:

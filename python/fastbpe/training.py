@@ -164,7 +164,8 @@ def train(
         bar = _progress.Bar(f"counting {os.path.basename(path)}", os.path.getsize(path), "MB", 1e6) if show else None
         if not fmt.plain_text:
             if builtin:
-                corpus.count_into(counts, path, fmt, text_field, num_threads, bar)
+                cutter = _core.WordCounts(pattern, specials)
+                corpus.count_into(counts, cutter, path, fmt, text_field, num_threads, bar)
             else:
                 _count_custom_corpus(path, fmt, text_field, rx, specials, special_rx, custom_counts, bar)
         elif builtin:

@@ -530,3 +530,69 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, capsys, tok, case):
         assert code == 2 and err.startswith("fastbpe: error: ") and err.count("\n") == 1, err
         assert want in err and os.path.basename(path) in err
         assert sorted(os.listdir(tmp_path)) == before
+
+
+CTRL_C_CHILD = r"""
+import os, sys
+import fastbpe
+mode, path, out = sys.argv[1:]
+tok = fastbpe.train(iter(["some words to learn from"]), 300, progress=False)
+print("started", flush=True)
+try:
+    if mode == "train":
+        fastbpe.train(path, 1000, progress=False)
+    else:
+        tok.encode_file(path, out, progress=False)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(0)
+print("finished", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def big_jsonl(tmp_path_factory):
+    """~64 MB of JSON lines (and gzip-compressed): seconds of work to interrupt."""
+    folder = tmp_path_factory.mktemp("big_jsonl")
+    block = "".join(json.dumps({"text": f"document {i} " + "some words, and more words. " * (i % 40)}) + "\n"
+                    for i in range(4000)).encode()
+    data = block * (64 * 2**20 // len(block))
+    return {"jsonl": write(folder / "big.jsonl", data), "gz": write(folder / "big.jsonl.gz", gzip.compress(data, 1))}
+
+
+@pytest.mark.parametrize("mode", ["train", "encode_file"])
+@pytest.mark.parametrize("how", ["jsonl", "gz"])
+def test_ctrl_c_stops_within_a_second_and_leaves_nothing(tmp_path, big_jsonl, mode, how):
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "o.bin"
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, mode, big_jsonl[how], str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started", proc.stderr.read()[-2000:]
+        time.sleep(0.3)
+        assert proc.poll() is None, "finished before it could be interrupted"
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        line = proc.stdout.readline().strip()
+        waited = time.perf_counter() - sent
+        assert line == "interrupted", f"{line!r} {proc.stderr.read()[-2000:]}"
+        assert waited < 1.0, f"{mode} {how}: took {waited:.2f} s to stop"
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("how", ["gz", "zst"])
+def test_compressed_text_trains_while_it_is_cut(tmp_path, monkeypatch, how):
+    """Many batches: the reader thread cuts the text while the core counts the previous batch."""
+    monkeypatch.setattr(corpus, "BATCH_CHARS", 1 << 16)
+    monkeypatch.setattr(corpus, "_CHUNK_CHARS", 1 << 14)
+    text = "".join(text_corpus().replace("alpha", f"alpha{i}") for i in range(150))
+    plain = write(tmp_path / "c.txt", text.encode("utf-8"))
+    packed = write(tmp_path / f"c.txt.{how}", compress(text.encode("utf-8"), how))
+    assert fastbpe.train(packed, 400, progress=False) == fastbpe.train(plain, 400, progress=False)
