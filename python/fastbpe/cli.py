@@ -183,15 +183,20 @@ def cmd_compare(args) -> None:
     import fastbpe
     from fastbpe.simple import ByteTokenizer, CharacterTokenizer, WordTokenizer, compression_ratio
 
-    _input_file(args.file)
+    from fastbpe import corpus
+
+    _corpus_file(args.file, args.text_field)
     if args.max_bytes < 1:
         _die(f"--max-bytes must be positive, got {args.max_bytes}")
     bpe = _load_tokenizer(args.tokenizer) if args.tokenizer else None
     try:
-        with open(args.file, encoding="utf-8", errors="replace", newline="") as f:
-            text = f.read(args.max_bytes)
-    except OSError as e:
-        _die(f"cannot read {args.file}: {e.strerror or e}")
+        if corpus.detect_format(args.file).plain_text:
+            with open(args.file, encoding="utf-8", errors="replace", newline="") as f:
+                text = f.read(args.max_bytes)
+        else:  # the first documents, one line apart
+            text = corpus.sample_text(args.file, args.text_field, args.max_bytes)
+    except (ValueError, OSError) as e:
+        _die(f"cannot read {args.file}: {_message(e)}")
     # Word vocabulary and BPE are learned on the first 90% and measured on the whole text, so
     # the word tokenizer meets unseen words as it would in use.
     cut = int(len(text) * 0.9)
@@ -448,7 +453,9 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_train_tokenizer)
 
     p = sub.add_parser("compare", help="the lecture's table: character, byte, word and BPE tokenizers on a file")
-    p.add_argument("file", help="a UTF-8 text file")
+    p.add_argument("file", help=CORPUS_HELP)
+    p.add_argument("--text-field", default="text",
+                   help="the JSON field or Parquet column holding each document's text (default text)")
     p.add_argument("--tokenizer", help="a saved BPE tokenizer (default: train one on the file)")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary when training one")
     p.add_argument("--max-bytes", type=int, default=5_000_000, help="read at most this many characters")

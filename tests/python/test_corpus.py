@@ -596,3 +596,15 @@ def test_compressed_text_trains_while_it_is_cut(tmp_path, monkeypatch, how):
     plain = write(tmp_path / "c.txt", text.encode("utf-8"))
     packed = write(tmp_path / f"c.txt.{how}", compress(text.encode("utf-8"), how))
     assert fastbpe.train(packed, 400, progress=False) == fastbpe.train(plain, 400, progress=False)
+
+
+def test_cli_compare_reads_the_documents(tmp_path, capsys):
+    path = write_jsonl(tmp_path, DOCS, "gz", field="body")
+    try:
+        cli.main(["compare", path, "--text-field", "body", "--vocab-size", "300"])
+    except SystemExit as e:
+        pytest.fail(f"exit {e.code}: {capsys.readouterr().err}")
+    out = capsys.readouterr().out
+    measured = len(corpus.sample_text(path, "body").encode("utf-8")) / 1e6
+    assert f"{measured:.2f} MB measured" in out and "| bpe (300) |" in out
+    assert corpus.sample_text(path, "body") == "".join(d + "\n" for d in DOCS)
