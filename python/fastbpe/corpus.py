@@ -32,7 +32,6 @@ import gzip
 import io
 import itertools
 import json
-import lzma
 import os
 import queue
 import re
@@ -213,10 +212,15 @@ def check_text_field(text_field) -> str:
 
 
 def _need(module: str, extra: str, path: str, what: str):
-    """Import an optional reader, or say which extra installs it."""
+    """Import an optional reader, or say which extra installs it ("": Python's own module)."""
     try:
         return __import__(module, fromlist=["_"])
     except ImportError:
+        if not extra:
+            raise MissingExtraError(
+                f"reading '{path}' ({what}) needs Python's module {module}, which this Python was built "
+                f"without: decompress the file first, or use a Python built with {module}"
+            ) from None
         raise MissingExtraError(
             f"reading '{path}' ({what}) needs the package {module.split('.')[0]}: "
             f'pip install "fastbpe-rs[{extra}]"'
@@ -232,6 +236,8 @@ def check_readable(path: str | os.PathLike, fmt: Format | None = None) -> Format
         _need("pyarrow.parquet", "parquet", path, "Parquet")
     if fmt.compression == "zstd":
         _need("zstandard", "zstd", path, "zstd-compressed")
+    if fmt.compression == "xz":
+        _need("lzma", "", path, "xz-compressed")
     return fmt
 
 
@@ -295,6 +301,8 @@ def _decompressed(raw, fmt: Format, path: str):
     if fmt.compression == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if fmt.compression == "xz":
+        # Imported here: a Python built without liblzma still reads the other formats.
+        lzma = _need("lzma", "", path, "xz-compressed")
         return lzma.LZMAFile(raw)
     zstandard = _need("zstandard", "zstd", path, "zstd-compressed")
     return io.BufferedReader(_ZstdReader(raw, zstandard, path), 1 << 20)
@@ -305,8 +313,13 @@ def _corrupt(path: str, fmt: Format, e: BaseException) -> CorruptCorpusError:
     return CorruptCorpusError(f"'{path}' is {what} ({fmt.compression}: {e}); download or compress it again")
 
 
+try:
+    from lzma import LZMAError as _LZMAError
+except ImportError:  # a Python built without liblzma: .xz files are refused before they are read
+    _LZMAError = EOFError
+
 # Errors of the decompressors that say the data is bad (gzip.BadGzipFile is an OSError).
-_BAD_DATA = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+_BAD_DATA = (EOFError, zlib.error, _LZMAError, gzip.BadGzipFile)
 
 
 # ---- reading --------------------------------------------------------------------------------

@@ -420,6 +420,14 @@ def test_a_missing_extra_is_named(tmp_path, tok, monkeypatch, capsys, module, na
     assert_nothing_written(tmp_path, path)
 
 
+def test_a_python_without_lzma_refuses_xz_only(tmp_path, tok, monkeypatch):
+    xz, gz = write_jsonl(tmp_path, DOCS, "xz"), write_jsonl(tmp_path, DOCS, "gz")
+    monkeypatch.setitem(sys.modules, "lzma", None)
+    with pytest.raises(ImportError, match=r"c\.jsonl\.xz' \(xz-compressed\) needs Python's module lzma"):
+        tok.encode_file(xz, tmp_path / "o.bin", progress=False)
+    assert tok.encode_file(gz, tmp_path / "o.bin", progress=False).tolist() == expected(tok, DOCS)
+
+
 # ---- fuzzing the readers ---------------------------------------------------------------------
 
 
