@@ -492,7 +492,13 @@ class _DocumentReader:
                         f"'{self.path}': row group {g} cannot be read ({e}); download or write the file again"
                     ) from None
                 for batch in batches:
-                    values = batch.column(0).to_pylist()
+                    try:
+                        values = batch.column(0).to_pylist()
+                    except (pa.ArrowException, UnicodeDecodeError) as e:
+                        raise CorruptCorpusError(
+                            f"'{self.path}': the column '{self.text_field}' of row group {g} cannot be read as "
+                            f"text ({e}); download or write the file again"
+                        ) from None
                     for k, doc in enumerate(values):
                         if doc is None:
                             raise ValueError(

@@ -382,6 +382,37 @@ def test_parquet_nulls_and_a_truncated_file(tmp_path, tok):
     assert_nothing_written(tmp_path, path, cut)
 
 
+def test_parquet_strings_that_are_not_utf8(tmp_path, tok):
+    data = pa.py_buffer(b"ok\xff\xfe")
+    bad = pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(np.array([0, 2, 4], np.int32).tobytes()), data])
+    path = str(tmp_path / "c.parquet")
+    pq.write_table(pa.table({"text": bad}), path)
+    with pytest.raises(ValueError, match=r"c\.parquet': the column 'text' of row group 0 cannot be read as text"):
+        tok.encode_file(path, tmp_path / "o.bin", progress=False)
+    assert_nothing_written(tmp_path, path)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), flips=st.integers(1, 20))
+def test_damaged_parquet_gives_only_value_errors(tmp_path_factory, seed, flips):
+    import random
+
+    folder = tmp_path_factory.mktemp("pq")
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"text": DOCS, "n": list(range(len(DOCS)))}), buf, row_group_size=7)
+    data = bytearray(buf.getvalue())
+    rng = random.Random(seed)
+    for _ in range(flips):
+        data[rng.randrange(4, len(data) - 4)] = rng.randrange(256)
+    path = write(folder / "f.parquet", bytes(data))
+    try:
+        docs = list(corpus.documents(path))
+    except ValueError as e:
+        assert "f.parquet" in str(e)
+    else:
+        assert all(isinstance(d, str) for d in docs)
+
+
 def test_parquet_dictionary_and_large_strings(tmp_path, tok):
     path = str(tmp_path / "c.parquet")
     table = pa.table({"text": pa.array(DOCS, pa.large_string()), "d": pa.array(DOCS).dictionary_encode()})
