@@ -463,15 +463,16 @@ def test_a_python_without_lzma_refuses_xz_only(tmp_path, tok, monkeypatch):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(max_size=400), how=st.sampled_from(["raw", "gz-magic", "gz", "zst", "xz"]))
+@given(data=st.binary(max_size=400), how=st.sampled_from(["raw", "gz-magic", "zst-magic", "xz-magic", "gz", "zst", "xz"]))
 def test_arbitrary_bytes_give_only_exceptions(tmp_path_factory, tok, data, how):
     """Whatever a .jsonl(.gz/.zst/.xz) file holds, reading and encoding it ends normally or with an
     Exception (never a panic or another BaseException), and a failure leaves no output."""
     folder = tmp_path_factory.mktemp("fuzz")
     if how == "raw":
         path = write(folder / "f.jsonl", data)
-    elif how == "gz-magic":
-        path = write(folder / "f.jsonl.gz", b"\x1f\x8b" + data)  # a gzip header cut anywhere
+    elif how.endswith("-magic"):  # a header cut anywhere, or followed by anything
+        suffix, magic = {"gz": ("gz", b"\x1f\x8b"), "zst": ("zst", b"\x28\xb5\x2f\xfd"), "xz": ("xz", b"\xfd7zXZ\x00")}[how[:-6]]
+        path = write(folder / f"f.jsonl.{suffix}", magic + data)
     else:
         path = write(folder / f"f.jsonl.{how}", compress(data, how))
     try:
