@@ -334,7 +334,7 @@ def text_parts(path: str | os.PathLike, block: int = 1 << 20, progress=None) -> 
     fmt = check_readable(path)
     if fmt.kind != TEXT:
         raise ValueError(f"'{path}' holds documents ({fmt.kind}): read it with fastbpe.corpus.documents")
-    yield from _text_parts(path, fmt, block, progress)
+    return _text_parts(path, fmt, block, progress)
 
 
 def _text_parts(path: str, fmt: Format, block: int, progress=None) -> Iterator[str]:
@@ -354,7 +354,11 @@ def documents(path: str | os.PathLike, text_field: str = "text") -> Iterator[str
     a text file is one document, its whole text (read big ones with `text_parts`)."""
     path = os.fspath(path)
     check_text_field(text_field)
-    fmt = check_readable(path)
+    fmt = check_readable(path)  # errors about the file itself come now, not at the first document
+    return _documents(path, fmt, text_field)
+
+
+def _documents(path: str, fmt: Format, text_field: str) -> Iterator[str]:
     if fmt.kind == TEXT:
         yield "".join(_text_parts(path, fmt, 1 << 20))
         return

@@ -145,7 +145,7 @@ def test_missing_file_and_folder(tmp_path, tok):
     missing = str(tmp_path / "nope.jsonl.gz")
     for call in (
         lambda: corpus.detect_format(missing),
-        lambda: list(corpus.documents(missing)),
+        lambda: corpus.documents(missing),  # at the call, not at the first document
         lambda: tok.encode_file(missing, tmp_path / "o.bin", progress=False),
         lambda: fastbpe.train(missing, 300, progress=False),
     ):
