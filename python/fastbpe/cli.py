@@ -181,9 +181,8 @@ def cmd_train_tokenizer(args) -> None:
 def cmd_compare(args) -> None:
     """The lecture's table: character, byte, word and BPE tokenizers on one file."""
     import fastbpe
-    from fastbpe.simple import ByteTokenizer, CharacterTokenizer, WordTokenizer, compression_ratio
-
     from fastbpe import corpus
+    from fastbpe.simple import ByteTokenizer, CharacterTokenizer, WordTokenizer, compression_ratio
 
     _corpus_file(args.file, args.text_field)
     if args.max_bytes < 1:
