@@ -322,6 +322,18 @@ impl WordCounts {
         Ok(())
     }
 
+    /// Streaming: the length in characters of the longest prefix of `text` whose pieces do
+    /// not depend on the text after it (0 if none), as `CoreEncoder.safe_prefix_chars` for an
+    /// encoder of the same pattern and special tokens; counting the prefix and the rest apart
+    /// gives the counts of the whole.
+    fn safe_prefix_chars(&self, text: &str) -> usize {
+        let s = text.as_bytes();
+        let n = count::last_safe_cut(s, 0, self.pattern, &self.specials)
+            .or_else(|| count::split_cut(s, self.pattern, &self.specials))
+            .unwrap_or(0);
+        text.get(..n).map_or(0, |t| t.chars().count())
+    }
+
     /// Adds counts of pieces produced elsewhere (a custom regex applied in Python).
     fn add_pieces(&mut self, pieces: &Bound<'_, PyDict>) -> PyResult<()> {
         for (k, v) in pieces.iter() {
@@ -828,6 +840,44 @@ impl CoreEncoder {
             }
             e => regex_error(&path, e),
         })
+    }
+
+    /// `encode_batch` as one buffer of little-endian `width`-byte ids (2 or 4): the ids of
+    /// each text, each followed by `separator` when one is given (a corpus's documents and
+    /// the end-of-text id), without a Python list per text.
+    #[pyo3(signature = (texts, width, num_threads, separator=None))]
+    fn encode_batch_to_buffer<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Vec<PyBackedStr>,
+        width: usize,
+        num_threads: &Bound<'py, PyAny>,
+        separator: Option<u32>,
+    ) -> PyResult<Bound<'py, PyByteArray>> {
+        self.check_width(width)?;
+        let num_threads = count_arg(num_threads, "num_threads")?;
+        if let Some(s) = separator {
+            if width == 2 && s > u32::from(u16::MAX) {
+                return Err(PyValueError::new_err(format!(
+                    "separator {s} does not fit in 2 bytes: use 4"
+                )));
+            }
+        }
+        let separator: Vec<u32> = separator.into_iter().collect();
+        let mut buf = Vec::new();
+        self.enc.encode_batch_in_order(
+            &texts,
+            num_threads,
+            true,
+            |take| py.detach(take),
+            &|| Python::attach(|py| py.check_signals()),
+            |ids| {
+                crate::encode::ids_to_le_bytes(ids, width, &mut buf);
+                crate::encode::ids_to_le_bytes(&separator, width, &mut buf);
+                Ok::<(), PyErr>(())
+            },
+        )?;
+        Ok(PyByteArray::new(py, &buf))
     }
 
     /// Streaming: the length in characters of the longest prefix of `text` that can be

@@ -4,9 +4,10 @@
     tok = fastbpe.train("corpus.txt", vocab_size=10_000)
     ids = tok.encode("Hello world")
     tok.encode_file("corpus.txt", "tokens.bin")     # a flat uint16/uint32 array on disk
+    tok.encode_file("shard.jsonl.zst", "tokens.bin")  # documents, each then <|endoftext|> (fastbpe.corpus)
 """
 
-from fastbpe import patterns, reference, tiktoken_compat
+from fastbpe import corpus, patterns, reference, tiktoken_compat
 from fastbpe.simple import ByteTokenizer, CharacterTokenizer, WordTokenizer, compression_ratio
 from fastbpe.tokenizer import Tokenizer, UnknownTokenError
 from fastbpe.training import train, train_bpe
@@ -37,6 +38,7 @@ __all__ = [
     "WordTokenizer",
     "compression_ratio",
     "patterns",
+    "corpus",
     "tiktoken_compat",
     "reference",
     "__version__",

@@ -8,8 +8,9 @@ Python's `regex` module, and `CustomStream` carries its last pieces over from on
 from __future__ import annotations
 
 import codecs
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import regex
 
@@ -146,26 +147,43 @@ class CustomStream:
 def read_text(path: str, block: int, progress=None) -> Iterator[str]:
     """The text of a UTF-8 file in parts of about `block` bytes; `progress(bytes_read)` after each.
     Invalid UTF-8 raises ValueError naming the file and the byte offset."""
+    with open(path, "rb") as f:
+        yield from decode_utf8(read_blocks(f, block, progress), f"'{path}'")
+
+
+def read_blocks(f, block: int, progress=None) -> Iterator[bytes]:
+    """The bytes of the binary file object `f` in blocks of up to `block` bytes;
+    `progress(bytes_read)` after each read."""
+    done = 0
+    while True:
+        data = f.read(block)
+        done += len(data)
+        if progress:
+            progress(done)
+        if not data:
+            return
+        yield data
+
+
+def decode_utf8(blocks: Iterable[bytes], name: str, where: str = "") -> Iterator[str]:
+    """The text of UTF-8 `blocks` (a character may be cut between two), in parts. Invalid UTF-8
+    raises ValueError naming `name` (the file) and the byte offset (`where` says of what)."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     done = 0
-    with open(path, "rb") as f:
-        while True:
-            data = f.read(block)
-            held = len(decoder.getstate()[0])  # bytes of a character cut by the last read
-            try:
-                text = decoder.decode(data, final=not data)
-            except UnicodeDecodeError as e:
-                raise ValueError(
-                    f"'{path}' is not valid UTF-8: invalid byte sequence at byte offset {done - held + e.start}; "
-                    "re-encode the file as UTF-8 (for example with iconv)"
-                ) from None
-            done += len(data)
-            if progress:
-                progress(done)
-            if text:
-                yield text
-            if not data:
-                return
+    for data in itertools.chain(blocks, [b""]):
+        held = len(decoder.getstate()[0])  # bytes of a character cut by the last read
+        try:
+            text = decoder.decode(data, final=not data)
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{name} is not valid UTF-8: invalid byte sequence at byte offset {done - held + e.start}{where}; "
+                "re-encode the file as UTF-8 (for example with iconv)"
+            ) from None
+        done += len(data)
+        if text:
+            yield text
+        if not data:
+            return
 
 
 def check_readable_file(path: str) -> None:

@@ -48,6 +48,19 @@ def _input_file(path: str, what: str = "file") -> None:
         _die(f"cannot read {path}: {e.strerror or e}")
 
 
+def _corpus_file(path: str, text_field: str) -> None:
+    """Exit with one line unless `path` is a corpus file this process can read: its format
+    known (see fastbpe.corpus), and the package that reads it installed."""
+    from fastbpe import corpus
+
+    _input_file(path)
+    try:
+        corpus.check_text_field(text_field)
+        corpus.check_readable(path)
+    except (ValueError, TypeError, OSError, ImportError) as e:
+        _die(e)
+
+
 def _outputs(outputs: list[tuple[str, str]], inputs: list[tuple[str, str]]) -> None:
     """Exit with one line unless every output can be written without replacing an input or
     another output; runs before any long work. Missing folders are created."""
@@ -108,16 +121,18 @@ def _load_tokenizer(path: str):
         _die(f"{path}: {e}" if path not in str(e) else str(e))
 
 
-def _summary(tok, corpus: str, seconds: float, num_merges: int) -> None:
+def _summary(tok, corpus: str, seconds: float, num_merges: int, text_field: str = "text") -> None:
     """Vocabulary size, merges per second, compression ratio and some learned tokens."""
-    with open(corpus, encoding="utf-8", errors="replace") as f:
-        sample = f.read(1 << 20)
+    from fastbpe.corpus import sample_text
+
+    sample = sample_text(corpus, text_field, 1 << 20)
     print(f"corpus            {corpus} ({os.path.getsize(corpus) / 1e6:.1f} MB)")
     print(f"vocabulary        {tok.vocab_size} tokens ({len(tok.merges)} merges, {len(tok.special_tokens)} special)")
     print(f"training time     {seconds:.2f} s ({num_merges / max(seconds, 1e-9):,.0f} merges/s end to end)")
     from fastbpe.simple import compression_ratio
 
-    print(f"compression       {compression_ratio(tok, sample):.2f} bytes/token (on the first MB of the corpus)")
+    ratio = compression_ratio(tok, sample) if sample else 0.0
+    print(f"compression       {ratio:.2f} bytes/token (on the first MB of the corpus)")
     words = [t for t in tok.vocab.values() if t.strip() and t.decode("utf-8", "replace").strip().isalpha()]
     longest = sorted(words, key=len, reverse=True)[:8]
     last = [tok.vocab[256 + i] for i in range(max(0, len(tok.merges) - 8), len(tok.merges))]
@@ -141,7 +156,7 @@ def cmd_train_tokenizer(args) -> None:
     import fastbpe
 
     for p in args.corpus:
-        _input_file(p)
+        _corpus_file(p, args.text_field)
     pattern = _check_pattern(args.pattern)
     _outputs([("--out", args.out)], [("the corpus", p) for p in args.corpus])
     t0 = time.perf_counter()
@@ -153,29 +168,34 @@ def cmd_train_tokenizer(args) -> None:
                 special_tokens=args.special_token,
                 pattern=pattern,
                 num_threads=args.threads,
+                text_field=args.text_field,
             )
             seconds = time.perf_counter() - t0
             tok.save(args.out)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, ImportError) as e:
             _die(e)
-    _summary(tok, args.corpus[0], seconds, len(tok.merges))
+    _summary(tok, args.corpus[0], seconds, len(tok.merges), args.text_field)
     print(f"saved             {args.out}")
 
 
 def cmd_compare(args) -> None:
     """The lecture's table: character, byte, word and BPE tokenizers on one file."""
     import fastbpe
+    from fastbpe import corpus
     from fastbpe.simple import ByteTokenizer, CharacterTokenizer, WordTokenizer, compression_ratio
 
-    _input_file(args.file)
+    _corpus_file(args.file, args.text_field)
     if args.max_bytes < 1:
         _die(f"--max-bytes must be positive, got {args.max_bytes}")
     bpe = _load_tokenizer(args.tokenizer) if args.tokenizer else None
     try:
-        with open(args.file, encoding="utf-8", errors="replace", newline="") as f:
-            text = f.read(args.max_bytes)
-    except OSError as e:
-        _die(f"cannot read {args.file}: {e.strerror or e}")
+        if corpus.detect_format(args.file).plain_text:
+            with open(args.file, encoding="utf-8", errors="replace", newline="") as f:
+                text = f.read(args.max_bytes)
+        else:  # the first documents, one line apart
+            text = corpus.sample_text(args.file, args.text_field, args.max_bytes)
+    except (ValueError, OSError) as e:
+        _die(f"cannot read {args.file}: {_message(e)}")
     # Word vocabulary and BPE are learned on the first 90% and measured on the whole text, so
     # the word tokenizer meets unseen words as it would in use.
     cut = int(len(text) * 0.9)
@@ -205,9 +225,9 @@ def cmd_compare(args) -> None:
 
 
 def cmd_encode(args) -> None:
-    from fastbpe import token_files
+    from fastbpe import corpus, token_files
 
-    _input_file(args.corpus)
+    _corpus_file(args.corpus, args.text_field)
     _input_file(args.tokenizer, "tokenizer")
     if args.val_out is not None and not 0 < args.val_fraction < 1:
         _die(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
@@ -220,9 +240,9 @@ def cmd_encode(args) -> None:
         # is encoded into a scratch file first (removed at the end, whatever happens).
         target = stack.enter_context(token_files.scratch_path(args.out)) if args.val_out is not None else args.out
         try:
-            arr = tok.encode_file(args.corpus, target, num_threads=args.threads,
+            arr = tok.encode_file(args.corpus, target, num_threads=args.threads, text_field=args.text_field,
                                   metadata={"tokenizer": os.path.abspath(args.tokenizer)})
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, ImportError) as e:
             _die(_message(e).replace(target, args.out))
         seconds = time.perf_counter() - t0
         n = len(arr)
@@ -230,7 +250,7 @@ def cmd_encode(args) -> None:
         mb = os.path.getsize(args.corpus) / 1e6
         print(f"encoded {args.corpus} ({mb:.1f} MB) into {n:,} tokens in {seconds:.2f} s ({mb / max(seconds, 1e-9):.1f} MB/s)")
         if args.val_out is not None:
-            eot = tok.special_token_ids.get("<|endoftext|>")
+            eot = corpus.eot_id(tok)
             try:
                 n_train, n_val = token_files.split_tokens(target, args.out, args.val_out, args.val_fraction, eot)
             except (ValueError, OSError) as e:
@@ -389,13 +409,14 @@ def cmd_demo(args) -> None:
     tok_path = os.path.join(out, "tokenizer.json")
     print("== 1/4 train a tokenizer")
     cmd_train_tokenizer(argparse.Namespace(corpus=[path], vocab_size=args.vocab_size, out=tok_path,
-                                           special_token=["<|endoftext|>"], pattern="gpt2", threads=None))
+                                           special_token=["<|endoftext|>"], pattern="gpt2", threads=None,
+                                           text_field=args.text_field))
     if args.tokenizer_only:
         return
     print("\n== 2/4 encode train and validation splits")
     train_bin, val_bin = os.path.join(out, "train.bin"), os.path.join(out, "val.bin")
     cmd_encode(argparse.Namespace(corpus=path, tokenizer=tok_path, out=train_bin, val_out=val_bin,
-                                  val_fraction=0.05, threads=None))
+                                  val_fraction=0.05, threads=None, text_field=args.text_field))
     print("\n== 3/4 train a language model")
     import torch
 
@@ -417,13 +438,18 @@ def _version() -> str:
     return __version__
 
 
+CORPUS_HELP = "UTF-8 text, JSON lines (.jsonl) or Parquet (.parquet); text and JSON lines may be .gz, .xz or .zst"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = _Parser(prog="fastbpe", description="Byte-level BPE tokenizers and the LM path after them.")
     parser.add_argument("--version", action="version", version=f"fastbpe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train-tokenizer", help="learn a BPE tokenizer from text files")
-    p.add_argument("corpus", nargs="+", help="UTF-8 text files")
+    p = sub.add_parser("train-tokenizer", help="learn a BPE tokenizer from corpus files")
+    p.add_argument("corpus", nargs="+", help=CORPUS_HELP)
+    p.add_argument("--text-field", default="text",
+                   help="the JSON field or Parquet column holding each document's text (default text)")
     p.add_argument("--vocab-size", type=int, required=True, help="256 bytes + merges + special tokens")
     p.add_argument("--out", required=True, help="where to write the tokenizer (JSON)")
     p.add_argument(
@@ -434,14 +460,18 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_train_tokenizer)
 
     p = sub.add_parser("compare", help="the lecture's table: character, byte, word and BPE tokenizers on a file")
-    p.add_argument("file", help="a UTF-8 text file")
+    p.add_argument("file", help=CORPUS_HELP)
+    p.add_argument("--text-field", default="text",
+                   help="the JSON field or Parquet column holding each document's text (default text)")
     p.add_argument("--tokenizer", help="a saved BPE tokenizer or a Hugging Face tokenizer.json (default: train one on the file)")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary when training one")
     p.add_argument("--max-bytes", type=int, default=5_000_000, help="read at most this many characters")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("encode", help="encode a text file into a flat token array (np.memmap-ready)")
-    p.add_argument("corpus", help="a UTF-8 text file")
+    p = sub.add_parser("encode", help="encode a corpus file into a flat token array (np.memmap-ready)")
+    p.add_argument("corpus", help=CORPUS_HELP + "; each document of JSON lines or Parquet is followed by <|endoftext|>")
+    p.add_argument("--text-field", default="text",
+                   help="the JSON field or Parquet column holding each document's text (default text)")
     p.add_argument("--tokenizer", required=True, help="a tokenizer saved by train-tokenizer, or a Hugging Face tokenizer.json")
     p.add_argument("--out", required=True, help="the token file (its dtype goes to OUT.json)")
     p.add_argument("--val-out", help="also split off the last --val-fraction of the tokens into this file")
@@ -492,7 +522,9 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_napkin)
 
     p = sub.add_parser("demo", help="the main job: tokenizer, token files, a tiny LM and samples, on the default corpus")
-    p.add_argument("--corpus", help="a text file instead of the default Shakespeare corpus")
+    p.add_argument("--corpus", help="a corpus file instead of the default Shakespeare corpus (" + CORPUS_HELP + ")")
+    p.add_argument("--text-field", default="text",
+                   help="the JSON field or Parquet column holding each document's text (default text)")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
     p.add_argument("--preset", help="default: tiny on CPU, small on a GPU")

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import regex
 
-from fastbpe import _core, _progress, _stream, patterns, token_files
+from fastbpe import _core, _progress, _stream, corpus, patterns, token_files
 from fastbpe._io import check_writable, refuse_overwrite, write_atomic
 
 UnknownTokenError = _core.UnknownTokenError
@@ -805,20 +805,34 @@ class Tokenizer:
         metadata: dict | None = None,
         allowed_special: Literal["all"] | AbstractSet[str] = ALL,
         disallowed_special: Literal["all"] | Collection[str] = ALL,
+        text_field: str = "text",
     ) -> np.ndarray:
-        """Encode a UTF-8 file into a flat token array on disk; returns it as an np.memmap.
+        """Encode a corpus file into a flat token array on disk; returns it as an np.memmap.
 
-        The file is cut at safe places (after special tokens, between lines), encoded in
+        The file is UTF-8 text, JSON lines or Parquet, text and JSON lines possibly compressed
+        (.gz, .xz, .zst); see `fastbpe.corpus`. A text file gives the ids of its text, nothing
+        added. A JSON lines or Parquet file gives, for each document (the field or column
+        `text_field`), `encode(document)` followed by the id of `<|endoftext|>` when this
+        tokenizer declares that special token (a warning says when it does not: the documents
+        then follow each other with nothing between them).
+
+        The text is cut at safe places (after special tokens, between lines), encoded in
         parallel, and streamed to disk in order with bounded memory. `out_path` and its sidecar
         `<out_path>.json` (dtype, number of tokens, size, checksum, the tokenizer, any `metadata`
         given) appear together and complete, or not at all: see `fastbpe.token_files`. An output
         that is the input file (or a link to it) is refused with ValueError.
 
-        `allowed_special` and `disallowed_special` as in `encode`; with either given the file is
-        first searched for disallowed special tokens (ValueError naming the byte offset, before
-        anything is written).
+        `allowed_special` and `disallowed_special` as in `encode`; with either given a plain text
+        file is first searched for disallowed special tokens (ValueError naming the byte offset,
+        before anything is written), the documents of other formats as they are read (ValueError
+        naming the line or row; nothing is written).
         """
-        if not (allowed_special is disallowed_special is ALL):
+        fmt = corpus.check_readable(path)
+        corpus.check_text_field(text_field)
+        if not fmt.plain_text:
+            # The formats read in Python: the policy applies to each document as it is read.
+            allowed, disallowed = self._special_policy(allowed_special, disallowed_special)
+        elif not (allowed_special is disallowed_special is ALL):
             allowed, disallowed = self._special_policy(allowed_special, disallowed_special)
             if disallowed and os.path.isfile(path):
                 # The outputs are checked before the search, as before the encoding.
@@ -830,10 +844,6 @@ class Tokenizer:
                 path, out_path, dtype=dtype, num_threads=num_threads, progress=progress, metadata=metadata
             )
         path, out_path = os.fspath(path), os.fspath(out_path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no such file: '{path}'")
-        if os.path.isdir(path):
-            raise IsADirectoryError(f"'{path}' is a directory; give a text file")
         refuse_overwrite([("out_path", out_path), ("its sidecar", token_files.sidecar_path(out_path))], [("the input", path)])
         if dtype is None:
             dtype = self.dtype  # fits every id
@@ -851,7 +861,10 @@ class Tokenizer:
         }
         bar = _progress.Bar(f"encoding {os.path.basename(path)}", os.path.getsize(path), "MB", 1e6) if _progress.wanted(progress) else None
         with token_files.TokenWriter(out_path, dtype, meta) as writer:
-            if self._hf is not None:
+            if not fmt.plain_text:
+                n = corpus.encode_into(self, path, fmt, writer, text_field=text_field, num_threads=_threads(num_threads),
+                                       allowed=allowed, disallowed=disallowed, progress=bar)
+            elif self._hf is not None:
                 n = self._encode_file_hf(path, writer, bar)
             elif self._custom is None:
                 try:

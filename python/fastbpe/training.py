@@ -10,7 +10,7 @@ from typing import Union
 
 import regex
 
-from fastbpe import _core, _progress, _stream, patterns
+from fastbpe import _core, _progress, _stream, corpus, patterns
 from fastbpe.tokenizer import Tokenizer, check_special_tokens
 
 PathLike = Union[str, os.PathLike]
@@ -61,6 +61,11 @@ def _count_custom_file(path: str, rx, special_tokens: list[str], counts: Counter
     """Custom regex patterns: the file read in blocks, its pieces found by `CustomStream` (which
     carries the last pieces of each block over to the next)."""
     _stream.check_readable_file(path)
+    _count_custom_stream(_stream.read_text(path, _CUSTOM_BLOCK, bar), rx, special_tokens, counts)
+
+
+def _count_custom_stream(parts: Iterable[str], rx, special_tokens: list[str], counts: Counter) -> None:
+    """The pieces of the text whose parts are `parts`, counted as the whole text's."""
     stream = _stream.CustomStream(rx, special_tokens)
 
     def add(stretches) -> None:
@@ -68,7 +73,7 @@ def _count_custom_file(path: str, rx, special_tokens: list[str], counts: Counter
             for piece, n in Counter(pieces).items():
                 counts[piece.encode("utf-8")] += n
 
-    for text in _stream.read_text(path, _CUSTOM_BLOCK, bar):
+    for text in parts:
         add(stream.feed(text))
     add(stream.finish())
 
@@ -90,6 +95,15 @@ def _count_texts_rust(counts: _core.WordCounts, splitter, texts: list[str], num_
     except _core.RegexSearchError:
         return False
     return True
+def _count_custom_corpus(path: str, fmt, text_field: str, rx, specials: list[str], special_rx, counts: Counter, bar) -> None:
+    """Custom regex patterns on a corpus file that is not plain text: each document on its own,
+    a (compressed) text file's text as one stream."""
+    texts = corpus.texts_for_custom_pattern(path, fmt, text_field, bar)
+    if fmt.has_documents:
+        for doc, _ in texts:
+            _count_custom_text(doc, rx, special_rx, counts)
+    else:
+        _count_custom_stream((text for text, _ in texts), rx, specials, counts)
 
 
 def _special_regex(special_tokens: list[str], as_bytes: bool = False):
@@ -110,11 +124,15 @@ def train(
     pattern: str | None = "gpt2",
     num_threads: int | None = None,
     progress: bool | None = None,
+    text_field: str = "text",
 ) -> Tokenizer:
     """Learn a byte-level BPE tokenizer.
 
     input: a path, a list/tuple of paths, or any other iterable of texts (a generator, say);
-        each file and each text is pre-tokenized on its own.
+        each file and each text is pre-tokenized on its own. A file may be text, JSON lines or
+        Parquet, and text or JSON lines may be compressed (.gz, .xz, .zst): see `fastbpe.corpus`.
+        Each document of a JSON lines or Parquet file is pre-tokenized on its own, as each text
+        of an iterator is: no piece spans two documents.
     vocab_size: 256 byte tokens + the merges + the special tokens.
     special_tokens: split the text and never merged; they take the last ids (validated as
         `Tokenizer` validates them).
@@ -124,6 +142,7 @@ def train(
         is a ValueError (see `fastbpe.patterns`).
     num_threads: threads for counting (default: all cores).
     progress: a bar on stderr (default: when stderr is a terminal).
+    text_field: the JSON field or Parquet column that holds the text of each document.
     """
     specials = check_special_tokens(special_tokens)
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
@@ -147,16 +166,28 @@ def train(
     show = _progress.wanted(progress)
     paths, texts = _inputs(input)
 
-    counts = _core.WordCounts(pattern if builtin else None, specials)
-    custom_counts: Counter = Counter()
+    corpus.check_text_field(text_field)
+    # Every file is checked (there, readable, its format) before the first is counted.
+    formats = []
     for path in paths:
         if not os.path.exists(path):
             hint = ""
             if isinstance(input, (list, tuple)):
                 hint = " (a list is read as file paths: to train on in-memory texts, pass iter(texts))"
             raise FileNotFoundError(f"no such file: '{path}'{hint}")
+        formats.append(corpus.check_readable(path))
+
+    counts = _core.WordCounts(pattern if builtin else None, specials)
+    custom_counts: Counter = Counter()
+    for path, fmt in zip(paths, formats):
         bar = _progress.Bar(f"counting {os.path.basename(path)}", os.path.getsize(path), "MB", 1e6) if show else None
-        if builtin:
+        if not fmt.plain_text:
+            if builtin:
+                cutter = _core.WordCounts(pattern, specials)
+                corpus.count_into(counts, cutter, path, fmt, text_field, num_threads, bar)
+            else:
+                _count_custom_corpus(path, fmt, text_field, rx, specials, special_rx, custom_counts, bar)
+        elif builtin:
             counts.add_file(path, num_threads, bar)
         elif not (splitter is not None and _count_file_rust(counts, splitter, path, num_threads, bar)):
             _count_custom_file(path, rx, specials, custom_counts, bar)
