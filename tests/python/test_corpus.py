@@ -212,6 +212,21 @@ def test_a_custom_pattern_encodes_each_document(tmp_path, small_batches):
     assert tok.encode_file(path, tmp_path / "o.bin", progress=False).tolist() == expected(tok, DOCS)
 
 
+def test_a_hugging_face_pipeline_encodes_each_document(tmp_path, tok, small_batches):
+    """A tokenizer.json with a normalizer runs through fastbpe's pipeline, never the Rust file
+    readers, and still gives each document's ids and then <|endoftext|>."""
+    tok.to_huggingface(tmp_path / "t.json")
+    spec = json.loads((tmp_path / "t.json").read_text())
+    spec["normalizer"] = {"type": "NFKC"}
+    hf = fastbpe.Tokenizer.from_huggingface(json.dumps(spec))
+    assert hf._hf is not None
+    docs = DOCS + ["ﬁve ligatures ①②", "Ｆｕｌｌｗｉｄｔｈ"]
+    assert hf.encode("ﬁ") != tok.encode("ﬁ")  # the normalizer is applied
+    for how in (None, "gz"):
+        path = write_jsonl(tmp_path, docs, how, name=f"p{how}")
+        assert hf.encode_file(path, tmp_path / "o.bin", progress=False).tolist() == expected(hf, docs)
+
+
 def test_jsonl_blank_lines_crlf_and_a_byte_order_mark(tmp_path, tok):
     data = "\ufeff" + '{"text": "a b"}\r\n\r\n   \n{"text": "c"}\n\n'
     path = write(tmp_path / "c.jsonl", data.encode("utf-8"))
