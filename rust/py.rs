@@ -278,6 +278,19 @@ fn split(pattern: Option<&str>, text: &str) -> PyResult<Vec<String>> {
     Ok(p.split(text).into_iter().map(String::from).collect())
 }
 
+/// The number of pieces of `text` under a built-in pattern, splitting with the GIL released:
+/// the pre-tokenizer alone, for timing it (`benches/encode_bench.py`).
+#[pyfunction]
+#[pyo3(signature = (pattern, text))]
+fn count_pieces(py: Python<'_>, pattern: Option<&str>, text: &str) -> PyResult<usize> {
+    let p = parse_pattern(pattern)?;
+    Ok(py.detach(|| {
+        let mut n = 0usize;
+        p.for_each_piece(text, |_| n += 1);
+        n
+    }))
+}
+
 /// Character offsets of the byte offsets `at` (ascending) in `text`.
 fn char_offsets(text: &str, at: &[usize]) -> Vec<usize> {
     let mut out = Vec::with_capacity(at.len());
@@ -643,6 +656,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnknownTokenError", m.py().get_type::<UnknownTokenError>())?;
     m.add_function(wrap_pyfunction!(train_merges, m)?)?;
     m.add_function(wrap_pyfunction!(split, m)?)?;
+    m.add_function(wrap_pyfunction!(count_pieces, m)?)?;
     m.add_function(wrap_pyfunction!(safe_cuts, m)?)?;
     m.add(
         "UNICODE_TABLES_REGEX_VERSION",
