@@ -555,13 +555,14 @@ impl CoreEncoder {
         with_specials: bool,
     ) -> PyResult<Bound<'py, PyByteArray>> {
         self.check_width(width)?;
-        let buf = detach_polling(py, |budget| {
-            let ids = self.enc.encode_with_budget(text, with_specials, budget)?;
-            let mut buf = Vec::new();
-            crate::encode::ids_to_le_bytes(&ids, width, &mut buf);
-            Ok(buf)
+        let ids = detach_polling(py, |budget| {
+            self.enc.encode_with_budget(text, with_specials, budget)
         })?;
-        Ok(PyByteArray::new(py, &buf))
+        // The ids go straight into the bytearray numpy reads (one copy, no buffer between).
+        PyByteArray::new_with(py, ids.len() * width, |buf| {
+            crate::encode::write_le_ids(&ids, width, buf);
+            Ok(())
+        })
     }
 
     #[pyo3(signature = (texts, num_threads, with_specials=true))]
