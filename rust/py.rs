@@ -278,6 +278,18 @@ fn split(pattern: Option<&str>, text: &str) -> PyResult<Vec<String>> {
     Ok(p.split(text).into_iter().map(String::from).collect())
 }
 
+/// The pieces of `text` under a built-in pattern found without the splitters' ASCII fast
+/// paths (for tests checking them).
+#[pyfunction]
+#[pyo3(signature = (pattern, text))]
+fn split_reference(pattern: Option<&str>, text: &str) -> PyResult<Vec<String>> {
+    let p = parse_pattern(pattern)?;
+    Ok(p.split_reference(text)
+        .into_iter()
+        .map(String::from)
+        .collect())
+}
+
 /// The number of pieces of `text` under a built-in pattern, splitting with the GIL released:
 /// the pre-tokenizer alone, for timing it (`benches/encode_bench.py`).
 #[pyfunction]
@@ -658,6 +670,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train_merges, m)?)?;
     m.add_function(wrap_pyfunction!(split, m)?)?;
     m.add_function(wrap_pyfunction!(count_pieces, m)?)?;
+    m.add_function(wrap_pyfunction!(split_reference, m)?)?;
     m.add_function(wrap_pyfunction!(safe_cuts, m)?)?;
     m.add(
         "UNICODE_TABLES_REGEX_VERSION",
