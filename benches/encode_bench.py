@@ -17,6 +17,9 @@ equal fastbpe's (special tokens in the text recognized by all). Rows:
   `TextFileSource` split on <|endoftext|> (file -> arrays in memory), on every CPU. gigatoken
   drops the separator, so its ids are compared with fastbpe's less the <|endoftext|> ids.
 - pre-tokenizer: fastbpe's splitter alone (`fastbpe._core.count_pieces`), for where time goes.
+gigatoken reads GPT-2 from the tokenizer.json HF writes (it has no fast pre-tokenizer for the
+pattern fastbpe's exporter writes out) and cl100k from the tiktoken file, as does fastokens for
+cl100k; the others read fastbpe's exported tokenizer.json files.
 The scaling line (batch and file against one thread) comes from one process that alternates the
 three, so the ratio is not skewed by the machine's speed drifting between processes. Also the
 corners where BPE encoders go quadratic.
@@ -98,7 +101,7 @@ elif lib == "tiktoken":
 elif lib == "gigatoken":
     import gigatoken
     if vocab == "gpt2":
-        g = gigatoken.Tokenizer(hf_json)
+        g = gigatoken.Tokenizer(os.environ["GIGATOKEN_GPT2"])
     else:  # gigatoken has no fast pre-tokenizer for the pattern as a tokenizer.json writes it
         g = gigatoken.Tokenizer.from_tiktoken(f"{SHARED}/tiktoken_cache/9b5ad71b2ce5302211f9c61530b329a4922fc6a4",
                                               pretokenizer="cl100k", special_tokens={EOT: EOT_ID})
@@ -182,8 +185,23 @@ def hf_files() -> dict[str, str]:
     return paths
 
 
+def gigatoken_gpt2_file() -> str:
+    """GPT-2's tokenizer.json as HF writes it (a ByteLevel pre-tokenizer, which gigatoken
+    recognizes; fastbpe writes the pattern out as a Split, which it does not)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.BPE.from_file(f"{SHARED}/gpt2/vocab.json", f"{SHARED}/gpt2/merges.txt"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(EOT, special=True)])
+    path = os.path.join(CACHE, "gigatoken_gpt2.json")
+    tok.save(path)
+    return path
+
+
 def run_child(vocab, lib, mode, path, repeat, hf_json, threads_env=None) -> dict:
-    env = {**os.environ, "FASTBPE_SHARED": SHARED, "TIKTOKEN_CACHE_DIR": os.path.join(SHARED, "tiktoken_cache")}
+    env = {**os.environ, "FASTBPE_SHARED": SHARED, "TIKTOKEN_CACHE_DIR": os.path.join(SHARED, "tiktoken_cache"),
+           "GIGATOKEN_GPT2": os.path.join(CACHE, "gigatoken_gpt2.json")}
     if threads_env:
         env.update(threads_env)
     done = subprocess.run([sys.executable, "-c", CHILD, vocab, lib, mode, path, str(repeat), hf_json],
@@ -220,6 +238,7 @@ def main() -> None:
     path = prepare(args.corpus, args.mb)
     size = os.path.getsize(path) / 1e6
     hf = hf_files()
+    gigatoken_gpt2_file()
     rows = [r for r in ROWS if not args.only or r[1] == "fastbpe" or r[1] in args.only.split(",")]
     print(f"command: python benches/{os.path.basename(__file__)} {' '.join(sys.argv[1:])}")
     print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
