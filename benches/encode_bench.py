@@ -1,16 +1,28 @@
-"""Encoding throughput: fastbpe vs tiktoken vs HF tokenizers on the same text and vocabularies.
+"""Encoding throughput: fastbpe vs gigatoken, fastokens, tiktoken and HF tokenizers on the same
+text and vocabularies.
 
-    python benches/encode_bench.py [--mb 20] [--corpus PATH] [--repeat 3]
+    python benches/encode_bench.py [--mb 20] [--corpus PATH] [--repeat 3] [--vocab gpt2,cl100k]
 
 Every measurement runs in its own process (so thread settings and caches do not leak). The
 rows are measured in --repeat interleaved rounds, two runs per process, and each row keeps
 its best: a slow spell on a shared machine then hits every encoder alike instead of one row.
-fastbpe's one-thread ids are checked equal to tiktoken's (a digest of the whole array). The
-scaling line (batch and file against one thread) comes from one process that alternates the
-three, so the ratio is not skewed by the machine's speed drifting between processes. Rows: one thread
-(`encode_ordinary` of the whole text; HF's `encode_batch` of the lines with one Rayon thread),
-all threads (batch encoding of the lines), and fastbpe's file -> token file (`encode_file`).
-Also the corners where BPE encoders go quadratic.
+Each process returns a digest of its ids, and no time is printed unless every encoder's ids
+equal fastbpe's (special tokens in the text recognized by all). Rows:
+- one thread (list): the whole text, ids as a Python list (`encode`; fastokens `.ids`; HF's
+  `encode_batch` of the lines). One-thread processes are pinned to one CPU, so a library that
+  spreads one text over threads cannot.
+- one thread (numpy): ids as a numpy array (`encode_to_numpy`; gigatoken's `encode`).
+- batch: the lines, every CPU, ids as lists (gigatoken's `encode_batch_list`).
+- file: fastbpe's `encode_file` (file -> token file) and gigatoken's `encode_files` of a
+  `TextFileSource` split on <|endoftext|> (file -> arrays in memory), on every CPU. gigatoken
+  drops the separator, so its ids are compared with fastbpe's less the <|endoftext|> ids.
+- pre-tokenizer: fastbpe's splitter alone (`fastbpe._core.count_pieces`), for where time goes.
+gigatoken reads GPT-2 from the tokenizer.json HF writes (it has no fast pre-tokenizer for the
+pattern fastbpe's exporter writes out) and cl100k from the tiktoken file, as does fastokens for
+cl100k; the others read fastbpe's exported tokenizer.json files.
+The scaling line (batch and file against one thread) comes from one process that alternates the
+three, so the ratio is not skewed by the machine's speed drifting between processes. Also the
+corners where BPE encoders go quadratic.
 """
 
 from __future__ import annotations
@@ -30,26 +42,32 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 DEFAULT_CORPUS = os.path.join(SHARED, "corpus", "enwiki_100M.txt.gz")
 CL100K_FILE = os.path.join(SHARED, "tiktoken_cache", "9b5ad71b2ce5302211f9c61530b329a4922fc6a4")
 CACHE = os.path.join(tempfile.gettempdir(), "fastbpe-bench")
+EOT = "<|endoftext|>"
 
 # The child: builds one encoder, times one operation, prints JSON.
 CHILD = r"""
-import json, os, sys, time
+import hashlib, json, os, sys, time
+import numpy as np
 vocab, lib, mode, path, repeat, hf_json = sys.argv[1:7]
 repeat = int(repeat)
+if mode in ("one", "numpy", "split"):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one CPU, whatever threads a library starts
 text = open(path, encoding="utf-8", newline="").read()
 lines = text.splitlines(keepends=True)
 SHARED = os.environ["FASTBPE_SHARED"]
+EOT = "<|endoftext|>"
+EOT_ID = {"gpt2": 50256, "cl100k": 100257}[vocab]
 def fast():
     import fastbpe
     if vocab == "gpt2":
-        return fastbpe.Tokenizer.from_files(f"{SHARED}/gpt2/vocab.json", f"{SHARED}/gpt2/merges.txt", ["<|endoftext|>"])
+        return fastbpe.Tokenizer.from_files(f"{SHARED}/gpt2/vocab.json", f"{SHARED}/gpt2/merges.txt", [EOT])
     return fastbpe.Tokenizer.from_tiktoken(f"{SHARED}/tiktoken_cache/9b5ad71b2ce5302211f9c61530b329a4922fc6a4",
-                                           "cl100k", {"<|endoftext|>": 100257})
+                                           "cl100k", {EOT: EOT_ID})
+out = os.path.join(os.path.dirname(path), f"bench_tokens_{os.getpid()}.bin")
 if mode == "scaling":
     # One process alternates the three ways, so a slow spell of the machine hits all alike.
-    tok = fast(); tok.encode_ordinary("warm up")
-    out = os.path.join(os.path.dirname(path), "bench_tokens.bin")
-    ways = {"one": lambda: tok.encode_ordinary(text), "batch": lambda: tok.encode_batch(lines),
+    tok = fast(); tok.encode("warm up")
+    ways = {"one": lambda: tok.encode(text), "batch": lambda: tok.encode_batch(lines),
             "file": lambda: tok.encode_file(path, out, progress=False)}
     best = dict.fromkeys(ways, float("inf"))
     result = None
@@ -57,41 +75,88 @@ if mode == "scaling":
         for name, run in ways.items():
             result = None
             t = time.perf_counter(); result = run(); best[name] = min(best[name], time.perf_counter() - t)
+    os.remove(out); os.remove(out + ".json")
     print(json.dumps(best))
     sys.exit(0)
+flat = lambda r: np.asarray(r, dtype=np.uint32)
 if lib == "fastbpe":
-    tok = fast(); tok.encode_ordinary("warm up")
-    if mode == "one":
-        run = lambda: tok.encode_ordinary(text)
-    elif mode == "all":
-        run = lambda: tok.encode_batch(lines)
-    else:
-        out = os.path.join(os.path.dirname(path), "bench_tokens.bin")
-        run = lambda: tok.encode_file(path, out, progress=False)
+    tok = fast(); tok.encode("warm up")
+    import fastbpe._core
+    pattern = {"gpt2": "gpt2", "cl100k": "cl100k"}[vocab]
+    run = {"one": lambda: tok.encode(text), "numpy": lambda: tok.encode_to_numpy(text),
+           "all": lambda: tok.encode_batch(lines), "split": lambda: fastbpe._core.count_pieces(pattern, text),
+           "file": lambda: tok.encode_file(path, out, progress=False)}[mode]
+    if mode == "all":
+        flat = lambda r: np.fromiter((i for ids in r for i in ids), dtype=np.uint32)
+    if mode == "file":  # the file's ids, less the separators (gigatoken's are compared with them)
+        flat = lambda r: (lambda a: a[a != EOT_ID])(np.fromfile(out, dtype=tok.dtype).astype(np.uint32))
 elif lib == "tiktoken":
     import tiktoken
     enc = tiktoken.get_encoding({"gpt2": "gpt2", "cl100k": "cl100k_base"}[vocab])
-    run = (lambda: enc.encode_ordinary(text)) if mode == "one" else (lambda: enc.encode_ordinary_batch(lines, num_threads=os.cpu_count()))
+    run = {"one": lambda: enc.encode(text, allowed_special="all"),
+           "numpy": lambda: enc.encode_to_numpy(text, allowed_special="all"),
+           "all": lambda: enc.encode_batch(lines, num_threads=os.cpu_count(), allowed_special="all")}[mode]
+    if mode == "all":
+        flat = lambda r: np.fromiter((i for ids in r for i in ids), dtype=np.uint32)
+elif lib == "gigatoken":
+    import gigatoken
+    if vocab == "gpt2":
+        g = gigatoken.Tokenizer(os.environ["GIGATOKEN_GPT2"])
+    else:  # gigatoken has no fast pre-tokenizer for the pattern as a tokenizer.json writes it
+        g = gigatoken.Tokenizer.from_tiktoken(f"{SHARED}/tiktoken_cache/9b5ad71b2ce5302211f9c61530b329a4922fc6a4",
+                                              pretokenizer="cl100k", special_tokens={EOT: EOT_ID})
+    g.encode("warm up")
+    source = lambda: gigatoken.TextFileSource([path], separator=EOT.encode())
+    run = {"numpy": lambda: g.encode(text), "all": lambda: g.encode_batch_list(lines),
+           "file": lambda: g.encode_files(source())}[mode]
+    if mode == "all":
+        flat = lambda r: np.fromiter((i for ids in r for i in ids), dtype=np.uint32)
+    if mode == "file":
+        import awkward as ak
+        flat = lambda r: np.asarray(ak.flatten(r), dtype=np.uint32)
+elif lib == "fastokens":
+    import fastokens
+    if vocab == "gpt2":
+        ft = fastokens.Tokenizer.from_file(hf_json)
+    else:  # fastokens reads no model of the tokenizer.json fastbpe writes for cl100k
+        ft = fastokens.Tokenizer.from_tiktoken(f"{SHARED}/tiktoken_cache/9b5ad71b2ce5302211f9c61530b329a4922fc6a4",
+                                               encoding="cl100k_base", special_tokens={EOT: EOT_ID})
+    run = {"one": lambda: ft.encode(text).ids, "all": lambda: [e.ids for e in ft.encode_batch(lines)]}[mode]
+    if mode == "all":
+        flat = lambda r: np.fromiter((i for ids in r for i in ids), dtype=np.uint32)
 else:
     import tokenizers
     hf = tokenizers.Tokenizer.from_file(hf_json)
-    run = lambda: hf.encode_batch(lines, add_special_tokens=False)
+    run = lambda: [e.ids for e in hf.encode_batch(lines, add_special_tokens=False)]
+    flat = lambda r: np.fromiter((i for ids in r for i in ids), dtype=np.uint32)
 best = float("inf")
 result = None
 for _ in range(repeat):
     result = None  # the last run's result is freed before the clock starts, not inside the timing
     t = time.perf_counter(); result = run(); best = min(best, time.perf_counter() - t)
-digest = None
-if mode == "file":
-    n = len(result)
-elif mode == "one" and lib != "hf":
-    import hashlib, numpy as np
-    n = len(result)
-    digest = hashlib.sha256(np.asarray(result, dtype=np.uint32).tobytes()).hexdigest()
-else:
-    n = sum(len(r.ids) if hasattr(r, "ids") else len(r) for r in result)
-print(json.dumps({"seconds": best, "tokens": n, "digest": digest}))
+if mode == "split":
+    print(json.dumps({"seconds": best, "tokens": result, "digest": None}))
+    sys.exit(0)
+ids = flat(result)
+if mode == "file" and lib == "fastbpe":
+    os.remove(out); os.remove(out + ".json")
+print(json.dumps({"seconds": best, "tokens": len(ids), "digest": hashlib.sha256(ids.tobytes()).hexdigest()}))
 """
+
+# (label, library, child mode, one thread): the rows of each vocabulary, in print order.
+ROWS = [
+    ("one thread (list)", "fastbpe", "one", True), ("one thread (list)", "fastokens", "one", True),
+    ("one thread (list)", "tiktoken", "one", True), ("one thread (list)", "hf", "all", True),
+    ("one thread (numpy)", "fastbpe", "numpy", True), ("one thread (numpy)", "gigatoken", "numpy", True),
+    ("one thread (numpy)", "tiktoken", "numpy", True),
+    ("batch (all CPUs)", "fastbpe", "all", False), ("batch (all CPUs)", "gigatoken", "all", False),
+    ("batch (all CPUs)", "fastokens", "all", False), ("batch (all CPUs)", "tiktoken", "all", False),
+    ("batch (all CPUs)", "hf", "all", False),
+    ("file (all CPUs)", "fastbpe", "file", False), ("file (all CPUs)", "gigatoken", "file", False),
+    ("pre-tokenizer only", "fastbpe", "split", True),
+]
+# Rayon-based libraries (HF, fastokens, gigatoken) told to use one thread in one-thread rows.
+ONE_THREAD_ENV = {"RAYON_NUM_THREADS": "1", "RAYON_RS_NUM_CPUS": "1"}
 
 
 def prepare(corpus: str, mb: float) -> str:
@@ -109,26 +174,40 @@ def prepare(corpus: str, mb: float) -> str:
 
 
 def hf_files() -> dict[str, str]:
-    """tokenizer.json files for HF, written by fastbpe's exporter (whose output the tests check
-    against fastbpe's ids)."""
+    """tokenizer.json files for HF and fastokens (and gigatoken's GPT-2), written by fastbpe's
+    exporter (whose output the tests check against fastbpe's ids), anew each run: a file left
+    by an older exporter may not give fastbpe's ids."""
     import fastbpe
 
     paths = {"gpt2": os.path.join(CACHE, "hf_gpt2.json"), "cl100k": os.path.join(CACHE, "hf_cl100k.json")}
-    if not os.path.exists(paths["gpt2"]):
-        fastbpe.Tokenizer.from_files(f"{SHARED}/gpt2/vocab.json", f"{SHARED}/gpt2/merges.txt", ["<|endoftext|>"]).to_huggingface(paths["gpt2"])
-    if not os.path.exists(paths["cl100k"]):
-        fastbpe.Tokenizer.from_tiktoken(CL100K_FILE, "cl100k", {"<|endoftext|>": 100257}).to_huggingface(paths["cl100k"])
+    fastbpe.Tokenizer.from_files(f"{SHARED}/gpt2/vocab.json", f"{SHARED}/gpt2/merges.txt", [EOT]).to_huggingface(paths["gpt2"])
+    fastbpe.Tokenizer.from_tiktoken(CL100K_FILE, "cl100k", {EOT: 100257}).to_huggingface(paths["cl100k"])
     return paths
 
 
+def gigatoken_gpt2_file() -> str:
+    """GPT-2's tokenizer.json as HF writes it (a ByteLevel pre-tokenizer, which gigatoken
+    recognizes; fastbpe writes the pattern out as a Split, which it does not)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.BPE.from_file(f"{SHARED}/gpt2/vocab.json", f"{SHARED}/gpt2/merges.txt"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(EOT, special=True)])
+    path = os.path.join(CACHE, "gigatoken_gpt2.json")
+    tok.save(path)
+    return path
+
+
 def run_child(vocab, lib, mode, path, repeat, hf_json, threads_env=None) -> dict:
-    env = {**os.environ, "FASTBPE_SHARED": SHARED, "TIKTOKEN_CACHE_DIR": os.path.join(SHARED, "tiktoken_cache")}
+    env = {**os.environ, "FASTBPE_SHARED": SHARED, "TIKTOKEN_CACHE_DIR": os.path.join(SHARED, "tiktoken_cache"),
+           "GIGATOKEN_GPT2": os.path.join(CACHE, "gigatoken_gpt2.json")}
     if threads_env:
         env.update(threads_env)
     done = subprocess.run([sys.executable, "-c", CHILD, vocab, lib, mode, path, str(repeat), hf_json],
                           capture_output=True, text=True, env=env)
     if done.returncode:
-        return {"error": done.stderr.strip().splitlines()[-1]}
+        return {"error": (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -152,46 +231,39 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=20.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--vocab", default="gpt2,cl100k")
+    ap.add_argument("--only", default="", help="comma-separated libraries to run besides fastbpe (default: all)")
     args = ap.parse_args()
     if not os.path.exists(args.corpus):
         sys.exit(f"corpus not found: {args.corpus} (pass --corpus PATH)")
     path = prepare(args.corpus, args.mb)
     size = os.path.getsize(path) / 1e6
     hf = hf_files()
+    gigatoken_gpt2_file()
+    rows = [r for r in ROWS if not args.only or r[1] == "fastbpe" or r[1] in args.only.split(",")]
     print(f"command: python benches/{os.path.basename(__file__)} {' '.join(sys.argv[1:])}")
     print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
     print(f"text: the first {size:.1f} MB of {os.path.basename(args.corpus)}; best of {2 * args.repeat} runs "
-          f"in {args.repeat} interleaved rounds; one-thread ids equal tiktoken's\n")
+          f"in {args.repeat} interleaved rounds; every encoder's ids equal fastbpe's\n")
     print("| vocabulary | mode | encoder | MB/s | tokens | vs fastbpe |")
     print("|---|---|---|---:|---:|---|")
-    one_thread_hf = {"RAYON_NUM_THREADS": "1", "RAYON_RS_NUM_CPUS": "1"}
     for vocab in args.vocab.split(","):
-        rows = [
-            ("one thread", "fastbpe", "one", None), ("one thread", "tiktoken", "one", None),
-            ("one thread", "hf", "all", one_thread_hf),
-            ("all threads", "fastbpe", "all", None), ("all threads", "tiktoken", "all", None),
-            ("all threads", "hf", "all", None),
-            ("file -> tokens", "fastbpe", "file", None),
-        ]
         results: dict = {}
         for _ in range(args.repeat):
-            for label, lib, mode, env in rows:
-                r = run_child(vocab, lib, mode, path, 2, hf[vocab], env)
+            for label, lib, mode, one in rows:
+                r = run_child(vocab, lib, mode, path, 2, hf[vocab], ONE_THREAD_ENV if one else None)
                 best = results.get((label, lib))
                 if best is None or "error" in r or ("error" not in best and r["seconds"] < best["seconds"]):
                     results[(label, lib)] = r
-        fast, tik = results[("one thread", "fastbpe")], results[("one thread", "tiktoken")]
-        if "error" not in fast and "error" not in tik and fast["digest"] != tik["digest"]:
-            sys.exit(f"{vocab}: fastbpe's ids differ from tiktoken's on this text")
-        for label, lib, mode, env in rows:
+        check_ids(vocab, rows, results)
+        for label, lib, mode, one in rows:
             r = results[(label, lib)]
             if "error" in r:
                 print(f"| {vocab} | {label} | {lib} | - | - | {r['error'][:60]} |")
                 continue
-            base = results.get((label, "fastbpe")) or results[("one thread", "fastbpe")]
-            ratio = r["seconds"] / base["seconds"]
+            ratio = r["seconds"] / results[(label, "fastbpe")]["seconds"]
             vs = "1.00x" if lib == "fastbpe" else f"{ratio:.1f}x slower" if ratio >= 1 else f"{1 / ratio:.1f}x faster"
-            print(f"| {vocab} | {label} | {lib} | {size / r['seconds']:.1f} | {r['tokens']:,} | {vs} |")
+            unit = "pieces" if mode == "split" else "tokens"
+            print(f"| {vocab} | {label} | {lib} | {size / r['seconds']:.1f} | {r['tokens']:,} {unit} | {vs} |")
         paired = run_child(vocab, "fastbpe", "scaling", path, 3 * args.repeat, hf[vocab])
         if "error" in paired:
             print(f"| {vocab} | scaling | fastbpe | {paired['error'][:60]} | | |")
@@ -202,6 +274,21 @@ def main() -> None:
     print("\nQuadratic corners (GPT-2, fastbpe encode):")
     for name, seconds in corners():
         print(f"  {name}: {seconds:.3f} s")
+
+
+def check_ids(vocab: str, rows: list, results: dict) -> None:
+    """Exits unless every encoder's ids equal fastbpe's for the same input (the whole text, the
+    lines, or the file less its separators)."""
+    same_input = {"one": "one thread (list)", "numpy": "one thread (list)", "all": "batch (all CPUs)",
+                  "file": "file (all CPUs)"}
+    for label, lib, mode, _ in rows:
+        if mode == "split":
+            continue
+        r, base = results[(label, lib)], results[(same_input[mode], "fastbpe")]
+        if "error" in r or "error" in base:
+            continue
+        if r["digest"] != base["digest"]:
+            sys.exit(f"{vocab}, {label}: {lib}'s ids differ from fastbpe's ({r['tokens']:,} vs {base['tokens']:,} tokens)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Compare BPE *training* speed and memory: fastbpe against rustbpe, HF tokenizers, bpeasy and
-the pure-Python reference.
+"""Compare BPE *training* speed and memory: fastbpe against rustbpe, HF tokenizers, bpeasy,
+gigatoken and the pure-Python reference.
 
     python benches/train_bench.py [--corpus PATH] [--vocab-size 10000] [--reference-mb 1.0]
                                   [--only NAME,...] [--repeat 1] [--scaling]
@@ -20,10 +20,11 @@ DEFAULT_CORPUS = os.path.join(ROOT, "..", "shared", "data", "corpus", "enwiki_10
 CACHE = os.path.join(tempfile.gettempdir(), "fastbpe-bench")
 EOT = "<|endoftext|>"
 GPT2 = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-PEERS = ["fastbpe", "rustbpe", "tokenizers", "bpeasy", "reference"]
+PEERS = ["fastbpe", "rustbpe", "tokenizers", "bpeasy", "gigatoken", "reference"]
 MODULE = {"fastbpe": "fastbpe", "rustbpe": "rustbpe", "tokenizers": "tokenizers",
-          "bpeasy": "bpeasy", "reference": "fastbpe.reference"}
-DIST = {"fastbpe": "fastbpe-rs", "rustbpe": "rustbpe", "tokenizers": "tokenizers", "bpeasy": "bpeasy"}
+          "bpeasy": "bpeasy", "gigatoken": "gigatoken", "reference": "fastbpe.reference"}
+DIST = {"fastbpe": "fastbpe-rs", "rustbpe": "rustbpe", "tokenizers": "tokenizers", "bpeasy": "bpeasy",
+        "gigatoken": "gigatoken"}
 MARK = "@@RESULT "  # the child's result line; libraries may print to stdout themselves
 
 
@@ -74,6 +75,14 @@ def train(name, path, vocab_size):
         t0 = time.perf_counter()
         ranks = bpeasy.train_bpe(documents(path), GPT2, 128, vocab_size - 1, batch_size=1000)
         secs, vocab = time.perf_counter() - t0, f"{len(ranks)} +1 special"
+    elif name == "gigatoken":
+        import pathlib
+        import gigatoken
+        # gigatoken reads the file itself, documents split on the separator; its pre-tokenizer
+        # is GPT-2's (train_bpe takes no pattern).
+        t0 = time.perf_counter()
+        vocab_map, _ = gigatoken.train_bpe(pathlib.Path(path), vocab_size, [EOT], separator=EOT.encode())
+        secs, vocab = time.perf_counter() - t0, len(vocab_map)
     elif name == "reference":
         from fastbpe import reference
         t0 = time.perf_counter()
@@ -214,6 +223,7 @@ def main():
              "rustbpe": "iterator of documents, buffer_size=8192",
              "tokenizers": "train([path]), ByteLevel (GPT-2 regex)",
              "bpeasy": "iterator of documents, batch_size=1000, max_token_length=128",
+             "gigatoken": "train_bpe(path, separator=<|endoftext|>), reads the file itself",
              "reference": "pure Python, one text"}
     rows = []  # (label, bytes, result, baseline label, note)
     jobs = [(n, f"{n}", corpus, args.vocab_size, "fastbpe") for n in only if n != "reference"]

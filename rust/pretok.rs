@@ -109,6 +109,26 @@ impl Pattern {
         best
     }
 
+    /// The pieces of `text` found without the ASCII fast paths (for tests checking them).
+    pub fn split_reference(self, text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let _ = match self {
+            Pattern::Gpt2 => pieces(text, gpt2_piece_end_general, |p| {
+                out.push(p);
+                Ok::<(), ()>(())
+            }),
+            Pattern::Cl100k => pieces(text, cl100k_piece_end_general, |p| {
+                out.push(p);
+                Ok(())
+            }),
+            _ => {
+                out = self.split(text);
+                Ok(())
+            }
+        };
+        out
+    }
+
     /// The pieces of `text` as a vector (tests and small inputs; hot paths use `for_each_piece`).
     pub fn split(self, text: &str) -> Vec<&str> {
         let mut out = Vec::new();
@@ -225,13 +245,92 @@ fn run_end(s: &[u8], mut i: usize, k: Coarse) -> usize {
     i
 }
 
+/// Index of the first byte at or after `i` that is not an ASCII letter (`s.len()` if none):
+/// 16 bytes at a time with SSE2, which every x86_64 CPU has (so no runtime detection), else
+/// a byte at a time (`ascii_letters_end_scalar`, which the tests check it against).
+#[inline(always)]
+fn ascii_letters_end(s: &[u8], i: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        ascii_letters_end_sse2(s, i)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        ascii_letters_end_scalar(s, i)
+    }
+}
+
+#[inline(always)]
+fn ascii_letters_end_scalar(s: &[u8], mut i: usize) -> usize {
+    while s.get(i).is_some_and(|b| b.is_ascii_alphabetic()) {
+        i += 1;
+    }
+    i
+}
+
+/// A byte `b` is an ASCII letter when `(b | 0x20) - b'a'` (wrapping) is at most 25: setting
+/// bit 5 lowers upper case and maps no other byte into `a..=z`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn ascii_letters_end_sse2(s: &[u8], mut i: usize) -> usize {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8, _mm_sub_epi8,
+    };
+    while let Some(chunk) = s.get(i..i + 16) {
+        // SAFETY: `chunk` is 16 readable bytes (an unaligned load is allowed); SSE2 is part of
+        // the x86_64 baseline.
+        let letters = unsafe {
+            let v = _mm_loadu_si128(chunk.as_ptr().cast());
+            let x = _mm_sub_epi8(
+                _mm_or_si128(v, _mm_set1_epi8(0x20)),
+                _mm_set1_epi8(b'a' as i8),
+            );
+            _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(25)), x))
+        } as u32;
+        if letters != 0xFFFF {
+            return i + (!letters).trailing_zeros() as usize;
+        }
+        i += 16;
+    }
+    ascii_letters_end_scalar(s, i)
+}
+
+/// `gpt2_piece_end_general` with ASCII fast paths for the commonest pieces: a run of
+/// letters, numbers or punctuation, with or without one space before it (alternatives 2-4;
+/// the run goes on through non-ASCII characters of its class). A piece that starts with `'`
+/// (a contraction, maybe) or whitespace other than a space before such a run goes the general way.
+#[inline]
+fn gpt2_piece_end(s: &[u8], pos: usize) -> usize {
+    let b = s[pos];
+    let i = pos + (b == b' ') as usize;
+    if let Some(&c) = s.get(i) {
+        if c.is_ascii_alphabetic() {
+            let end = ascii_letters_end(s, i + 1);
+            return if s.get(end).is_some_and(|&b| b >= 0x80) {
+                run_end(s, end, Coarse::Letter)
+            } else {
+                end
+            };
+        }
+        if c < 0x80 && (c != b'\'' || i > pos) {
+            match ASCII_COARSE[c as usize] {
+                Coarse::Number => return run_end(s, i + 1, Coarse::Number),
+                Coarse::Punct => return run_end(s, i + 1, Coarse::Punct),
+                _ => {}
+            }
+        }
+    }
+    gpt2_piece_end_general(s, pos)
+}
+
 /// End of the GPT-2 piece that starts at byte `pos` of `s` (valid UTF-8, `pos < s.len()`).
 ///
 /// Alternatives, tried in order as the regex engine does:
 /// 1. `'(?:[sdmt]|ll|ve|re)`  2. ` ?\p{L}+`  3. ` ?\p{N}+`  4. ` ?[^\s\p{L}\p{N}]+`
 /// 5. `\s+(?!\S)`  6. `\s+`
 #[inline]
-fn gpt2_piece_end(s: &[u8], pos: usize) -> usize {
+fn gpt2_piece_end_general(s: &[u8], pos: usize) -> usize {
     let b = s[pos];
     if b == b'\'' {
         if let Some(&n1) = s.get(pos + 1) {
@@ -413,26 +512,32 @@ fn contraction_len(s: &[u8], i: usize) -> usize {
 #[inline]
 fn cl100k_piece_end(s: &[u8], pos: usize) -> usize {
     let b = s[pos];
+    // Fast path for the commonest pieces, ASCII words with or without a space before them
+    // (alternative 2, the run going on through non-ASCII letters); `cl100k_piece_end_general`
+    // gives the same.
+    let i = pos + (b == b' ') as usize;
+    if s.get(i).is_some_and(|c| c.is_ascii_alphabetic()) {
+        let end = ascii_letters_end(s, i + 1);
+        return if s.get(end).is_some_and(|&b| b >= 0x80) {
+            run_end_in(s, end, LETTER)
+        } else {
+            end
+        };
+    }
+    cl100k_piece_end_general(s, pos)
+}
+
+/// End of the cl100k_base piece that starts at byte `pos` of `s`, as `cl100k_piece_end`
+/// without its fast path.
+#[inline]
+fn cl100k_piece_end_general(s: &[u8], pos: usize) -> usize {
+    let b = s[pos];
     // 1. A contraction, in any case ("'S", "'Ll", also "'ſ").
     if b == b'\'' {
         let n = contraction_len(s, pos);
         if n > 0 {
             return pos + n;
         }
-    }
-    // Fast path for the commonest pieces, ASCII words with or without a space before them
-    // (alternative 2); the general code below gives the same.
-    let mut i = pos + (b == b' ') as usize;
-    if i < s.len() && s[i].is_ascii_alphabetic() {
-        i += 1;
-        while i < s.len() && s[i].is_ascii_alphabetic() {
-            i += 1;
-        }
-        return if i < s.len() && s[i] >= 0x80 {
-            run_end_in(s, i, LETTER)
-        } else {
-            i
-        };
     }
     let (k, n) = class_at(s, pos);
     let next = pos + n;
@@ -910,6 +1015,45 @@ mod tests {
             Pattern::Whole.last_split_cut("a b c d e f g h i j k l m n o p", 40),
             None
         );
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn sse2_letter_runs_equal_scalar() {
+        // Runs around the 16-byte blocks, ended by each byte value, at several offsets.
+        let mut checked = 0;
+        for run in 0..70 {
+            for stop in 0..=255u8 {
+                for lead in 0..3 {
+                    let mut s: Vec<u8> = b"!? ".iter().take(lead).copied().collect();
+                    s.extend((0..run).map(|k| {
+                        if k % 3 == 0 {
+                            b'A' + (k % 26) as u8
+                        } else {
+                            b'z' - (k % 26) as u8
+                        }
+                    }));
+                    s.push(stop);
+                    s.extend_from_slice(b"abc");
+                    for i in 0..=lead {
+                        assert_eq!(
+                            ascii_letters_end_sse2(&s, i),
+                            ascii_letters_end_scalar(&s, i)
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 100_000);
+    }
+
+    #[test]
+    fn fast_paths_equal_the_general_code() {
+        let text = "The quick  brown fox's 12345 jumps!!  Über naïve café \u{1c}x \t\n\n Ünï 'll x'LL ١٢٣ \u{301}a ";
+        for p in [Pattern::Gpt2, Pattern::Cl100k] {
+            assert_eq!(p.split(text), p.split_reference(text), "{p:?}");
+        }
     }
 
     #[test]

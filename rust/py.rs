@@ -420,6 +420,31 @@ fn split(pattern: Option<&str>, text: &str) -> PyResult<Vec<String>> {
     Ok(p.split(text).into_iter().map(String::from).collect())
 }
 
+/// The pieces of `text` under a built-in pattern found without the splitters' ASCII fast
+/// paths (for tests checking them).
+#[pyfunction]
+#[pyo3(signature = (pattern, text))]
+fn split_reference(pattern: Option<&str>, text: &str) -> PyResult<Vec<String>> {
+    let p = parse_pattern(pattern)?;
+    Ok(p.split_reference(text)
+        .into_iter()
+        .map(String::from)
+        .collect())
+}
+
+/// The number of pieces of `text` under a built-in pattern, splitting with the GIL released:
+/// the pre-tokenizer alone, for timing it (`benches/encode_bench.py`).
+#[pyfunction]
+#[pyo3(signature = (pattern, text))]
+fn count_pieces(py: Python<'_>, pattern: Option<&str>, text: &str) -> PyResult<usize> {
+    let p = parse_pattern(pattern)?;
+    Ok(py.detach(|| {
+        let mut n = 0usize;
+        p.for_each_piece(text, |_| n += 1);
+        n
+    }))
+}
+
 /// Character offsets of the byte offsets `at` (ascending) in `text`.
 fn char_offsets(text: &str, at: &[usize]) -> Vec<usize> {
     let mut out = Vec::with_capacity(at.len());
@@ -713,13 +738,14 @@ impl CoreEncoder {
         with_specials: bool,
     ) -> PyResult<Bound<'py, PyByteArray>> {
         self.check_width(width)?;
-        let buf = detach_polling(py, |budget| {
-            let ids = self.enc.encode_with_budget(text, with_specials, budget)?;
-            let mut buf = Vec::new();
-            crate::encode::ids_to_le_bytes(&ids, width, &mut buf);
-            Ok(buf)
+        let ids = detach_polling(py, |budget| {
+            self.enc.encode_with_budget(text, with_specials, budget)
         })?;
-        Ok(PyByteArray::new(py, &buf))
+        // The ids go straight into the bytearray numpy reads (one copy, no buffer between).
+        PyByteArray::new_with(py, ids.len() * width, |buf| {
+            crate::encode::write_le_ids(&ids, width, buf);
+            Ok(())
+        })
     }
 
     #[pyo3(signature = (texts, num_threads, with_specials=true))]
@@ -948,6 +974,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnknownTokenError", m.py().get_type::<UnknownTokenError>())?;
     m.add_function(wrap_pyfunction!(train_merges, m)?)?;
     m.add_function(wrap_pyfunction!(split, m)?)?;
+    m.add_function(wrap_pyfunction!(count_pieces, m)?)?;
+    m.add_function(wrap_pyfunction!(split_reference, m)?)?;
     m.add_function(wrap_pyfunction!(safe_cuts, m)?)?;
     m.add_function(wrap_pyfunction!(merges_from_ranks, m)?)?;
     m.add(

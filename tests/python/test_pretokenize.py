@@ -150,3 +150,39 @@ def test_builtin_names():
         assert _core.split(name, "Hi there") == ["Hi", " there"]
     with pytest.raises(ValueError, match="built-in"):
         _core.split("p50k", "x")
+
+
+# ASCII-heavy text for the splitters' fast paths: runs of letters of every length around the
+# 16-byte blocks the letter scan reads, ended by every kind of character (non-ASCII letters that
+# continue the run, marks, digits, punctuation, apostrophes, spaces), with and without a space
+# before them.
+RUN_ENDS = st.sampled_from(list(" .,'!?-\n\t\r0123é中\u0301١ß'") + ["'s", "'LL", "  ", "\r\n", "🎉", "ǅ", "ʰ"])
+ASCII_RUN = st.builds(
+    lambda lead, n, word, end: lead + (word * n)[: n] + end,
+    st.sampled_from(["", " ", "  ", "\t", "'", "(", "\u00a0"]),
+    st.sampled_from([1, 2, 3, 5, 8, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 100]),
+    st.sampled_from(["abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "aZ", "hello", "Wörld"]),
+    RUN_ENDS,
+)
+FAST_PATH_TEXT = st.one_of(
+    st.lists(ASCII_RUN, max_size=20).map("".join),
+    st.lists(st.one_of(ASCII_RUN, TRICKY), max_size=30).map("".join),
+    st.text(alphabet=st.characters(max_codepoint=0x7F)),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(FAST_PATH_TEXT)
+@example("a" * 16 + "é" + "b" * 31 + " " + "C" * 33 + "'s" + " " + "x" * 64 + "\u0301")
+@example("@[`{" + "Az" * 40)  # the bytes next to the letters in ASCII order end a run
+def test_fast_paths_equal_general_splitters(text):
+    for name in ("gpt2", "cl100k"):
+        assert _core.split(name, text) == _core.split_reference(name, text), name
+    assert _core.split("gpt2", text) == regex.findall(patterns.GPT2, text)
+    assert _core.split("cl100k", text) == regex.findall(patterns.CL100K, text)
+
+
+def test_count_pieces_counts_the_pieces():
+    text = "Hello world's 12345 !! \n\n  ünï 中文 "
+    for name in ("gpt2", "cl100k", "o200k", None):
+        assert _core.count_pieces(name, text) == len(_core.split(name, text))
