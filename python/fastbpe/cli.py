@@ -241,6 +241,7 @@ def cmd_encode(args) -> None:
         target = stack.enter_context(token_files.scratch_path(args.out)) if args.val_out is not None else args.out
         try:
             arr = tok.encode_file(args.corpus, target, num_threads=args.threads, text_field=args.text_field,
+                                  eot_token=args.eot_token,
                                   metadata={"tokenizer": os.path.abspath(args.tokenizer)})
         except (ValueError, OSError, ImportError) as e:
             _die(_message(e).replace(target, args.out))
@@ -250,7 +251,7 @@ def cmd_encode(args) -> None:
         mb = os.path.getsize(args.corpus) / 1e6
         print(f"encoded {args.corpus} ({mb:.1f} MB) into {n:,} tokens in {seconds:.2f} s ({mb / max(seconds, 1e-9):.1f} MB/s)")
         if args.val_out is not None:
-            eot = corpus.eot_id(tok)
+            eot = corpus.eot_id(tok, args.eot_token)
             try:
                 n_train, n_val = token_files.split_tokens(target, args.out, args.val_out, args.val_fraction, eot)
             except (ValueError, OSError) as e:
@@ -473,6 +474,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--text-field", default="text",
                    help="the JSON field or Parquet column holding each document's text (default text)")
     p.add_argument("--tokenizer", required=True, help="a tokenizer saved by train-tokenizer, or a Hugging Face tokenizer.json")
+    p.add_argument("--eot-token", help="the special token after each document of JSON lines or Parquet "
+                   "(default <|endoftext|>; e.g. a tokenizer.json's own end of text)")
     p.add_argument("--out", required=True, help="the token file (its dtype goes to OUT.json)")
     p.add_argument("--val-out", help="also split off the last --val-fraction of the tokens into this file")
     p.add_argument("--val-fraction", type=float, default=0.05)

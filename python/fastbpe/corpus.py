@@ -649,11 +649,22 @@ def in_background(items: Iterator, depth: int = 2) -> Iterator:
         worker.join()
 
 
-def eot_id(tokenizer) -> int | None:
-    """The id written after each document: that of the tokenizer's `<|endoftext|>`, or None
-    when it declares none."""
+def eot_id(tokenizer, eot_token: str | None = None) -> int | None:
+    """The id written after each document: that of `eot_token` when given (it must be one of
+    the tokenizer's special tokens: ValueError naming them otherwise), else that of the
+    tokenizer's `<|endoftext|>`, or None when it declares none."""
     full = getattr(tokenizer, "_full", tokenizer)  # a view that recognizes fewer special tokens
-    return full.special_token_ids.get(END_OF_TEXT)
+    if eot_token is None:
+        return full.special_token_ids.get(END_OF_TEXT)
+    if not isinstance(eot_token, str):
+        raise TypeError(f"eot_token must be a str naming a special token, not {type(eot_token).__name__}")
+    if eot_token not in full.special_token_ids:
+        known = ", ".join(repr(t) for t in sorted(full.special_token_ids)) or "none"
+        raise ValueError(
+            f"eot_token {eot_token!r} is not a special token of this tokenizer (its special tokens: {known}); "
+            "name one of them"
+        )
+    return full.special_token_ids[eot_token]
 
 
 def count_into(counts, cutter, path: str, fmt: Format, text_field: str, num_threads: int, progress=None) -> None:
@@ -691,13 +702,14 @@ def texts_for_custom_pattern(path: str, fmt: Format, text_field: str, progress=N
 
 
 def encode_into(
-    tokenizer, path: str, fmt: Format, writer, *, text_field: str, num_threads: int, allowed, disallowed, progress=None
+    tokenizer, path: str, fmt: Format, writer, *, text_field: str, num_threads: int, allowed, disallowed, progress=None,
+    eot_token: str | None = None,
 ) -> int:
     """Encodes a corpus file that is not plain text into `writer` (a `token_files.TokenWriter`);
     returns the number of tokens written. `allowed` / `disallowed`: the special tokens to
     recognize and to refuse (`Tokenizer._special_policy`).
 
-    JSON lines and Parquet: each document's ids, then `eot_id(tokenizer)` when there is one (a
+    JSON lines and Parquet: each document's ids, then `eot_id(tokenizer, eot_token)` when there is one (a
     warning says so when there is none: the documents then run into each other). A disallowed
     special token is a ValueError naming the file and the line or row. A text file (compressed):
     the ids of its text, as `encode_file` gives for the same file uncompressed."""
@@ -706,12 +718,12 @@ def encode_into(
     dtype = writer.dtype
     if fmt.kind == TEXT:
         return _encode_text(tokenizer, path, fmt, writer, num_threads, allowed, disallowed, progress)
-    eot = eot_id(tokenizer)
+    eot = eot_id(tokenizer, eot_token)
     if eot is None:
         warnings.warn(
             f"the tokenizer declares no {END_OF_TEXT} special token: the documents of '{path}' are written "
-            f"one after another with nothing between them (train it with special_tokens=['{END_OF_TEXT}'] "
-            "to separate them)",
+            f"one after another with nothing between them (name another special token with eot_token= "
+            f"(fastbpe: --eot-token), or train with special_tokens=['{END_OF_TEXT}'])",
             stacklevel=3,
         )
     refuse = special_regex(frozenset(disallowed)).search if disallowed else None

@@ -806,15 +806,18 @@ class Tokenizer:
         allowed_special: Literal["all"] | AbstractSet[str] = ALL,
         disallowed_special: Literal["all"] | Collection[str] = ALL,
         text_field: str = "text",
+        eot_token: str | None = None,
     ) -> np.ndarray:
         """Encode a corpus file into a flat token array on disk; returns it as an np.memmap.
 
         The file is UTF-8 text, JSON lines or Parquet, text and JSON lines possibly compressed
         (.gz, .xz, .zst); see `fastbpe.corpus`. A text file gives the ids of its text, nothing
         added. A JSON lines or Parquet file gives, for each document (the field or column
-        `text_field`), `encode(document)` followed by the id of `<|endoftext|>` when this
-        tokenizer declares that special token (a warning says when it does not: the documents
-        then follow each other with nothing between them).
+        `text_field`), `encode(document)` followed by the id of `eot_token` (one of this
+        tokenizer's special tokens; by default `<|endoftext|>`, when declared: a warning says
+        when it is not, and the documents then follow each other with nothing between them).
+        A tokenizer.json names its end of text otherwise (DeepSeek's `<｜end▁of▁sentence｜>`):
+        pass that.
 
         The text is cut at safe places (after special tokens, between lines), encoded in
         parallel, and streamed to disk in order with bounded memory. `out_path` and its sidecar
@@ -829,6 +832,7 @@ class Tokenizer:
         """
         fmt = corpus.check_readable(path)
         corpus.check_text_field(text_field)
+        corpus.eot_id(self, eot_token)  # a wrong name is refused before any work
         if not fmt.plain_text:
             # The formats read in Python: the policy applies to each document as it is read.
             allowed, disallowed = self._special_policy(allowed_special, disallowed_special)
@@ -862,7 +866,8 @@ class Tokenizer:
         bar = _progress.Bar(f"encoding {os.path.basename(path)}", os.path.getsize(path), "MB", 1e6) if _progress.wanted(progress) else None
         with token_files.TokenWriter(out_path, dtype, meta) as writer:
             if not fmt.plain_text:
-                n = corpus.encode_into(self, path, fmt, writer, text_field=text_field, num_threads=_threads(num_threads),
+                n = corpus.encode_into(self, path, fmt, writer, text_field=text_field, eot_token=eot_token,
+                                       num_threads=_threads(num_threads),
                                        allowed=allowed, disallowed=disallowed, progress=bar)
             elif self._hf is not None:
                 n = self._encode_file_hf(path, writer, bar)

@@ -565,6 +565,35 @@ def test_cli_end_to_end_with_text_field(tmp_path, capsys):
     assert train_ids[-1] == tok.special_token_ids["<|endoftext|>"]  # the split falls after a document
 
 
+def test_eot_token_names_the_separator(tmp_path, capsys):
+    """A tokenizer whose end of text is not <|endoftext|> (a tokenizer.json's <｜end▁of▁sentence｜>)
+    separates documents with the special token named; a name it does not declare is refused
+    before anything is written, in the library and in the CLI."""
+    docs = [d.replace("<|endoftext|>", "") for d in DOCS]
+    tok = fastbpe.train(iter(docs), 330, special_tokens=["<|doc|>"], progress=False)
+    path = write_jsonl(tmp_path, docs, "gz")
+    with pytest.warns(UserWarning, match="eot_token="):
+        plain = tok.encode_file(path, tmp_path / "p.bin", progress=False).tolist()
+    assert plain == [i for d in docs for i in tok.encode(d)]
+    sep = tok.special_token_ids["<|doc|>"]
+    ids = tok.encode_file(path, tmp_path / "o.bin", eot_token="<|doc|>", progress=False).tolist()
+    assert ids == [i for d in docs for i in tok.encode(d) + [sep]]
+    with pytest.raises(ValueError, match=r"eot_token '<\|eos\|>' is not a special token.*'<\|doc\|>'"):
+        tok.encode_file(path, tmp_path / "x.bin", eot_token="<|eos|>", progress=False)
+    assert not (tmp_path / "x.bin").exists() and not (tmp_path / "x.bin.json").exists()
+    tok.save(tmp_path / "tok.json")
+    code, err = cli_run(["encode", path, "--tokenizer", tmp_path / "tok.json", "--out", tmp_path / "c.bin",
+                         "--eot-token", "<|doc|>", "--val-out", tmp_path / "v.bin", "--val-fraction", "0.2"], capsys)
+    assert code == 0, err
+    train_ids, _ = token_files.read_tokens(tmp_path / "c.bin", verify=True)
+    val_ids, _ = token_files.read_tokens(tmp_path / "v.bin", verify=True)
+    assert train_ids.tolist() + val_ids.tolist() == ids and train_ids[-1] == sep  # split after a document
+    code, err = cli_run(["encode", path, "--tokenizer", tmp_path / "tok.json", "--out", tmp_path / "d.bin",
+                         "--eot-token", "<|eos|>"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "is not a special token" in err
+    assert not (tmp_path / "d.bin").exists()
+
+
 @pytest.mark.parametrize("case", ["no field", "truncated", "garbage", "no column"])
 def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, capsys, tok, case):
     tok_path = tmp_path / "tok.json"
