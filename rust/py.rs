@@ -15,9 +15,9 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyList};
 use crate::count::{self, CountError, Counts, Interrupted, SpecialError, SpecialSplitter};
 use crate::encode::{Budget, BuildError, DecodeError, Encoder};
 use crate::pretok::Pattern;
+use crate::ranks;
 use crate::regex_encode::{self, Cutting, RegexError};
 use crate::regex_split;
-use crate::ranks;
 use crate::train::{self, TrainError};
 
 create_exception!(
