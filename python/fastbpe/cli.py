@@ -417,7 +417,7 @@ def cmd_demo(args) -> None:
     print("\n== 2/4 encode train and validation splits")
     train_bin, val_bin = os.path.join(out, "train.bin"), os.path.join(out, "val.bin")
     cmd_encode(argparse.Namespace(corpus=path, tokenizer=tok_path, out=train_bin, val_out=val_bin,
-                                  val_fraction=0.05, threads=None, text_field=args.text_field))
+                                  val_fraction=0.05, threads=None, text_field=args.text_field, eot_token=None))
     print("\n== 3/4 train a language model")
     import torch
 
