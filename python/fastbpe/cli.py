@@ -328,41 +328,12 @@ def cmd_lm_train(args) -> None:
 
 
 def load_run(run_dir: str):
-    """(model, tokenizer) from a run folder's newest valid checkpoint and its tokenizer.json."""
-    import fastbpe
-
+    """(model, tokenizer) of a run folder (fastbpe.lm.load_run), or one line and exit 2."""
     lm = _lm()
-    from fastbpe.lm.config import config_from_dict
-    from fastbpe.lm.trainer import checkpoints, newest_valid_checkpoint
-
-    if not os.path.isdir(run_dir):
-        _die(f"no such run folder: {run_dir} (fastbpe lm train --out writes one)")
-    if not checkpoints(run_dir):
-        _die(f"no checkpoint in {run_dir}: it is not a run folder, or its run has not written one yet "
-             "(fastbpe lm train --out writes them)")
-    found = newest_valid_checkpoint(run_dir)
-    if found is None:
-        _die(f"no valid checkpoint in {run_dir}: every ckpt_*.pt there is truncated or corrupt (see the warnings)")
-    path, ckpt = found
-    tok_path = os.path.join(run_dir, "tokenizer.json")
-    if not os.path.isfile(tok_path):
-        _die(f"{tok_path} is missing: the run's token files did not name their tokenizer; copy the tokenizer there")
     try:
-        tok = fastbpe.Tokenizer.load(tok_path)
+        return lm.load_run(run_dir)
     except (ValueError, OSError) as e:
         _die(_error_text(e))
-    want = (ckpt.get("tokenizer") or {}).get("sha256")
-    if want and tok.fingerprint() != want:
-        _die(f"{tok_path} is not the tokenizer {path} was trained with (sha256 {tok.fingerprint()}, not {want}): "
-             "copy that tokenizer there")
-    config = config_from_dict(ckpt.get("config") or {})
-    model = lm.TransformerLM(config.vocab_size, config.context_length, config.d_model, config.num_layers,
-                             config.num_heads, config.d_ff, config.rope_theta)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        _die(f"{path} does not match the model its config describes ({str(e).splitlines()[0]})")
-    return model, tok
 
 
 def cmd_lm_generate(args) -> None:
