@@ -336,6 +336,16 @@ def load_run(run_dir: str):
         _die(_error_text(e))
 
 
+def cmd_lm_export(args) -> None:
+    lm = _lm()
+    try:
+        out = lm.export_huggingface(args.run, args.out, overwrite=args.overwrite)
+    except (ValueError, OSError, ImportError) as e:
+        _die(_error_text(e))
+    print(f"exported {args.run} to {out} (Hugging Face Llama: AutoModelForCausalLM.from_pretrained and "
+          "AutoTokenizer.from_pretrained load it)")
+
+
 def cmd_lm_generate(args) -> None:
     # The arguments are checked before the model is loaded.
     lm = _lm()
@@ -487,6 +497,11 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--samples", type=int, default=1)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_lm_generate)
+    q = lm_sub.add_parser("export", help="write a trained run as a Hugging Face Llama folder")
+    q.add_argument("--run", required=True, help="a run folder written by lm train")
+    q.add_argument("--out", required=True, help="the folder to write (config.json, model.safetensors, tokenizer)")
+    q.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    q.set_defaults(func=cmd_lm_export)
 
     # napkin's options belong to fastbpe.napkin.napkin_main: they pass through to it, --help included.
     p = sub.add_parser("napkin", help="the lecture's napkin math: training time and memory (see --help)", add_help=False)
