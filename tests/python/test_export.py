@@ -103,8 +103,8 @@ def test_the_way_back_is_bit_equal(run, exported):
             assert torch.equal(ours.eval()(ids), back.eval()(ids))
 
 
-def llama_folder(tmp_path, **config):
-    """A random Llama saved by transformers itself."""
+def llama_folder(tmp_path, shard=None, **config):
+    """A random Llama saved by transformers itself (in shards of at most `shard`)."""
     base = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2,
                 vocab_size=100, max_position_embeddings=24, rms_norm_eps=1e-6, rope_theta=20000.0)
     torch.manual_seed(0)
@@ -113,13 +113,14 @@ def llama_folder(tmp_path, **config):
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
-    model.save_pretrained(tmp_path / "llama")
+    model.save_pretrained(tmp_path / "llama", **({"max_shard_size": shard} if shard else {}))
     return str(tmp_path / "llama"), model.eval()
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_a_llama_transformers_saved_imports_with_its_logits(tmp_path, tied):
-    folder, theirs = llama_folder(tmp_path, tie_word_embeddings=tied)
+@pytest.mark.parametrize("tied, shard", [(False, None), (True, None), (False, "20KB")])
+def test_a_llama_transformers_saved_imports_with_its_logits(tmp_path, tied, shard):
+    folder, theirs = llama_folder(tmp_path, shard, tie_word_embeddings=tied)
+    assert os.path.isfile(os.path.join(folder, "model.safetensors.index.json")) == (shard is not None)
     ours = import_huggingface(folder).eval()
     assert ours.layers[0].ln1.eps == 1e-6
     ids = random_ids(100, (2, 24))

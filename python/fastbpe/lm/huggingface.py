@@ -368,6 +368,18 @@ def model_args(config: dict, path: str) -> dict:
     }
 
 
+def _shards(index: str) -> list[str]:
+    """The files a model.safetensors.index.json maps weights to."""
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{index} is not a safetensors index (a JSON object with a weight_map): {e}") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index} has no weight_map of weight names to file names")
+    return sorted(set(weight_map.values()))
+
+
 def _read_weights(folder: str) -> dict[str, torch.Tensor]:
     """model.safetensors, or the shards model.safetensors.index.json lists."""
     st = _safetensors()
@@ -376,9 +388,7 @@ def _read_weights(folder: str) -> dict[str, torch.Tensor]:
     if os.path.isfile(single):
         files = [single]
     elif os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set((json.load(f).get("weight_map") or {}).values()))
-        files = [os.path.join(folder, s) for s in shards]
+        files = [os.path.join(folder, s) for s in _shards(index)]
     else:
         found = [n for n in ("pytorch_model.bin", "model.pt") if os.path.isfile(os.path.join(folder, n))]
         hint = f" (it has {found[0]}: save the model with safe_serialization=True)" if found else ""
@@ -403,7 +413,8 @@ def _our_state_dict(weights: dict[str, torch.Tensor], args: dict, folder: str) -
     if unused:
         bias = [k for k in unused if k.endswith(".bias")]
         why = "biases, which fastbpe's model does not have" if bias else "weights fastbpe's Llama does not have"
-        raise ValueError(f"{folder} holds {why}: {', '.join(unused[:3])}{', ...' if len(unused) > 3 else ''}")
+        shown = bias or unused
+        raise ValueError(f"{folder} holds {why}: {', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}")
     missing = [theirs for _, theirs in names if weights.get(theirs) is None]
     if missing:
         raise ValueError(f"{folder} lacks the weights {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
@@ -415,7 +426,7 @@ def _our_state_dict(weights: dict[str, torch.Tensor], args: dict, folder: str) -
                 raise ValueError(f"{folder}: {theirs} has shape {tuple(w.shape)}, not "
                                  f"{(args['d_model'], args['d_model'])} as config.json says")
             w = from_rotate_half(w, args["num_heads"]).contiguous()
-        out[ours] = w.clone() if args["tie_word_embeddings"] and ours == "lm_head.weight" else w
+        out[ours] = w  # load_state_dict copies: a tied head becomes a weight of its own
     return out
 
 
