@@ -329,41 +329,22 @@ def cmd_lm_train(args) -> None:
 
 
 def load_run(run_dir: str):
-    """(model, tokenizer) from a run folder's newest valid checkpoint and its tokenizer.json."""
-    import fastbpe
-
+    """(model, tokenizer) of a run folder (fastbpe.lm.load_run), or one line and exit 2."""
     lm = _lm()
-    from fastbpe.lm.config import config_from_dict
-    from fastbpe.lm.trainer import checkpoints, newest_valid_checkpoint
-
-    if not os.path.isdir(run_dir):
-        _die(f"no such run folder: {run_dir} (fastbpe lm train --out writes one)")
-    if not checkpoints(run_dir):
-        _die(f"no checkpoint in {run_dir}: it is not a run folder, or its run has not written one yet "
-             "(fastbpe lm train --out writes them)")
-    found = newest_valid_checkpoint(run_dir)
-    if found is None:
-        _die(f"no valid checkpoint in {run_dir}: every ckpt_*.pt there is truncated or corrupt (see the warnings)")
-    path, ckpt = found
-    tok_path = os.path.join(run_dir, "tokenizer.json")
-    if not os.path.isfile(tok_path):
-        _die(f"{tok_path} is missing: the run's token files did not name their tokenizer; copy the tokenizer there")
     try:
-        tok = fastbpe.Tokenizer.load(tok_path)
+        return lm.load_run(run_dir)
     except (ValueError, OSError) as e:
         _die(_error_text(e))
-    want = (ckpt.get("tokenizer") or {}).get("sha256")
-    if want and tok.fingerprint() != want:
-        _die(f"{tok_path} is not the tokenizer {path} was trained with (sha256 {tok.fingerprint()}, not {want}): "
-             "copy that tokenizer there")
-    config = config_from_dict(ckpt.get("config") or {})
-    model = lm.TransformerLM(config.vocab_size, config.context_length, config.d_model, config.num_layers,
-                             config.num_heads, config.d_ff, config.rope_theta)
+
+
+def cmd_lm_export(args) -> None:
+    lm = _lm()
     try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        _die(f"{path} does not match the model its config describes ({str(e).splitlines()[0]})")
-    return model, tok
+        out = lm.export_huggingface(args.run, args.out, overwrite=args.overwrite)
+    except (ValueError, OSError, ImportError) as e:
+        _die(_error_text(e))
+    print(f"exported {args.run} to {out} (Hugging Face Llama: AutoModelForCausalLM.from_pretrained and "
+          "AutoTokenizer.from_pretrained load it)")
 
 
 def cmd_lm_generate(args) -> None:
@@ -519,6 +500,11 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--samples", type=int, default=1)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_lm_generate)
+    q = lm_sub.add_parser("export", help="write a trained run as a Hugging Face Llama folder")
+    q.add_argument("--run", required=True, help="a run folder written by lm train")
+    q.add_argument("--out", required=True, help="the folder to write (config.json, model.safetensors, tokenizer)")
+    q.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    q.set_defaults(func=cmd_lm_export)
 
     # napkin's options belong to fastbpe.napkin.napkin_main: they pass through to it, --help included.
     p = sub.add_parser("napkin", help="the lecture's napkin math: training time and memory (see --help)", add_help=False)

@@ -43,3 +43,7 @@ from fastbpe.lm.sample import generate  # noqa: E402
 from fastbpe.lm.trainer import RunResult, TrainingDiverged, train_lm  # noqa: E402
 
 __all__ += ["PRESETS", "TrainConfig", "preset", "generate", "RunResult", "TrainingDiverged", "train_lm"]
+from fastbpe.lm.huggingface import export_huggingface, import_huggingface  # noqa: E402
+from fastbpe.lm.run import load_run  # noqa: E402
+
+__all__ += ["export_huggingface", "import_huggingface", "load_run"]

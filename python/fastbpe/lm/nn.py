@@ -106,7 +106,7 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if d_k % 2:
             raise ValueError(f"RoPE needs an even d_k, got {d_k}")
-        self.d_k, self.max_seq_len = d_k, max_seq_len
+        self.theta, self.d_k, self.max_seq_len = theta, d_k, max_seq_len
         inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float32) / d_k)
         angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float32), inv_freq)
         # Not saved in state dicts: they are a function of the constructor's arguments.
@@ -214,6 +214,13 @@ class TransformerLM(nn.Module):
         for layer in self.layers:
             x = layer(x, positions)
         return self.lm_head(self.ln_final(x))
+
+    @classmethod
+    def from_huggingface(cls, folder) -> TransformerLM:
+        """The model of a Hugging Face Llama folder; see `fastbpe.lm.huggingface.import_huggingface`."""
+        from fastbpe.lm.huggingface import import_huggingface
+
+        return import_huggingface(folder)
 
 
 class Cruncher(nn.Module):
