@@ -90,7 +90,7 @@ def test_training_logs_val_bpb(files, tmp_path):
     assert all(r["val_bpb"] > 0 and math.isfinite(r["val_bpb"]) for r in evals)
 
 
-def test_cli_lm_eval_prints_loss_perplexity_bpb(files, tmp_path):
+def test_cli_lm_eval_prints_loss_perplexity_bpb_and_generate_streams(files, tmp_path):
     from fastbpe.lm import TrainConfig, train_lm
 
     tok, path = files
@@ -105,6 +105,14 @@ def test_cli_lm_eval_prints_loss_perplexity_bpb(files, tmp_path):
     out = proc.stdout
     assert f"loss {want.loss:.4f}" in out and f"perplexity {want.perplexity:.2f}" in out
     assert f"bits per byte {want.bpb:.4f}" in out
+    streamed = subprocess.run([sys.executable, "-m", "fastbpe", "lm", "generate", "--run", str(run), "--prompt",
+                               "the", "--max-new-tokens", "20", "--top-k", "5", "--seed", "4", "--stream"],
+                              capture_output=True, text=True, timeout=120)
+    plain = subprocess.run([sys.executable, "-m", "fastbpe", "lm", "generate", "--run", str(run), "--prompt",
+                            "the", "--max-new-tokens", "20", "--top-k", "5", "--seed", "4"],
+                           capture_output=True, text=True, timeout=120)
+    assert streamed.returncode == plain.returncode == 0, streamed.stderr + plain.stderr
+    assert streamed.stdout == plain.stdout and plain.stdout.startswith("--- sample 1\nthe")
     bad = subprocess.run([sys.executable, "-m", "fastbpe", "lm", "eval", "--run", str(run), "--data",
                           str(tmp_path / "nope.bin")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("fastbpe: error:") and "nope.bin" in bad.stderr

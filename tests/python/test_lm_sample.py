@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 import fastbpe  # noqa: E402
 from fastbpe.lm import TransformerLM  # noqa: E402
-from fastbpe.lm.sample import check_sampling, generate, next_logits, pick, sample_ids  # noqa: E402
+from fastbpe.lm.sample import check_sampling, generate, next_logits, pick, sample_ids, window_start  # noqa: E402
 
 TEXT = "<|endoftext|>".join(f"the {['red', 'blue'][i % 2]} bird sang {i % 5} songs, ünïcode ok.\n" for i in range(60))
 
@@ -37,12 +37,18 @@ def test_cached_logits_equal_the_full_forward_at_every_step(tok):
     cont = torch.randint(0, model.vocab_size, (40,), generator=g).tolist()
     a, b = [5, 7, 9], [5, 7, 9]
     cached, full = next_logits(model, a, True), next_logits(model, b, False)
+    start, starts = 0, set()
     for t in cont:
         la, lb = next(cached), next(full)
         torch.testing.assert_close(la, lb, atol=1e-5, rtol=0)
-        # ...and the uncached step is the plain forward pass over the last tokens of the window.
+        # The uncached step is the plain forward pass over the window.
+        start = window_start(len(b), start, 16)
+        starts.add(start)
+        assert len(b) - start <= 16
+        torch.testing.assert_close(lb, model(torch.tensor([b[start:]]))[0, -1], atol=0, rtol=0)
         a.append(t)
         b.append(t)
+    assert len(starts) >= 4  # the window moved (and the cache was refilled) several times
 
 
 @torch.no_grad()
