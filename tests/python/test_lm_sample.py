@@ -1,6 +1,5 @@
 """Sampling: the KV cache against the full forward pass, argument checks, end of text, streaming."""
 
-import os
 import subprocess
 import sys
 
