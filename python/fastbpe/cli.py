@@ -311,6 +311,7 @@ def cmd_lm_train(args) -> None:
         "max_steps": args.max_steps, "seed": args.seed, "precision": args.precision, "device": args.device,
         "compile": args.compile or None, "batch_size": args.batch_size, "eval_every": args.eval_every,
         "checkpoint_every": args.checkpoint_every, "max_lr": args.lr, "deterministic": args.deterministic or None,
+        "log_every": args.log_every, "report": args.log,
     }.items() if v is not None}
     try:
         config = lm.preset(args.preset, **overrides)
@@ -319,7 +320,7 @@ def cmd_lm_train(args) -> None:
             config = config.replace(min_lr=args.lr * base.min_lr / base.max_lr)
         config.validate()
         result = lm.train_lm(config, args.train, args.val, args.out, resume=args.resume, overwrite=args.overwrite)
-    except (ValueError, OSError, lm.TrainingDiverged) as e:
+    except (ValueError, OSError, ImportError, lm.TrainingDiverged) as e:  # ImportError: --log's missing extra
         _die(_error_text(e))
     if result.first_val_loss is not None and result.last_val_loss is not None:
         print(f"validation loss {result.first_val_loss:.3f} -> {result.last_val_loss:.3f} after {result.steps} steps "
@@ -353,7 +354,7 @@ def cmd_lm_generate(args) -> None:
     from fastbpe.lm.sample import check_sampling
 
     try:
-        check_sampling(args.temperature, args.top_p, names=("--temperature", "--top-p"))
+        check_sampling(args.temperature, args.top_p, args.top_k, names=("--temperature", "--top-p", "--top-k"))
     except ValueError as e:
         _die(str(e))
     if args.max_new_tokens < 0:
@@ -364,13 +365,48 @@ def cmd_lm_generate(args) -> None:
 
     model, tok = load_run(args.run)
     gen = torch.Generator().manual_seed(args.seed)
+    stream = None
+    if args.stream:
+        def stream(piece: str) -> None:
+            print(piece, end="", flush=True)
     for i in range(args.samples):
+        print(f"--- sample {i + 1}\n{args.prompt}", end="", flush=True)
         try:
             text = lm.generate(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
-                               top_p=args.top_p, generator=gen)
+                               top_p=args.top_p, top_k=args.top_k, generator=gen, stream=stream)
         except ValueError as e:
+            print(file=sys.stdout)
             _die(str(e))
-        print(f"--- sample {i + 1}\n{args.prompt}{text}")
+        print("" if args.stream else text)
+
+
+def cmd_lm_eval(args) -> None:
+    """Loss, perplexity and bits per byte of a run's newest checkpoint on a token file."""
+    lm = _lm()
+    from fastbpe.lm.data import token_metadata
+    from fastbpe.lm.evaluate import evaluate
+
+    _check_token_file("--data", args.data)
+    if args.batch_size < 1:
+        _die(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_batches is not None and args.max_batches < 1:
+        _die(f"--max-batches must be at least 1, got {args.max_batches}")
+    model, tok = load_run(args.run)
+    try:
+        want = token_metadata(args.data).get("tokenizer_sha256")
+        if want and want != tok.fingerprint():
+            _die(f"{args.data} was encoded by another tokenizer (sha256 {want}) than the run's "
+                 f"({tok.fingerprint()}): encode the text with {os.path.join(args.run, 'tokenizer.json')}")
+        data = lm.open_tokens(args.data)
+        if len(data) and int(data.max()) >= model.vocab_size:
+            _die(f"{args.data} holds token id {int(data.max())}, outside the model's vocabulary of {model.vocab_size}")
+        r = evaluate(model, data, args.batch_size, model.context_length, "cpu", tokenizer=tok,
+                     max_batches=args.max_batches)
+    except (ValueError, OSError) as e:
+        _die(_error_text(e))
+    print(f"{args.data}: {r.tokens:,} predicted tokens, {r.bytes:,} bytes")
+    bpb = "n/a (the predicted tokens are all special tokens)" if r.bpb is None else f"{r.bpb:.4f}"
+    print(f"loss {r.loss:.4f} | perplexity {r.perplexity:.2f} | bits per byte {bpb}")
 
 
 def cmd_napkin(args) -> None:
@@ -408,10 +444,10 @@ def cmd_demo(args) -> None:
     cmd_lm_train(argparse.Namespace(train=train_bin, val=val_bin, out=run_dir, preset=preset, max_steps=args.max_steps,
                                     seed=0, precision=None, device=None, compile=False, batch_size=None,
                                     eval_every=None, checkpoint_every=None, lr=None, resume=False, overwrite=True,
-                                    deterministic=False))
+                                    deterministic=False, log_every=None, log=None))
     print("\n== 4/4 sample from it")
     cmd_lm_generate(argparse.Namespace(run=run_dir, prompt=args.prompt, max_new_tokens=120, temperature=0.8,
-                                       top_p=0.95, seed=0, samples=2))
+                                       top_p=0.95, top_k=None, stream=False, seed=0, samples=2))
 
 
 def _version() -> str:
@@ -490,6 +526,11 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--lr", type=float, help="peak learning rate (the floor keeps the preset's ratio to it)")
     q.add_argument("--eval-every", type=int)
     q.add_argument("--checkpoint-every", type=int)
+    q.add_argument("--log-every", type=int,
+                   help="steps between plain progress lines when stderr is not a terminal (default 50)")
+    q.add_argument("--log", choices=["none", "tensorboard", "wandb"],
+                   help="also report to TensorBoard (RUN/tb; extra fastbpe-rs[tensorboard]) or Weights & Biases "
+                   "(extra fastbpe-rs[wandb]; WANDB_MODE=offline works offline)")
     q.set_defaults(func=cmd_lm_train)
     q = lm_sub.add_parser("generate", help="sample text from a trained run")
     q.add_argument("--run", required=True, help="a run folder written by lm train")
@@ -497,6 +538,8 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--max-new-tokens", type=int, default=200)
     q.add_argument("--temperature", type=float, default=0.8)
     q.add_argument("--top-p", type=float, default=0.95)
+    q.add_argument("--top-k", type=int, help="keep the k most likely tokens (default: all)")
+    q.add_argument("--stream", action="store_true", help="print each token as it is sampled")
     q.add_argument("--samples", type=int, default=1)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_lm_generate)
@@ -505,6 +548,12 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--out", required=True, help="the folder to write (config.json, model.safetensors, tokenizer)")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     q.set_defaults(func=cmd_lm_export)
+    q = lm_sub.add_parser("eval", help="loss, perplexity and bits per byte of a run on a token file")
+    q.add_argument("--run", required=True, help="a run folder written by lm train")
+    q.add_argument("--data", required=True, help="a token file (from fastbpe encode with the run's tokenizer)")
+    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--max-batches", type=int, help="default: the whole file")
+    q.set_defaults(func=cmd_lm_eval)
 
     # napkin's options belong to fastbpe.napkin.napkin_main: they pass through to it, --help included.
     p = sub.add_parser("napkin", help="the lecture's napkin math: training time and memory (see --help)", add_help=False)

@@ -46,6 +46,8 @@ class TrainConfig:
     eval_batches: int = 20  # batches per evaluation (0: the whole validation array)
     checkpoint_every: int = 500  # steps between checkpoints
     keep_checkpoints: int = 3  # the newest k are kept
+    log_every: int = 50  # steps between plain progress lines when stderr is not a terminal (no bar)
+    report: str = "none"  # also report to "tensorboard" (RUN/tb) or "wandb"
     seed: int = 0  # one seed for python, numpy, torch, CUDA and the batch generator
 
     def replace(self, **changes) -> TrainConfig:
@@ -53,7 +55,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         positive = ["context_length", "d_model", "num_layers", "num_heads", "d_ff", "batch_size", "grad_accum_steps",
-                    "max_steps", "eval_every", "checkpoint_every", "keep_checkpoints"]
+                    "max_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -61,6 +63,10 @@ class TrainConfig:
             raise ValueError(f"d_model {self.d_model} must be divisible by num_heads {self.num_heads}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        from fastbpe.lm.report import BACKENDS
+
+        if self.report not in BACKENDS:
+            raise ValueError(f"report must be one of {', '.join(BACKENDS)}, not {self.report!r}")
         if self.vocab_size < 0:
             raise ValueError(f"vocab_size must be positive (or 0: taken from the tokenizer), got {self.vocab_size}")
         if not 0 <= self.min_lr <= self.max_lr:

@@ -165,7 +165,9 @@ class MultiHeadSelfAttention(nn.Module):
                 raise ValueError("RoPE (theta) needs max_seq_len")
             self.rope = RotaryEmbedding(theta, d_model // num_heads, max_seq_len, device=device)
 
-    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, token_positions: Tensor | None = None, cache: LayerCache | None = None) -> Tensor:
+        """With `cache`, `x` continues the sequence whose keys and values the cache holds: its
+        own keys and values are appended, and its queries attend to all of them."""
         seq = x.shape[-2]
         q, k, v = (rearrange(p(x), "... s (h d) -> ... h s d", h=self.num_heads) for p in (self.q_proj, self.k_proj, self.v_proj))
         if self.rope is not None:
@@ -174,8 +176,54 @@ class MultiHeadSelfAttention(nn.Module):
             # (..., seq) positions -> (..., 1, seq): shared by the heads, not lined up with them.
             token_positions = token_positions.unsqueeze(-2)
             q, k = self.rope(q, token_positions), self.rope(k, token_positions)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            past = cache.length
+            k, v = cache.append(k, v)
+            if seq == 1:  # one new query sees every key: no mask
+                out = F.scaled_dot_product_attention(q, k, v)
+            else:  # query i (position past + i) sees keys 0 .. past + i; is_causal would align them at 0
+                allowed = torch.arange(k.shape[-2], device=x.device) <= past + torch.arange(seq, device=x.device)[:, None]
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return self.output_proj(rearrange(out, "... h s d -> ... s (h d)"))
+
+
+class LayerCache:
+    """One attention layer's keys and values so far, (..., heads, length, d_k), in buffers
+    that double when full (appending is amortized O(new tokens))."""
+
+    def __init__(self):
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+        self.length = 0
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store `k`, `v` after the cached ones; returns all keys and values."""
+        end = self.length + k.shape[-2]
+        if self.k is None or end > self.k.shape[-2]:
+            size = max(end, 2 * (self.k.shape[-2] if self.k is not None else 16))
+            grown = [t.new_empty(*t.shape[:-2], size, t.shape[-1]) for t in (k, v)]
+            if self.k is not None:
+                grown[0][..., : self.length, :] = self.k[..., : self.length, :]
+                grown[1][..., : self.length, :] = self.v[..., : self.length, :]
+            self.k, self.v = grown
+        self.k[..., self.length : end, :] = k
+        self.v[..., self.length : end, :] = v
+        self.length = end
+        return self.k[..., :end, :], self.v[..., :end, :]
+
+
+class KVCache:
+    """Every layer's keys and values of the tokens a TransformerLM has seen so far: generation
+    feeds only the new token each step instead of the whole sequence."""
+
+    def __init__(self, num_layers: int):
+        self.layers = [LayerCache() for _ in range(num_layers)]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length if self.layers else 0
 
 
 class TransformerBlock(nn.Module):
@@ -188,8 +236,8 @@ class TransformerBlock(nn.Module):
         self.ln2 = RMSNorm(d_model, device=device, dtype=dtype)
         self.ffn = SwiGLU(d_model, d_ff, device=device, dtype=dtype)
 
-    def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.ln1(x), token_positions)
+    def forward(self, x: Tensor, token_positions: Tensor | None = None, cache: LayerCache | None = None) -> Tensor:
+        x = x + self.attn(self.ln1(x), token_positions, cache)
         return x + self.ffn(self.ln2(x))
 
 
@@ -206,13 +254,18 @@ class TransformerLM(nn.Module):
         self.ln_final = RMSNorm(d_model, device=device, dtype=dtype)
         self.lm_head = Linear(d_model, vocab_size, device=device, dtype=dtype)
 
-    def forward(self, token_ids: Tensor) -> Tensor:
-        if token_ids.shape[-1] > self.context_length:
-            raise ValueError(f"sequence length {token_ids.shape[-1]} exceeds context_length {self.context_length}")
+    def forward(self, token_ids: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits for every position. With `cache` (from `new_cache`), `token_ids` continue the
+        tokens it holds (positions start after them) and their keys and values are added to it."""
+        past = 0 if cache is None else cache.length
+        if past + token_ids.shape[-1] > self.context_length:
+            cached = f" ({past} cached + {token_ids.shape[-1]} new)" if past else ""
+            raise ValueError(f"sequence length {past + token_ids.shape[-1]}{cached} exceeds context_length "
+                             f"{self.context_length}")
         x = self.token_embeddings(token_ids)
-        positions = torch.arange(token_ids.shape[-1], device=token_ids.device)
-        for layer in self.layers:
-            x = layer(x, positions)
+        positions = torch.arange(past, past + token_ids.shape[-1], device=token_ids.device)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, positions, None if cache is None else cache.layers[i])
         return self.lm_head(self.ln_final(x))
 
     @classmethod
@@ -221,6 +274,9 @@ class TransformerLM(nn.Module):
         from fastbpe.lm.huggingface import import_huggingface
 
         return import_huggingface(folder)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(len(self.layers))
 
 
 class Cruncher(nn.Module):
@@ -238,9 +294,9 @@ class Cruncher(nn.Module):
         return self.final(x).squeeze(-1)
 
 
-def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean over all leading dims of -log softmax(logits)[target], via log-sum-exp (stable:
-    the max is subtracted before exp, and softmax itself is never formed)."""
+def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """-log softmax(logits)[target] for each target (float32, the targets' shape), via
+    log-sum-exp (stable: the max is subtracted before exp, and softmax itself is never formed)."""
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not match: "
                          "targets must have the logits' shape without the last (vocabulary) dimension")
@@ -248,7 +304,12 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     m = logits.amax(dim=-1, keepdim=True)
     lse = (logits - m).exp().sum(dim=-1).log() + m.squeeze(-1)
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (lse - picked).mean()
+    return lse - picked
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean over all leading dims of token_cross_entropy."""
+    return token_cross_entropy(logits, targets).mean()
 
 
 @torch.no_grad()

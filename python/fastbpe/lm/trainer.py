@@ -33,10 +33,12 @@ from fastbpe._io import write_atomic
 from fastbpe.lm import accounting
 from fastbpe.lm.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, unwrap
 from fastbpe.lm.config import MODEL_FIELDS, TrainConfig
-from fastbpe.lm.data import BatchLoader, open_tokens, sequential_batches, token_metadata
+from fastbpe.lm.data import BatchLoader, open_tokens, token_metadata
+from fastbpe.lm.evaluate import eval_totals, result_from_totals, token_byte_lengths
 from fastbpe.lm.nn import TransformerLM, clip_grad_norm_, cross_entropy
 from fastbpe.lm.optim import AdamW, cosine_lr
 from fastbpe.lm.plot import plot_loss, read_metrics, read_rows
+from fastbpe.lm.report import Reporter, check_backend, progress_line
 from fastbpe.tokenizer import Tokenizer
 
 
@@ -401,6 +403,7 @@ def train_lm(
     tokenizer's largest id + 1 (see _with_vocab_size); every id in the token files is checked
     against it before training."""
     config.validate()
+    check_backend(config.report)  # a missing package is said before any work
     device = resolve_device(config.device)
     with _determinism(config.deterministic, device):
         return _train(config, device, os.fspath(train_path), os.fspath(val_path), os.fspath(run_dir),
@@ -516,19 +519,21 @@ def _train(config: TrainConfig, device: torch.device, train_path: str, val_path:
         log(f"model: {n_params / 1e6:.2f}M parameters, {config.num_layers} layers, d_model {config.d_model}; "
             f"{device.type} {precision}; {tokens_per_step:,} tokens/step; {len(train_data):,} training tokens")
 
-    def evaluate() -> float:
+    byte_lengths = token_byte_lengths(source[1], config.vocab_size, device) if source is not None else None
+
+    def evaluate() -> dict:
+        """The validation row's numbers: val_loss, val_ppl and (with a tokenizer) val_bpb."""
         train_model.eval()
-        total = torch.zeros(2, device=device, dtype=torch.float64)
-        with torch.no_grad(), autocast(device, precision):
-            for x, y in sequential_batches(val_data, config.batch_size, config.context_length, device,
-                                           max_batches=config.eval_batches or None):
-                logits = model(x)
-                total[0] += cross_entropy(logits, y).double() * y.numel()
-                total[1] += y.numel()
+        total = eval_totals(model, val_data, config.batch_size, config.context_length, device, byte_lengths,
+                            max_batches=config.eval_batches or None, amp=autocast(device, precision))
         if ddp:
             dist.all_reduce(total)
         train_model.train()
-        return float(total[0] / total[1])
+        result = result_from_totals(total, byte_lengths is not None)
+        row = {"val_loss": result.loss, "val_ppl": result.perplexity}
+        if result.bpb is not None:
+            row["val_bpb"] = result.bpb
+        return row
 
     def checkpoint(step: int) -> None:
         nonlocal saved
@@ -559,8 +564,19 @@ def _train(config: TrainConfig, device: torch.device, train_path: str, val_path:
         if main:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            reporter.row(row)
 
+    reporter = Reporter(config.report, run_dir, dataclasses.asdict(config)) if main else None
     bar = _progress.Bar("training", config.max_steps, "steps") if (main and _progress.wanted(progress)) else None
+    plain = main and bar is None  # off a terminal: plain lines instead of the bar
+
+    def say_progress(loss: float | None) -> None:
+        done = step - start
+        tps = tokens_seen / train_time if train_time else None
+        mfu = flops_per_step * done / train_time / peak[1] if (peak and train_time) else None
+        eta = (config.max_steps - step) * train_time / done if done else None
+        log(progress_line(step, config.max_steps, loss, last_val, tps, mfu, eta))
+
     loader = BatchLoader(train_data, config.batch_size, config.context_length, device, generator)
     step = start
     tokens_seen, train_time = 0, 0.0
@@ -568,8 +584,11 @@ def _train(config: TrainConfig, device: torch.device, train_path: str, val_path:
     try:
         with _Stopper() as stopper:
             if start == 0:
-                first_val = last_val = evaluate()
-                log_row({"step": 0, "val_loss": first_val, "val_ppl": math.exp(first_val)})
+                val_row = evaluate()
+                first_val = last_val = val_row["val_loss"]
+                log_row({"step": 0, **val_row})
+                if plain:
+                    say_progress(None)
             while step < config.max_steps:
                 t0 = time.perf_counter()
                 # A run shorter than the warmup warms up over the whole run.
@@ -621,11 +640,15 @@ def _train(config: TrainConfig, device: torch.device, train_path: str, val_path:
                 if bar:
                     bar.postfix = f"loss {loss_value:.3f} | {tps:,.0f} tok/s" + (f" | MFU {mfu:.1%}" if mfu else "")
                     bar(step)
-                if step % config.eval_every == 0 or step == config.max_steps:
-                    last_val = evaluate()
-                    log_row({"step": step, "val_loss": last_val, "val_ppl": math.exp(min(last_val, 50))})
+                evaluating = step % config.eval_every == 0 or step == config.max_steps
+                if evaluating:
+                    val_row = evaluate()
+                    last_val = val_row["val_loss"]
+                    log_row({"step": step, **val_row})
                     if main:
                         plot_loss(metrics_path, os.path.join(run_dir, "loss.png"), title=os.path.basename(os.path.abspath(run_dir)))
+                if plain and (evaluating or step % config.log_every == 0):
+                    say_progress(loss_value)
                 if step % config.checkpoint_every == 0 or step == config.max_steps:
                     checkpoint(step)
                 if stopper.signal:
@@ -639,6 +662,8 @@ def _train(config: TrainConfig, device: torch.device, train_path: str, val_path:
         loader.close()
         if bar:
             bar.close()
+        if reporter is not None:
+            reporter.close()
         if main and os.path.exists(metrics_path):
             plot_loss(metrics_path, os.path.join(run_dir, "loss.png"), title=os.path.basename(os.path.abspath(run_dir)))
         if owns_group:
