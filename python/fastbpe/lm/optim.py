@@ -2,9 +2,9 @@
 
 Each optimizer reproduces its ``torch.optim`` namesake: the same defaults, the same hyperparameter
 checks and the same arithmetic in the same order, so the two agree to float rounding over long
-runs. The update of a param group is done for all of its tensors at once with ``torch._foreach_*``
-ops: one C++ loop (CPU) or a few fused kernel launches (CUDA) per op, never a Python loop over
-tensors.
+runs. The update is written with ``torch._foreach_*`` ops over lists of tensors: on CUDA the
+lists hold all of a param group's tensors (a few fused kernel launches per op); on CPU, where that
+is slower, one tensor each (see ``_ForeachOptimizer``).
 
 Conventions, and where they differ from torch.optim:
 
@@ -43,9 +43,19 @@ def _check_nonnegative(**values: float) -> None:
 class _ForeachOptimizer(Optimizer):
     """The plumbing shared by all five: closure, lazy state, bucketing, state-dict compatibility.
 
+    On the device types in ``single_tensor_devices`` a bucket is updated one tensor at a time
+    (every op on a tensor before the next tensor); elsewhere all at once. Both run the same ops on
+    each tensor, so the numbers are bit for bit the same; only the speed differs. On CPU a foreach
+    op is a C++ loop of the single-tensor op anyway, and a whole bucket's temporaries (Adam's
+    denominators: one float per parameter) cost more than one tensor's: torch's own for-loop AdamW
+    beats its foreach one there (benches/optim_bench.py), and so does ours one tensor at a time.
+    On CUDA, foreach ops launch a few kernels for many tensors, so all at once is faster.
+
     A subclass names the state tensors it keeps (``_state_names``), creates them
     (``_init_state``) and updates one bucket of tensors (``_update``).
     """
+
+    single_tensor_devices: frozenset[str] = frozenset({"cpu"})
 
     def _state_names(self, group: dict) -> tuple[str, ...]:
         raise NotImplementedError
@@ -104,8 +114,13 @@ class _ForeachOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for (_, _, step, fresh), (params, grads, states) in self._buckets(group).items():
-                self._update(group, step, fresh, params, grads, states)
+            for (device, _, step, fresh), (params, grads, states) in self._buckets(group).items():
+                if device.type in self.single_tensor_devices:
+                    for i in range(len(params)):
+                        self._update(group, step, fresh, params[i:i + 1], grads[i:i + 1],
+                                     {name: values[i:i + 1] for name, values in states.items()})
+                else:
+                    self._update(group, step, fresh, params, grads, states)
         return loss
 
 
