@@ -44,7 +44,9 @@ class _ForeachOptimizer(Optimizer):
     """The plumbing shared by all five: closure, lazy state, bucketing, state-dict compatibility.
 
     On the device types in ``single_tensor_devices`` a bucket is updated one tensor at a time
-    (every op on a tensor before the next tensor); elsewhere all at once. Both run the same ops on
+    (every op on a tensor before the next tensor; tensors smaller than ``chunk_numel`` elements
+    are gathered into runs of about that size, so that many small ones cost few Python calls);
+    elsewhere all at once. Both run the same ops on
     each tensor, so the numbers are bit for bit the same; only the speed differs. On CPU a foreach
     op is a C++ loop of the single-tensor op anyway, and a whole bucket's temporaries (Adam's
     denominators: one float per parameter) cost more than one tensor's: torch's own for-loop AdamW
@@ -56,6 +58,7 @@ class _ForeachOptimizer(Optimizer):
     """
 
     single_tensor_devices: frozenset[str] = frozenset({"cpu"})
+    chunk_numel: int = 1 << 16
 
     def _state_names(self, group: dict) -> tuple[str, ...]:
         raise NotImplementedError
@@ -115,13 +118,26 @@ class _ForeachOptimizer(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             for (device, _, step, fresh), (params, grads, states) in self._buckets(group).items():
-                if device.type in self.single_tensor_devices:
-                    for i in range(len(params)):
-                        self._update(group, step, fresh, params[i:i + 1], grads[i:i + 1],
-                                     {name: values[i:i + 1] for name, values in states.items()})
-                else:
-                    self._update(group, step, fresh, params, grads, states)
+                for lo, hi in self._chunks(device, params):
+                    self._update(group, step, fresh, params[lo:hi], grads[lo:hi],
+                                 {name: values[lo:hi] for name, values in states.items()})
         return loss
+
+    def _chunks(self, device: torch.device, params: list[Tensor]) -> list[tuple[int, int]]:
+        """(start, end) index ranges of `params` to update together: all of them, or on the
+        devices in ``single_tensor_devices`` runs of consecutive tensors of about
+        ``chunk_numel`` elements (a large tensor alone, small ones together)."""
+        if device.type not in self.single_tensor_devices:
+            return [(0, len(params))]
+        chunks, lo, size = [], 0, 0
+        for i, p in enumerate(params):
+            size += p.numel()
+            if size >= self.chunk_numel:
+                chunks.append((lo, i + 1))
+                lo, size = i + 1, 0
+        if lo < len(params):
+            chunks.append((lo, len(params)))
+        return chunks
 
 
 class SGD(_ForeachOptimizer):
