@@ -4,7 +4,7 @@ Each optimizer reproduces its ``torch.optim`` namesake: the same defaults, the s
 checks and the same arithmetic in the same order, so the two agree to float rounding over long
 runs. The update is written with ``torch._foreach_*`` ops over lists of tensors: on CUDA the
 lists hold all of a param group's tensors (a few fused kernel launches per op); on CPU, where that
-is slower, one tensor each (see ``_ForeachOptimizer``).
+is slower, one large tensor or a run of small ones (see ``_ForeachOptimizer``).
 
 Conventions, and where they differ from torch.optim:
 
