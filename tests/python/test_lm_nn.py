@@ -4,6 +4,8 @@ and shapes, initialization, the numbers each module computes, errors and end-to-
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -20,9 +22,12 @@ from fastbpe.lm.nn import (  # noqa: E402
     TransformerLM,
     clip_grad_norm_,
     cross_entropy,
+    readable_cross_entropy,
+    readable_token_cross_entropy,
     scaled_dot_product_attention,
     silu,
     softmax,
+    token_cross_entropy,
 )
 
 VOCAB, CTX, D, LAYERS, HEADS, DFF = 50, 16, 32, 2, 4, 48
@@ -504,6 +509,49 @@ def test_cross_entropy_rejects_wrong_target_shape():
         cross_entropy(torch.randn(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError):
         cross_entropy(torch.randn(2, 3, 5), torch.zeros(6, dtype=torch.long))
+
+
+def _ce_grads(fn, logits, targets, weights=None):
+    """(loss, d loss / d logits) of `fn`, or of the weighted sum of its per-token losses."""
+    x = logits.detach().clone().requires_grad_()
+    out = fn(x, targets)
+    (out if weights is None else (out * weights).sum()).backward()
+    return out.detach(), x.grad
+
+
+@settings(max_examples=30, deadline=None)
+@given(lead=st.lists(st.integers(1, 5), min_size=1, max_size=3), vocab=st.integers(1, 70),
+       scale=st.sampled_from([0.1, 3.0, 30.0]), dtype=st.sampled_from(["float32", "bfloat16"]),
+       seed=st.integers(0, 2**16))
+def test_fast_cross_entropy_equals_readable_and_torch(lead, vocab, scale, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(*lead, vocab, generator=g) * scale).to(getattr(torch, dtype))
+    targets = torch.randint(0, vocab, tuple(lead), generator=g)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1.6e-2, atol=1e-5)
+    fast, fast_grad = _ce_grads(cross_entropy, logits, targets)
+    slow, slow_grad = _ce_grads(readable_cross_entropy, logits, targets)
+    ref, ref_grad = _ce_grads(lambda x, t: F.cross_entropy(x.reshape(-1, vocab).float(), t.reshape(-1)), logits, targets)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    assert fast_grad.dtype == logits.dtype
+    torch.testing.assert_close(fast_grad, slow_grad, **tol)
+    torch.testing.assert_close(fast_grad, ref_grad, **tol)
+    # Per-token losses (bits per byte sums them) under a weighted backward.
+    w = torch.rand(*lead, generator=g)
+    fast_tok, fast_tok_grad = _ce_grads(token_cross_entropy, logits, targets, w)
+    slow_tok, slow_tok_grad = _ce_grads(readable_token_cross_entropy, logits, targets, w)
+    torch.testing.assert_close(fast_tok, slow_tok, rtol=1e-5, atol=1e-6)
+    assert fast_tok.dtype == torch.float32
+    torch.testing.assert_close(fast_tok_grad, slow_tok_grad, **tol)
+
+
+def test_fast_cross_entropy_saves_only_the_logits_and_one_number_per_token():
+    logits = torch.randn(6, 1000, requires_grad=True)
+    targets = torch.randint(0, 1000, (6,))
+    loss = token_cross_entropy(logits, targets)
+    saved = loss.grad_fn.saved_tensors
+    big = [t for t in saved if t.numel() >= logits.numel()]
+    assert len(big) == 1 and big[0].data_ptr() == logits.data_ptr()  # the input itself, no copy
 
 
 # ---------------------------------------------------------------- clip_grad_norm_

@@ -95,6 +95,53 @@ def test_matches_torch_over_300_steps(name, kwargs, foreach):
             assert ours.state[a]["step"] == int(ref.state[b]["step"])
 
 
+@pytest.mark.parametrize("chunk_numel", [1, 40], ids=["one-tensor-each", "runs-of-small-tensors"])
+@pytest.mark.parametrize(("name", "kwargs"), CONFIGS, ids=CONFIG_IDS)
+def test_one_tensor_at_a_time_is_bit_identical_to_all_at_once(name, kwargs, chunk_numel):
+    # CPU updates a tensor (or a run of small ones) at a time; a subclass with no such device
+    # takes the foreach lists whole.
+    ours_cls = PAIRS[name][0]
+    assert "cpu" in ours_cls.single_tensor_devices
+    one_cls = type(name, (ours_cls,), {"chunk_numel": chunk_numel})
+    whole_cls = type(name, (ours_cls,), {"single_tensor_devices": frozenset()})
+    one_p, whole_p = make_params(), make_params()
+    one, whole = build(one_cls, one_p, kwargs), build(whole_cls, whole_p, kwargs)
+    run_lockstep([(one, one_p), (whole, whole_p)], steps=300)
+    for a, b in zip(one_p, whole_p):
+        assert torch.equal(a, b)
+    for a, b in zip(one_p, whole_p):
+        for key, value in one.state[a].items():
+            other = whole.state[b][key]
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+
+
+def test_cpu_updates_one_tensor_at_a_time_and_other_devices_all_at_once(monkeypatch):
+    sizes = []
+    real_update = AdamW._update
+
+    def spy(self, group, step, fresh, params, grads, states):
+        sizes.append(len(params))
+        return real_update(self, group, step, fresh, params, grads, states)
+
+    monkeypatch.setattr(AdamW, "_update", spy)
+    monkeypatch.setattr(AdamW, "chunk_numel", 1)
+    params = make_params()
+    opt = build(AdamW, params, {})
+    feed_grads(1, torch.Generator().manual_seed(0), params)
+    opt.step()
+    assert sizes and set(sizes) == {1}
+    sizes.clear()
+    # Runs of about chunk_numel elements: SHAPES hold 153, 9, 33, 48, 1 and 35 elements, in two
+    # groups ([153, 9, 33] and [48, 1, 35]).
+    monkeypatch.setattr(AdamW, "chunk_numel", 40)
+    opt.step()
+    assert sizes == [1, 2, 1, 2]
+    sizes.clear()
+    monkeypatch.setattr(AdamW, "single_tensor_devices", frozenset({"cuda"}))
+    opt.step()
+    assert max(sizes) > 1
+
+
 @pytest.mark.parametrize("name", PAIRS)
 def test_mlp_with_closure_matches_torch(name):
     ours_cls, torch_cls = PAIRS[name]

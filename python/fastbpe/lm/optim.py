@@ -2,9 +2,9 @@
 
 Each optimizer reproduces its ``torch.optim`` namesake: the same defaults, the same hyperparameter
 checks and the same arithmetic in the same order, so the two agree to float rounding over long
-runs. The update of a param group is done for all of its tensors at once with ``torch._foreach_*``
-ops: one C++ loop (CPU) or a few fused kernel launches (CUDA) per op, never a Python loop over
-tensors.
+runs. The update is written with ``torch._foreach_*`` ops over lists of tensors: on CUDA the
+lists hold all of a param group's tensors (a few fused kernel launches per op); on CPU, where that
+is slower, one large tensor or a run of small ones (see ``_ForeachOptimizer``).
 
 Conventions, and where they differ from torch.optim:
 
@@ -43,9 +43,22 @@ def _check_nonnegative(**values: float) -> None:
 class _ForeachOptimizer(Optimizer):
     """The plumbing shared by all five: closure, lazy state, bucketing, state-dict compatibility.
 
+    On the device types in ``single_tensor_devices`` a bucket is updated one tensor at a time
+    (every op on a tensor before the next tensor; tensors smaller than ``chunk_numel`` elements
+    are gathered into runs of about that size, so that many small ones cost few Python calls);
+    elsewhere all at once. Both run the same ops on
+    each tensor, so the numbers are bit for bit the same; only the speed differs. On CPU a foreach
+    op is a C++ loop of the single-tensor op anyway, and a whole bucket's temporaries (Adam's
+    denominators: one float per parameter) cost more than one tensor's: torch's own for-loop AdamW
+    beats its foreach one there (benches/optim_bench.py), and so does ours one tensor at a time.
+    On CUDA, foreach ops launch a few kernels for many tensors, so all at once is faster.
+
     A subclass names the state tensors it keeps (``_state_names``), creates them
     (``_init_state``) and updates one bucket of tensors (``_update``).
     """
+
+    single_tensor_devices: frozenset[str] = frozenset({"cpu"})
+    chunk_numel: int = 1 << 16
 
     def _state_names(self, group: dict) -> tuple[str, ...]:
         raise NotImplementedError
@@ -104,9 +117,27 @@ class _ForeachOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for (_, _, step, fresh), (params, grads, states) in self._buckets(group).items():
-                self._update(group, step, fresh, params, grads, states)
+            for (device, _, step, fresh), (params, grads, states) in self._buckets(group).items():
+                for lo, hi in self._chunks(device, params):
+                    self._update(group, step, fresh, params[lo:hi], grads[lo:hi],
+                                 {name: values[lo:hi] for name, values in states.items()})
         return loss
+
+    def _chunks(self, device: torch.device, params: list[Tensor]) -> list[tuple[int, int]]:
+        """(start, end) index ranges of `params` to update together: all of them, or on the
+        devices in ``single_tensor_devices`` runs of consecutive tensors of about
+        ``chunk_numel`` elements (a large tensor alone, small ones together)."""
+        if device.type not in self.single_tensor_devices:
+            return [(0, len(params))]
+        chunks, lo, size = [], 0, 0
+        for i, p in enumerate(params):
+            size += p.numel()
+            if size >= self.chunk_numel:
+                chunks.append((lo, i + 1))
+                lo, size = i + 1, 0
+        if lo < len(params):
+            chunks.append((lo, len(params)))
+        return chunks
 
 
 class SGD(_ForeachOptimizer):
