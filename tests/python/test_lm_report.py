@@ -69,6 +69,24 @@ def test_tensorboard_writes_event_files(tokens, tmp_path):
     assert [e.step for e in acc.Scalars("val_loss")] == [0, 3, 6]
 
 
+def test_a_resumed_run_replaces_the_killed_runs_later_events_and_overwrite_clears_them(tokens, tmp_path):
+    """A run killed after its checkpoint at step 3 logged steps 4-6 to TensorBoard; resumed from
+    step 3, those steps are written again, once each. --overwrite removes the event files."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = str(tmp_path / "run")
+    quiet = dict(progress=False, log=lambda *a: None)
+    train_lm(small(report="tensorboard", checkpoint_every=3, keep_checkpoints=5), *tokens, run, **quiet)
+    os.unlink(os.path.join(run, "ckpt_0000006.pt"))  # killed before its last checkpoint
+    train_lm(small(report="tensorboard", checkpoint_every=3, keep_checkpoints=5), *tokens, run, resume=True, **quiet)
+    acc = EventAccumulator(os.path.join(run, "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4, 5, 6]
+    train_lm(small(report="none"), *tokens, run, overwrite=True, **quiet)
+    assert not os.path.exists(os.path.join(run, "tb"))
+
+
 def test_a_missing_package_is_one_line_naming_the_extra_before_training(tokens, tmp_path, monkeypatch):
     monkeypatch.setattr(report, "_installed", lambda module: False)
     run = tmp_path / "run"

@@ -48,16 +48,23 @@ def progress_line(step: int, max_steps: int, loss: float | None, val_loss: float
             f"ETA {'-' if eta_s is None else _fmt_eta(eta_s)}")
 
 
+# The folder of a run that TensorBoard event files go to (--overwrite removes them).
+TENSORBOARD_DIR = "tb"
+
+
 class Reporter:
     """Sends each metrics row to the chosen backend (none, tensorboard into RUN/tb, wandb)."""
 
-    def __init__(self, backend: str, run_dir: str, config: dict):
+    def __init__(self, backend: str, run_dir: str, config: dict, resume_step: int = 0):
         check_backend(backend)
         self.backend, self._writer, self._wandb = backend, None, None
         if backend == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=os.path.join(run_dir, "tb"))
+            # Resumed from the checkpoint of `resume_step`: the events a killed run wrote after it
+            # are dropped, since this run writes those steps again.
+            purge = resume_step + 1 if resume_step else None
+            self._writer = SummaryWriter(log_dir=os.path.join(run_dir, TENSORBOARD_DIR), purge_step=purge)
         elif backend == "wandb":
             import wandb
 
@@ -81,4 +88,4 @@ class Reporter:
             self._wandb.finish()
 
 
-__all__ = ["BACKENDS", "MissingExtra", "Reporter", "check_backend", "progress_line"]
+__all__ = ["BACKENDS", "MissingExtra", "Reporter", "TENSORBOARD_DIR", "check_backend", "progress_line"]

@@ -38,7 +38,7 @@ from fastbpe.lm.evaluate import eval_totals, result_from_totals, token_byte_leng
 from fastbpe.lm.nn import TransformerLM, clip_grad_norm_, cross_entropy
 from fastbpe.lm.optim import AdamW, cosine_lr
 from fastbpe.lm.plot import plot_loss, read_metrics, read_rows
-from fastbpe.lm.report import Reporter, check_backend, progress_line
+from fastbpe.lm.report import TENSORBOARD_DIR, Reporter, check_backend, progress_line
 from fastbpe.tokenizer import Tokenizer
 
 
@@ -229,6 +229,13 @@ def _clear_run(run_dir: str) -> list[str]:
         if os.path.isfile(path):
             os.unlink(path)
             removed.append(os.path.basename(path))
+    # TensorBoard's event files (nothing else in that folder, which goes when it is left empty)
+    tb = os.path.join(run_dir, TENSORBOARD_DIR)
+    for path in glob.glob(os.path.join(glob.escape(tb), "events.out.tfevents.*")):
+        os.unlink(path)
+        removed.append(os.path.relpath(path, run_dir))
+    if os.path.isdir(tb) and not os.listdir(tb):
+        os.rmdir(tb)
     return removed
 
 
@@ -566,7 +573,7 @@ def _train(config: TrainConfig, device: torch.device, train_path: str, val_path:
                 f.write(json.dumps(row) + "\n")
             reporter.row(row)
 
-    reporter = Reporter(config.report, run_dir, dataclasses.asdict(config)) if main else None
+    reporter = Reporter(config.report, run_dir, dataclasses.asdict(config), resume_step=start) if main else None
     bar = _progress.Bar("training", config.max_steps, "steps") if (main and _progress.wanted(progress)) else None
     plain = main and bar is None  # off a terminal: plain lines instead of the bar
 
