@@ -460,7 +460,7 @@ pub(crate) fn recv_shared<T>(rx: &Mutex<mpsc::Receiver<T>>) -> Option<T> {
 }
 
 /// Reads until `buf` is full or the file ends; returns the number of bytes read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match file.read(&mut buf[n..]) {

@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::count::{
-    merge_counts, recv_shared, spawn, thread_count, worker_panicked, CountError, Counts,
+    merge_counts, read_full, recv_shared, spawn, thread_count, worker_panicked, CountError, Counts,
     Interrupted, SpecialSplitter,
 };
 use crate::encode::{ids_to_le_bytes, Budget, Encoder, PieceCache};
@@ -831,21 +831,6 @@ impl Reader<'_> {
         }
         Some((end, x, self.eof && x == b.len()))
     }
-}
-
-/// Reads until `buf` is full or the file ends; returns the number of bytes read.
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
-    use std::io::Read;
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Encodes a UTF-8 file into little-endian ids (`width` bytes each) written to `out`; returns
