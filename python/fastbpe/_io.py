@@ -1,9 +1,10 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a partial one.
 
 Temporary files are named `.tmp-fastbpe-<host>-<pid>-<random><suffix>` and live beside the file
-they will replace (so the rename cannot cross file systems). A process killed outright (SIGKILL,
-power loss) cannot remove its own; the next write into the same folder removes those whose
-process is gone: same host, and no process with that pid runs there. Nothing else is deleted:
+they will replace (so the rename cannot cross file systems); temporary folders (a model export
+built beside its destination) are named the same way. A process killed outright (SIGKILL, power
+loss) cannot remove its own; the next write into the same folder removes those whose process is
+gone: same host, and no process with that pid runs there. Nothing else is deleted:
 other files starting with `.tmp-` (an older fastbpe named its temporaries `.tmp-<random>`) are
 only reported, in a warning, once per folder.
 """
@@ -14,6 +15,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import socket
 import tempfile
 import warnings
@@ -66,7 +68,10 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
         if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
             path = os.path.join(folder, name)
             with contextlib.suppress(FileNotFoundError):  # another process cleaned it first
-                os.unlink(path)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
                 removed.append(path)
         elif _OLD_STYLE.match(name):
             old.append(name)
@@ -119,6 +124,19 @@ def temporary_path(path: str | os.PathLike, suffix: str = "") -> str:
     finally:
         os.close(fd)
     return tmp
+
+
+def temporary_folder(path: str | os.PathLike) -> str:
+    """A new empty folder beside `path`, to be renamed onto it; removed by a later write into the
+    same folder if this process is killed before it can remove it itself. Errors name `path`."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    remove_stale_temporaries(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{_HOST}-{os.getpid()}-", dir=folder)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write the folder {path}: {e.strerror or e}") from None
 
 
 def check_writable(path: str | os.PathLike, create_folder: bool = False) -> None:

@@ -211,6 +211,31 @@ def test_a_failed_export_leaves_nothing(run, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_killed_exports_folder_is_removed_by_the_next_export(run, tmp_path):
+    """kill -9 in the middle of writing leaves the half-built folder; the next export beside it
+    removes it (its process is gone) and says so, and touches nothing else."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    (tmp_path / "mine").mkdir()
+    code = (
+        "import os, signal\n"
+        "from fastbpe.lm import huggingface as hf\n"
+        "def die(*a, **k): os.kill(os.getpid(), signal.SIGKILL)\n"
+        "hf._fsync = die\n"
+        f"hf.export_huggingface({run!r}, {str(out)!r})\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    left = [n for n in os.listdir(tmp_path) if n not in ("mine",)]
+    assert len(left) == 1 and os.listdir(tmp_path / left[0]), "the killed export left no half-built folder"
+    with pytest.warns(UserWarning, match="killed fastbpe runs"):
+        export_huggingface(run, out)
+    assert sorted(os.listdir(tmp_path)) == ["mine", "out"]
+
+
 def test_what_llama_cannot_say_is_refused(run, tmp_path):
     model, tok = load_run(run)
     model.layers[1].ln2.eps = 1e-6

@@ -23,10 +23,10 @@ import json
 import math
 import os
 import shutil
-import tempfile
 
 import torch
 
+from fastbpe import _io
 from fastbpe._io import same_file, write_atomic
 from fastbpe.lm.nn import RMSNorm, TransformerLM
 
@@ -230,7 +230,7 @@ def _replace_folder(tmp: str, out_dir: str) -> None:
     if not os.path.isdir(out_dir) or not os.listdir(out_dir):
         os.replace(tmp, out_dir)  # onto nothing, or onto an empty folder
         return
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
+    old = _io.temporary_folder(out_dir)
     os.replace(out_dir, old)
     try:
         os.replace(tmp, out_dir)
@@ -246,12 +246,7 @@ def save_huggingface(model: TransformerLM, tok, out_dir: str | os.PathLike, over
     beside it, renamed into place); returns its path."""
     out_dir = os.path.abspath(os.fspath(out_dir))
     check_out_dir(out_dir, run_dir, overwrite)
-    parent = os.path.dirname(out_dir)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
-    except OSError as e:
-        raise OSError(e.errno, f"cannot write the folder {out_dir}: {e.strerror or e}") from None
+    tmp = _io.temporary_folder(out_dir)
     try:
         write_folder(model, tok, tmp)
         _fsync(tmp)
