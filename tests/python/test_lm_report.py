@@ -87,6 +87,30 @@ def test_a_resumed_run_replaces_the_killed_runs_later_events_and_overwrite_clear
     assert not os.path.exists(os.path.join(run, "tb"))
 
 
+def test_wandb_offline_logs_the_metrics_rows(tokens, tmp_path):
+    """--log wandb with WANDB_MODE=offline (no account, no network): the run's log in RUN/wandb
+    holds the evaluation rows of metrics.jsonl, value for value."""
+    pytest.importorskip("wandb")  # in the dev extra
+    import json
+
+    run = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastbpe", "lm", "train", "--train", tokens[0], "--val", tokens[1], "--out", str(run),
+         "--max-steps", "4", "--eval-every", "2", "--batch-size", "2", "--device", "cpu", "--log", "wandb"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    logs = [os.path.join(d, f) for d, _, fs in os.walk(run / "wandb") for f in fs
+            if f.endswith(".wandb") and "offline-run-" in d]
+    assert len(logs) == 1, logs
+    data = open(logs[0], "rb").read()
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    evals = [r for r in rows if "val_bpb" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    for r in evals:  # wandb stores each value as JSON text
+        assert json.dumps(r["val_loss"]).encode() in data and json.dumps(r["val_bpb"]).encode() in data
+
+
 def test_a_missing_package_is_one_line_naming_the_extra_before_training(tokens, tmp_path, monkeypatch):
     monkeypatch.setattr(report, "_installed", lambda module: False)
     run = tmp_path / "run"
