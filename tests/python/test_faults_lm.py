@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_file
+from conftest import ROOT, shared_file
 
 torch = pytest.importorskip("torch")
 
@@ -29,7 +29,7 @@ from fastbpe import token_files  # noqa: E402
 from fastbpe.lm.data import open_tokens  # noqa: E402
 from fastbpe.lm.plot import read_metrics  # noqa: E402
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = ROOT / "README.md"
 
 TEXT_A = (
     "the cat sat on the mat. the dog sat on the log. a cat and a dog sat together on a mat.\n" * 200
