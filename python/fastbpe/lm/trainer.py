@@ -7,6 +7,10 @@ loss plots, atomic checkpoints, exact resume, clean stops on SIGINT/SIGTERM, and
 A run folder holds config.json, tokenizer.json (when the token files name one), metrics.jsonl
 (one row per step and one per evaluation), loss.png and ckpt_XXXXXXX.pt (the newest k, the
 last step's always among them).
+
+The pieces, each usable alone: `check_inputs` (everything checked before the folder changes),
+`setup` (seeded model, AdamW over `param_groups`, loss scaler, batch generator), `restore` (a
+checkpoint into that state), `train_step`, `validation_row` and `Checkpointer`; `_Loop` ties them.
 """
 
 from __future__ import annotations
