@@ -37,7 +37,7 @@ separately and not spread over the steps.
 
 `--device cuda` runs both variants under bf16 autocast (train_lm's `precision="auto"` on a GPU
 that supports it) and gives MFU as 3 x `accounting.transformer_forward_flops` per step over the
-dense bf16 peak in `accounting.PEAK_FLOPS` for the GPU's name (H100, H200, A100); on CPU the MFU
+dense bf16 peak `accounting.gpu_peak` finds for the GPU's name (H100, H200, A100); on CPU the MFU
 column is against this machine's measured fp32 matmul rate. The bare loop does not synchronize
 per step (only around the window); train_lm does, as it must to log per-step times.
 `--preset gpt2-small --device cuda` is the intended GPU check.
@@ -126,24 +126,16 @@ class _Bare:
         import torch
 
         from fastbpe.lm.data import open_tokens
-        from fastbpe.lm.nn import TransformerLM
-        from fastbpe.lm.optim import AdamW
-        from fastbpe.lm.trainer import resolve_device, resolve_precision, seed_everything
+        from fastbpe.lm.trainer import resolve_device, resolve_precision, setup
 
         config = self.config = make_config(spec)
         assert config.grad_accum_steps == 1, "the bare loop has no gradient accumulation"
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         self.train_data = open_tokens(spec["train"])
-        seed_everything(config.seed)  # as train_lm: the same initial weights
-        model = self.model = TransformerLM(config.vocab_size, config.context_length, config.d_model, config.num_layers,
-                                           config.num_heads, config.d_ff, config.rope_theta, device=self.device)
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
-        no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embeddings" not in n)]
-        self.optimizer = AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                {"params": no_decay, "weight_decay": 0.0}],
-                               lr=config.max_lr, betas=(config.beta1, config.beta2), eps=config.eps)
-        self.generator = torch.Generator().manual_seed(config.seed * 1_000_003)  # train_lm's rank-0 generator
+        # train_lm's own set-up: the same initial weights, AdamW groups and rank-0 batch generator
+        state = setup(config, self.device, self.precision)
+        self.model, self.optimizer, self.generator = state.model, state.optimizer, state.generator
         self.loss = None
 
     def run(self, warmup: int, steps: int) -> list[float]:
@@ -229,6 +221,7 @@ def child_lm(spec: dict) -> dict:
 
     mpl_import_s = time.perf_counter() - t0
     from fastbpe.lm import trainer
+    from fastbpe.lm.checkpoint import checkpoints
 
     warmup, steps = spec["warmup"], spec["steps"]
     # One step more than the window: the last step's forced evaluation and checkpoint fall outside.
@@ -239,7 +232,7 @@ def child_lm(spec: dict) -> dict:
     iv = {s + 1: stamps[s + 1] - stamps[s] for s in range(warmup, warmup + steps)}
     kinds = {k: _classify(k, config) for k in iv}
     plain = [v for k, v in iv.items() if kinds[k] == "plain"]
-    ckpt_bytes = [os.path.getsize(p) for p in trainer.checkpoints(run_dir)]
+    ckpt_bytes = [os.path.getsize(p) for p in checkpoints(run_dir)]
     # train_lm times each step itself (t0 just before cosine_lr, dt after the optimizer step and
     # the device sync) and logs tokens_per_s = tokens/dt: interval - dt is what the loop spends
     # after the update (metrics row, progress bar, eval/checkpoint on their steps), measured
@@ -342,10 +335,8 @@ def peak_for(device: str, device_name: str | None, threads: int) -> tuple[str, f
     from fastbpe.lm import accounting
 
     if device.startswith("cuda"):
-        for key, value in accounting.PEAK_FLOPS.items():
-            if device_name and key in device_name and "sparse" not in key:
-                return f"{key} dense bf16 {value / 1e12:.0f} TFLOP/s", value
-        return None
+        found = accounting.gpu_peak(device_name) if device_name else None
+        return (f"{found[0]} dense bf16 {found[1] / 1e12:.0f} TFLOP/s", found[1]) if found else None
     torch.set_num_threads(threads)
     value = accounting.measure_cpu_matmul_peak(n=1024, repeats=5)
     return f"measured fp32 1024^3 matmul, {value / 1e9:.0f} GFLOP/s", value

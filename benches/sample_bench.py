@@ -35,8 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     c = preset(args.preset)
     torch.manual_seed(0)
-    model = TransformerLM(args.vocab_size, c.context_length, c.d_model, c.num_layers, c.num_heads, c.d_ff,
-                          c.rope_theta, device=args.device).eval()
+    model = TransformerLM.from_config(c.replace(vocab_size=args.vocab_size), device=args.device).eval()
     cached, a = rate(model, args.new_tokens, True)
     full, b = rate(model, args.new_tokens, False)
     same = "same ids" if a == b else "DIFFERENT ids"

@@ -166,6 +166,15 @@ PEAK_DESCRIPTIONS: dict[str, str] = {
 }
 
 
+def gpu_peak(device_name: str) -> tuple[str, float] | None:
+    """(name, FLOP/s) of the dense peak in `PEAK_FLOPS` of the GPU that `device_name` (as
+    torch.cuda.get_device_name says it: "NVIDIA H100 80GB HBM3") names; None for another GPU."""
+    for name, flops in PEAK_FLOPS.items():
+        if name in device_name and "sparse" not in name:
+            return name, flops
+    return None
+
+
 def resolve_peak(peak: str | float) -> tuple[str, float]:
     """A peak given as a `PEAK_FLOPS` name (case-insensitive) or a number in FLOP/s ("989e12")
     -> (description, FLOP/s)."""

@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+#: The repository's root (README.md, benches/): tests in subfolders find it here, not by counting folders.
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
 
 
 # The shared corpora (under corpus/) that parity tests run on.

@@ -37,6 +37,7 @@ from fastbpe.napkin import (  # noqa: F401 - re-exported: this module's API pred
     _count,
     _state_buffers,
     format_napkin,
+    gpu_peak,
     matmul_flops,
     mfu,
     napkin,

@@ -1,4 +1,5 @@
-"""Checkpoints: model, optimizer and iteration (and whatever else the caller adds) in one file.
+"""Checkpoints: model, optimizer and iteration (and whatever else the caller adds) in one file,
+and how a run folder names them (ckpt_0000200.pt) and finds its newest valid one.
 
 Writes to a path are atomic (temporary file in the same folder, fsync, rename), so a crash
 or a full disk leaves the previous checkpoint intact; loading uses `weights_only=True` (no code runs from the
@@ -8,7 +9,10 @@ file) and checks the format version.
 from __future__ import annotations
 
 import errno
+import glob
 import os
+import re
+import warnings
 from typing import IO, BinaryIO
 
 import torch
@@ -117,3 +121,35 @@ def load_checkpoint(src, model, optimizer) -> int:
     if optimizer is not None and obj.get("optimizer") is not None:
         optimizer.load_state_dict(obj["optimizer"])
     return obj["iteration"]
+
+
+# ---- checkpoints in a run folder -----------------------------------------------------------
+
+_CHECKPOINT_NAME = re.compile(r"ckpt_(\d+)\.pt")
+
+
+def checkpoint_path(run_dir: str, step: int) -> str:
+    """Where a run writes its checkpoint of `step` (ckpt_0000200.pt)."""
+    return os.path.join(run_dir, f"ckpt_{step:07d}.pt")
+
+
+def checkpoint_step(path: str) -> int | None:
+    """The step in a checkpoint's name (ckpt_0000200.pt -> 200), or None for other files."""
+    m = _CHECKPOINT_NAME.fullmatch(os.path.basename(path))
+    return int(m.group(1)) if m else None
+
+
+def checkpoints(run_dir: str) -> list[str]:
+    """Checkpoint files of a run, oldest step first (by number: names outgrow their padding)."""
+    found = [(checkpoint_step(p), p) for p in glob.glob(os.path.join(glob.escape(run_dir), "ckpt_*.pt"))]
+    return [p for step, p in sorted(f for f in found if f[0] is not None)]
+
+
+def newest_valid_checkpoint(run_dir: str) -> tuple[str, dict] | None:
+    """The newest checkpoint that loads; truncated or corrupt newer ones are skipped with a warning."""
+    for path in reversed(checkpoints(run_dir)):
+        try:
+            return path, read_checkpoint(path)
+        except CheckpointError as e:
+            warnings.warn(f"skipping {path}: {e}", stacklevel=2)
+    return None

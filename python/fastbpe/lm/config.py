@@ -103,4 +103,18 @@ def config_from_dict(d: dict) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in d.items() if k in known})
 
 
-__all__ = ["TrainConfig", "PRESETS", "MODEL_FIELDS", "preset", "config_from_dict"]
+def decays(name: str, param) -> bool:
+    """Whether weight decay applies to a parameter: matrices do; norm gains, biases (vectors) and
+    the token embeddings do not (decaying an embedding shrinks rare tokens' rows for nothing)."""
+    return param.dim() >= 2 and "embeddings" not in name
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """The optimizer's two parameter groups (nanoGPT's configure_optimizers): the parameters that
+    `decays` with `weight_decay`, then the others with none, each in the model's order."""
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0}]
+
+
+__all__ = ["TrainConfig", "PRESETS", "MODEL_FIELDS", "preset", "config_from_dict", "param_groups"]

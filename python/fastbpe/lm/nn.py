@@ -269,6 +269,13 @@ class TransformerLM(nn.Module):
         return self.lm_head(self.ln_final(x))
 
     @classmethod
+    def from_config(cls, config, device=None, dtype=None) -> TransformerLM:
+        """The model a `TrainConfig` (or anything with its model fields) describes: the one
+        place that turns a config into a model, for training, loading a run and the benches."""
+        return cls(config.vocab_size, config.context_length, config.d_model, config.num_layers, config.num_heads,
+                   config.d_ff, config.rope_theta, device=device, dtype=dtype)
+
+    @classmethod
     def from_huggingface(cls, folder) -> TransformerLM:
         """The model of a Hugging Face Llama folder; see `fastbpe.lm.huggingface.import_huggingface`."""
         from fastbpe.lm.huggingface import import_huggingface

@@ -11,10 +11,9 @@ import errno
 import os
 
 import fastbpe
-from fastbpe.lm.checkpoint import CheckpointError
+from fastbpe.lm.checkpoint import CheckpointError, checkpoints, newest_valid_checkpoint
 from fastbpe.lm.config import config_from_dict
 from fastbpe.lm.nn import TransformerLM
-from fastbpe.lm.trainer import checkpoints, newest_valid_checkpoint
 
 
 def _missing(msg: str) -> FileNotFoundError:
@@ -55,8 +54,7 @@ def run_tokenizer(run_dir: str | os.PathLike, ckpt_path: str, ckpt: dict) -> fas
 def model_from_checkpoint(ckpt_path: str, ckpt: dict) -> TransformerLM:
     """The TransformerLM a checkpoint's config describes, with the checkpoint's weights, on the CPU."""
     config = config_from_dict(ckpt.get("config") or {})
-    model = TransformerLM(config.vocab_size, config.context_length, config.d_model, config.num_layers,
-                          config.num_heads, config.d_ff, config.rope_theta)
+    model = TransformerLM.from_config(config)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

@@ -7,6 +7,10 @@ loss plots, atomic checkpoints, exact resume, clean stops on SIGINT/SIGTERM, and
 A run folder holds config.json, tokenizer.json (when the token files name one), metrics.jsonl
 (one row per step and one per evaluation), loss.png and ckpt_XXXXXXX.pt (the newest k, the
 last step's always among them).
+
+The pieces, each usable alone: `check_inputs` (everything checked before the folder changes),
+`setup` (seeded model, AdamW over `param_groups`, loss scaler, batch generator), `restore` (a
+checkpoint into that state), `train_step`, `validation_row` and `Checkpointer`; `_Loop` ties them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import json
 import math
 import os
 import random
-import re
 import signal
 import time
 import warnings
@@ -31,8 +34,14 @@ import torch.distributed as dist
 from fastbpe import _progress, token_files
 from fastbpe._io import write_atomic
 from fastbpe.lm import accounting
-from fastbpe.lm.checkpoint import CheckpointError, read_checkpoint, save_checkpoint, unwrap
-from fastbpe.lm.config import MODEL_FIELDS, TrainConfig
+from fastbpe.lm.checkpoint import (  # noqa: F401 - checkpoints, newest_valid_checkpoint: also read from here
+    checkpoint_path,
+    checkpoint_step,
+    checkpoints,
+    newest_valid_checkpoint,
+    save_checkpoint,
+)
+from fastbpe.lm.config import MODEL_FIELDS, TrainConfig, param_groups
 from fastbpe.lm.data import BatchLoader, open_tokens, token_metadata
 from fastbpe.lm.evaluate import eval_totals, result_from_totals, token_byte_lengths
 from fastbpe.lm.nn import TransformerLM, clip_grad_norm_, cross_entropy
@@ -136,41 +145,14 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-_CHECKPOINT_NAME = re.compile(r"ckpt_(\d+)\.pt")
 #: What a run writes besides its checkpoints: all that --overwrite removes.
 RUN_FILES = ("config.json", "metrics.jsonl", "loss.png", "tokenizer.json")
-
-
-def checkpoint_step(path: str) -> int | None:
-    """The step in a checkpoint's name (ckpt_0000200.pt -> 200), or None for other files."""
-    m = _CHECKPOINT_NAME.fullmatch(os.path.basename(path))
-    return int(m.group(1)) if m else None
-
-
-def checkpoints(run_dir: str) -> list[str]:
-    """Checkpoint files of a run, oldest step first (by number: names outgrow their padding)."""
-    found = [(checkpoint_step(p), p) for p in glob.glob(os.path.join(glob.escape(run_dir), "ckpt_*.pt"))]
-    return [p for step, p in sorted(f for f in found if f[0] is not None)]
-
-
-def newest_valid_checkpoint(run_dir: str) -> tuple[str, dict] | None:
-    """The newest checkpoint that loads; truncated or corrupt newer ones are skipped with a warning."""
-    for path in reversed(checkpoints(run_dir)):
-        try:
-            return path, read_checkpoint(path)
-        except CheckpointError as e:
-            warnings.warn(f"skipping {path}: {e}", stacklevel=2)
-    return None
 
 
 def peak_flops(device: torch.device) -> tuple[str, float] | None:
     """Dense bf16 peak of a known GPU, or this CPU's measured fp32 matmul rate."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, value in accounting.PEAK_FLOPS.items():
-            if key in name and "sparse" not in key:
-                return key, value
-        return None
+        return accounting.gpu_peak(torch.cuda.get_device_name(device))
     if device.type == "cpu":
         return "cpu (measured fp32 matmul)", accounting.measure_cpu_matmul_peak(n=1024, repeats=5)
     return None
@@ -387,6 +369,225 @@ def _determinism(enabled: bool, device: torch.device):
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
+# ---- the pieces of a run -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a run: rank 0 of 1 without torchrun."""
+
+    ddp: bool = False
+    rank: int = 0
+    world: int = 1
+    owns_group: bool = False  # a process group made by the caller is left to the caller
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
+    """Join the DDP process group under torchrun (WORLD_SIZE > 1); on CUDA each rank takes the
+    GPU LOCAL_RANK names. Elsewhere a single process and `device` unchanged."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Distributed(), device
+    owns_group = False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        owns_group = True
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return Distributed(True, dist.get_rank(), dist.get_world_size(), owns_group), device
+
+
+@dataclass
+class RunInputs:
+    """A run's token files and what was found about them, all checked before the folder changes."""
+
+    config: TrainConfig  # vocab_size settled: the tokenizer's, the data's or the resumed checkpoint's
+    train_data: np.ndarray
+    meta: dict  # the training file's sidecar
+    val_data: np.ndarray
+    source: tuple[str, Tokenizer] | None  # the tokenizer the token files name
+    found: tuple[str, dict] | None  # (path, contents) of the checkpoint to resume from
+    tokenizer_update: tuple[bytes, bool] | None  # see _run_tokenizer_update
+
+
+def check_inputs(config: TrainConfig, train_path: str, val_path: str, run_dir: str, resume: bool, overwrite: bool,
+                 log=print) -> RunInputs:
+    """Every check a run makes before it changes anything in `run_dir`: the folder, both token
+    files (length, tokenizer, every id against the vocabulary) and, with `resume`, the checkpoint."""
+    _check_run_dir(run_dir, resume, overwrite)
+    train_data, meta = _open_split(train_path, "training", config.context_length)
+    val_data, val_meta = _open_split(val_path, "validation", config.context_length)
+    _check_same_tokenizer(train_path, meta, val_path, val_meta)
+    found = newest_valid_checkpoint(run_dir) if resume else None
+    if found is not None:
+        config = _check_resume(*found, config, meta, train_path, run_dir)
+    source = _data_tokenizer(train_path, meta)
+    config = _with_vocab_size(config, source, [(train_path, train_data, meta), (val_path, val_data, val_meta)],
+                              found is not None, log)
+    update = _run_tokenizer_update(run_dir, source, meta.get("tokenizer_sha256"), overwrite)
+    return RunInputs(config, train_data, meta, val_data, source, found, update)
+
+
+@dataclass
+class TrainState:
+    """What a step changes, and what a checkpoint holds besides the global RNGs."""
+
+    model: TransformerLM
+    optimizer: AdamW
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
+    generator: torch.Generator  # this rank's batches
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> AdamW:
+    """AdamW over `param_groups` with the config's peak rate, betas and eps."""
+    return AdamW(param_groups(model, config.weight_decay), lr=config.max_lr, betas=(config.beta1, config.beta2),
+                 eps=config.eps)
+
+
+def setup(config: TrainConfig, device: torch.device, precision: str, rank: int = 0) -> TrainState:
+    """A fresh run's state: every RNG seeded, then the model's initial weights drawn, the
+    optimizer, the fp16 loss scaler, and the batch generator (each rank draws its own batches)."""
+    seed_everything(config.seed)
+    model = TransformerLM.from_config(config, device=device)
+    optimizer = build_optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + rank)
+    return TrainState(model, optimizer, scaler, generator)
+
+
+def restore(state: TrainState, path: str, ckpt: dict, rank: int = 0) -> int:
+    """Load a checkpoint into `state`, the global RNGs included; returns the step it was written at."""
+    try:
+        state.model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit this model ({str(e).splitlines()[0]}): resume with the settings it "
+                         "was trained with, or start a fresh run (--overwrite or another --out)") from None
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
+    state.generator.set_state(set_rng_state(ckpt["rng"][rank] if isinstance(ckpt["rng"], list) else ckpt["rng"]))
+    return ckpt["iteration"]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@dataclass
+class StepOutcome:
+    loss: float  # the step's mean loss (over micro-batches and ranks)
+    grad_norm: float  # before clipping
+    skipped: bool  # fp16: a non-finite loss, so GradScaler skipped the update and lowered the scale
+
+
+def train_step(state: TrainState, train_model: torch.nn.Module, batches, config: TrainConfig, device: torch.device,
+               precision: str, dist_: Distributed = Distributed(), step: int = 0,
+               last_checkpoint: str | None = None) -> StepOutcome:
+    """One optimizer step at the rate set in the optimizer: `grad_accum_steps` micro-batches from
+    `batches` forward and backward through `train_model` (the model, or its compiled or DDP
+    wrapper) under autocast, gradients unscaled and clipped, the update, gradients cleared.
+    TrainingDiverged on a non-finite loss without fp16's scaler; `step` (steps done before) and
+    `last_checkpoint` go into its message."""
+    optimizer, scaler = state.optimizer, state.scaler
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(config.grad_accum_steps):
+        x, y = next(batches)
+        sync = contextlib.nullcontext()
+        if dist_.ddp and micro < config.grad_accum_steps - 1:
+            sync = train_model.no_sync()  # all-reduce gradients once per step
+        with sync:
+            with autocast(device, precision):
+                loss = cross_entropy(train_model(x), y) / config.grad_accum_steps
+            scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    scaler.unscale_(optimizer)
+    grad_norm = clip_grad_norm_(state.model.parameters(), config.grad_clip)
+    loss_value = float(loss_sum)
+    if dist_.ddp:
+        t = torch.tensor([loss_value], device=device)
+        dist.all_reduce(t)
+        loss_value = float(t) / dist_.world
+    skipped = False
+    if not math.isfinite(loss_value):
+        if precision != "fp16":
+            raise TrainingDiverged(
+                f"loss is {loss_value} at step {step + 1}; stopping. The last good checkpoint is "
+                f"{last_checkpoint or '(none yet)'}: lower max_lr or use fp32."
+            )
+        skipped = True  # GradScaler skips this step and lowers the scale
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return StepOutcome(loss_value, float(grad_norm), skipped)
+
+
+def validation_row(model: torch.nn.Module, train_model: torch.nn.Module, val_data: np.ndarray, config: TrainConfig,
+                   device: torch.device, precision: str, byte_lengths: torch.Tensor | None,
+                   dist_: Distributed = Distributed()) -> dict:
+    """The validation row's numbers over `eval_batches` windows (summed over ranks): val_loss,
+    val_ppl and, with the tokenizer's byte lengths, val_bpb. `train_model` goes back to training."""
+    train_model.eval()
+    total = eval_totals(model, val_data, config.batch_size, config.context_length, device, byte_lengths,
+                        max_batches=config.eval_batches or None, amp=autocast(device, precision))
+    if dist_.ddp:
+        dist.all_reduce(total)
+    train_model.train()
+    result = result_from_totals(total, byte_lengths is not None)
+    row = {"val_loss": result.loss, "val_ppl": result.perplexity}
+    if result.bpb is not None:
+        row["val_bpb"] = result.bpb
+    return row
+
+
+class Checkpointer:
+    """Writes a run's checkpoints (rank 0 writes, with every rank's RNG states) and keeps the
+    newest `keep_checkpoints` of this run's; `saved` is (step, path) of the newest one."""
+
+    def __init__(self, run_dir: str, config: TrainConfig, state: TrainState, meta: dict, precision: str,
+                 dist_: Distributed, resumed: tuple[int, str] | None):
+        self.run_dir, self.config, self.state, self.meta, self.precision, self.dist = (
+            run_dir, config, state, meta, precision, dist_)
+        self.saved = resumed
+        self.resumed_at = resumed[0] if resumed is not None else -1
+        self.written: list[str] = []  # the checkpoints this call wrote
+
+    def write(self, step: int, loader: BatchLoader) -> None:
+        states = rng_state(loader)
+        if self.dist.ddp:
+            gathered: list = [None] * self.dist.world
+            dist.all_gather_object(gathered, states)
+            states = gathered
+        path = checkpoint_path(self.run_dir, step)
+        if self.dist.main:
+            try:
+                save_checkpoint(self.state.model, self.state.optimizer, step, path,
+                                scaler=self.state.scaler.state_dict(), config=dataclasses.asdict(self.config),
+                                rng=states, tokenizer={"sha256": self.meta.get("tokenizer_sha256"),
+                                                       "path": self.meta.get("tokenizer")},
+                                precision=self.precision, num_threads=torch.get_num_threads())
+            except OSError as e:
+                newest = (f"the run's newest checkpoint is {self.saved[1]}: continue from it with --resume"
+                          if self.saved else "the run has no earlier checkpoint")
+                msg = f"{e.strerror if e.errno is not None else e}; {newest}"
+                raise (OSError(e.errno, msg) if e.errno is not None else OSError(msg)) from e
+            self.written.append(path)
+            _prune(self.run_dir, self.resumed_at, self.written, self.config.keep_checkpoints)
+        self.saved = (step, path)
+        if self.dist.ddp:
+            dist.barrier()
+
+    @property
+    def newest_path(self) -> str | None:
+        return self.saved[1] if self.saved else None
+
+
 # ---- the loop ------------------------------------------------------------------------------
 
 
@@ -419,37 +620,18 @@ def train_lm(
 
 def _train(config: TrainConfig, device: torch.device, train_path: str, val_path: str, run_dir: str, resume: bool,
            overwrite: bool, progress: bool | None, log) -> RunResult:
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = 0, 1
-    owns_group = False  # a process group made by the caller is left to the caller
-    if ddp:
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            owns_group = True
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-    main = rank == 0
+    """Checks, then the folder prepared, the state set up (or restored), and the loop."""
+    dist_, device = init_distributed(device)
+    main = dist_.main
     say = log if main else (lambda *a: None)
     precision = resolve_precision(config.precision, device)
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU does not support bf16: use --precision fp16 or fp32")
 
-    # Everything is checked before anything in the run folder changes.
-    _check_run_dir(run_dir, resume, overwrite)
-    train_data, meta = _open_split(train_path, "training", config.context_length)
-    val_data, val_meta = _open_split(val_path, "validation", config.context_length)
-    _check_same_tokenizer(train_path, meta, val_path, val_meta)
-    found = newest_valid_checkpoint(run_dir) if resume else None
-    if found is not None:
-        config = _check_resume(*found, config, meta, train_path, run_dir)
-    source = _data_tokenizer(train_path, meta)
-    config = _with_vocab_size(config, source, [(train_path, train_data, meta), (val_path, val_data, val_meta)],
-                              found is not None, say)
-    tokenizer_update = _run_tokenizer_update(run_dir, source, meta.get("tokenizer_sha256"), overwrite)
+    inputs = check_inputs(config, train_path, val_path, run_dir, resume, overwrite, say)
+    config = inputs.config
     os.makedirs(run_dir, exist_ok=True)
-    if ddp:
+    if dist_.ddp:
         dist.barrier()  # every rank has looked at the folder before rank 0 changes it
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     if main and overwrite:
@@ -457,227 +639,175 @@ def _train(config: TrainConfig, device: torch.device, train_path: str, val_path:
         if removed:
             log(f"--overwrite: removed the earlier run's {', '.join(removed)} from {run_dir} (nothing else)")
 
-    seed_everything(config.seed)
-    model = TransformerLM(config.vocab_size, config.context_length, config.d_model, config.num_layers,
-                          config.num_heads, config.d_ff, config.rope_theta, device=device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embeddings" not in n)]
-    optimizer = AdamW([{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                      lr=config.max_lr, betas=(config.beta1, config.beta2), eps=config.eps)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    # Each rank draws its own batches.
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + rank)
-
+    state = setup(config, device, precision, dist_.rank)
     start = 0
-    first_val = last_val = None
-    saved: tuple[int, str] | None = None  # (step, path) of the run's newest checkpoint
-    written: list[str] = []  # the checkpoints this call wrote
-    if found is not None:
-        path, ckpt = found
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise ValueError(f"{path} does not fit this model ({str(e).splitlines()[0]}): resume with the settings it "
-                             "was trained with, or start a fresh run (--overwrite or another --out)") from None
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        generator.set_state(set_rng_state(ckpt["rng"][rank] if isinstance(ckpt["rng"], list) else ckpt["rng"]))
-        start = ckpt["iteration"]
-        saved = (start, path)
-        threads = ckpt.get("num_threads")
-        if config.deterministic and device.type == "cpu" and threads not in (None, torch.get_num_threads()):
-            warnings.warn(f"{path} was written with {threads} CPU threads and this run has {torch.get_num_threads()}: "
-                          "a deterministic run repeats bit for bit only with the same thread count", stacklevel=3)
+    resumed = None
+    vals: list[float] = []  # the validation losses already logged (first and last are reported)
+    if inputs.found is not None:
+        path, ckpt = inputs.found
+        start = restore(state, path, ckpt, dist_.rank)
+        resumed = (start, path)
+        _warn_thread_count(path, ckpt, config, device)
         if main:
             log(f"resumed from {path} at step {start}")
             _truncate_metrics(metrics_path, start)
             if os.path.exists(metrics_path):
-                evals = read_metrics(metrics_path)[1]
-                first_val = evals[0]["val_loss"] if evals else None
-                last_val = evals[-1]["val_loss"] if evals else None
+                vals = [row["val_loss"] for row in read_metrics(metrics_path)[1]]
     elif resume and main:
         log(f"no valid checkpoint in {run_dir}: starting from scratch")
         _truncate_metrics(metrics_path, -1)
 
     if main:
         _write_json(os.path.join(run_dir, "config.json"), dataclasses.asdict(config))
-        if tokenizer_update is not None:
+        if inputs.tokenizer_update is not None:
             tok_path = os.path.join(run_dir, "tokenizer.json")
-            write_atomic(tok_path, tokenizer_update[0])
-            if tokenizer_update[1]:
-                log(f"replaced {tok_path}: it was not the tokenizer of {train_path} (now {source[0]})")
+            write_atomic(tok_path, inputs.tokenizer_update[0])
+            if inputs.tokenizer_update[1]:
+                log(f"replaced {tok_path}: it was not the tokenizer of {train_path} (now {inputs.source[0]})")
 
-    train_model = model
+    train_model = state.model
     if config.compile:
-        train_model = torch.compile(model)
-    if ddp:
+        train_model = torch.compile(state.model)
+    if dist_.ddp:
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    return _Loop(config, device, precision, dist_, inputs, state, train_model, run_dir, start, resumed, vals, progress,
+                 log).run()
 
-    tokens_per_step = config.batch_size * config.context_length * config.grad_accum_steps * world
-    flops_per_step = 3 * accounting.transformer_forward_flops(
-        config.batch_size * config.grad_accum_steps * world, config.context_length, config.d_model,
-        config.num_layers, config.num_heads, config.d_ff, config.vocab_size)
-    peak = peak_flops(device) if main else None
-    if main:
-        n_params = sum(p.numel() for p in model.parameters())
-        log(f"model: {n_params / 1e6:.2f}M parameters, {config.num_layers} layers, d_model {config.d_model}; "
-            f"{device.type} {precision}; {tokens_per_step:,} tokens/step; {len(train_data):,} training tokens")
 
-    byte_lengths = token_byte_lengths(source[1], config.vocab_size, device) if source is not None else None
+def _warn_thread_count(path: str, ckpt: dict, config: TrainConfig, device: torch.device) -> None:
+    threads = ckpt.get("num_threads")
+    if config.deterministic and device.type == "cpu" and threads not in (None, torch.get_num_threads()):
+        warnings.warn(f"{path} was written with {threads} CPU threads and this run has {torch.get_num_threads()}: "
+                      "a deterministic run repeats bit for bit only with the same thread count", stacklevel=4)
 
-    def evaluate() -> dict:
-        """The validation row's numbers: val_loss, val_ppl and (with a tokenizer) val_bpb."""
-        train_model.eval()
-        total = eval_totals(model, val_data, config.batch_size, config.context_length, device, byte_lengths,
-                            max_batches=config.eval_batches or None, amp=autocast(device, precision))
-        if ddp:
-            dist.all_reduce(total)
-        train_model.train()
-        result = result_from_totals(total, byte_lengths is not None)
-        row = {"val_loss": result.loss, "val_ppl": result.perplexity}
-        if result.bpb is not None:
-            row["val_bpb"] = result.bpb
-        return row
 
-    def checkpoint(step: int) -> None:
-        nonlocal saved
-        states = rng_state(loader)
-        if ddp:
-            gathered: list = [None] * world
-            dist.all_gather_object(gathered, states)
-            states = gathered
-        path = os.path.join(run_dir, f"ckpt_{step:07d}.pt")
-        if main:
-            try:
-                save_checkpoint(model, optimizer, step, path, scaler=scaler.state_dict(),
-                                config=dataclasses.asdict(config), rng=states,
-                                tokenizer={"sha256": meta.get("tokenizer_sha256"), "path": meta.get("tokenizer")},
-                                precision=precision, num_threads=torch.get_num_threads())
-            except OSError as e:
-                newest = (f"the run's newest checkpoint is {saved[1]}: continue from it with --resume" if saved
-                          else "the run has no earlier checkpoint")
-                msg = f"{e.strerror if e.errno is not None else e}; {newest}"
-                raise (OSError(e.errno, msg) if e.errno is not None else OSError(msg)) from e
-            written.append(path)
-            _prune(run_dir, start if found is not None else -1, written, config.keep_checkpoints)
-        saved = (step, path)
-        if ddp:
-            dist.barrier()
+class _Loop:
+    """The loop that ties the pieces: steps at the cosine rate, validation, metrics rows, progress,
+    checkpoints, and a clean stop on SIGINT/SIGTERM."""
 
-    def log_row(row: dict) -> None:
-        if main:
-            with open(metrics_path, "a") as f:
+    def __init__(self, config: TrainConfig, device: torch.device, precision: str, dist_: Distributed,
+                 inputs: RunInputs, state: TrainState, train_model: torch.nn.Module, run_dir: str, start: int,
+                 resumed: tuple[int, str] | None, vals: list[float], progress: bool | None, log):
+        self.config, self.device, self.precision, self.dist = config, device, precision, dist_
+        self.inputs, self.state, self.train_model, self.run_dir = inputs, state, train_model, run_dir
+        self.start = self.step = start
+        self.log = log
+        self.main = dist_.main
+        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self.vals = vals  # validation losses so far (a resumed run's from its metrics)
+        self.tokens_seen, self.train_time = 0, 0.0
+        c = config
+        self.tokens_per_step = c.batch_size * c.context_length * c.grad_accum_steps * dist_.world
+        self.flops_per_step = 3 * accounting.transformer_forward_flops(
+            c.batch_size * c.grad_accum_steps * dist_.world, c.context_length, c.d_model, c.num_layers, c.num_heads,
+            c.d_ff, c.vocab_size)
+        self.peak = peak_flops(device) if self.main else None
+        if self.main:
+            n_params = sum(p.numel() for p in state.model.parameters())
+            log(f"model: {n_params / 1e6:.2f}M parameters, {c.num_layers} layers, d_model {c.d_model}; "
+                f"{device.type} {precision}; {self.tokens_per_step:,} tokens/step; "
+                f"{len(inputs.train_data):,} training tokens")
+        source = inputs.source
+        self.byte_lengths = token_byte_lengths(source[1], c.vocab_size, device) if source is not None else None
+        self.checkpointer = Checkpointer(run_dir, config, state, inputs.meta, precision, dist_, resumed)
+        self.reporter = Reporter(c.report, run_dir, dataclasses.asdict(c), resume_step=start) if self.main else None
+        self.bar = _progress.Bar("training", c.max_steps, "steps") if (self.main and _progress.wanted(progress)) else None
+        self.plain = self.main and self.bar is None  # off a terminal: plain lines instead of the bar
+
+    def evaluate(self) -> None:
+        row = validation_row(self.state.model, self.train_model, self.inputs.val_data, self.config, self.device,
+                             self.precision, self.byte_lengths, self.dist)
+        self.vals.append(row["val_loss"])
+        self.log_row({"step": self.step, **row})
+
+    def log_row(self, row: dict) -> None:
+        if self.main:
+            with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            reporter.row(row)
+            self.reporter.row(row)
 
-    reporter = Reporter(config.report, run_dir, dataclasses.asdict(config), resume_step=start) if main else None
-    bar = _progress.Bar("training", config.max_steps, "steps") if (main and _progress.wanted(progress)) else None
-    plain = main and bar is None  # off a terminal: plain lines instead of the bar
+    def say_progress(self, loss: float | None) -> None:
+        done, t = self.step - self.start, self.train_time
+        tps = self.tokens_seen / t if t else None
+        mfu = self.flops_per_step * done / t / self.peak[1] if (self.peak and t) else None
+        eta = (self.config.max_steps - self.step) * t / done if done else None
+        self.log(progress_line(self.step, self.config.max_steps, loss, self.vals[-1] if self.vals else None, tps, mfu,
+                               eta))
 
-    def say_progress(loss: float | None) -> None:
-        done = step - start
-        tps = tokens_seen / train_time if train_time else None
-        mfu = flops_per_step * done / train_time / peak[1] if (peak and train_time) else None
-        eta = (config.max_steps - step) * train_time / done if done else None
-        log(progress_line(step, config.max_steps, loss, last_val, tps, mfu, eta))
+    def one_step(self, loader: BatchLoader) -> float:
+        """A step at the schedule's rate, its row logged; returns its loss."""
+        c = self.config
+        t0 = time.perf_counter()
+        # A run shorter than the warmup warms up over the whole run.
+        lr = cosine_lr(self.step, c.max_lr, c.min_lr, min(c.warmup_steps, c.max_steps), c.max_steps)
+        set_lr(self.state.optimizer, lr)
+        out = train_step(self.state, self.train_model, loader, c, self.device, self.precision, self.dist,
+                         self.step, self.checkpointer.newest_path)
+        dt = time.perf_counter() - t0
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        self.train_time += dt
+        tps = self.tokens_per_step / dt
+        mfu = self.flops_per_step / dt / self.peak[1] if self.peak else None
+        row = {"step": self.step, "loss": out.loss, "lr": lr, "grad_norm": out.grad_norm, "tokens_per_s": tps,
+               "mfu": mfu}
+        if out.skipped:
+            row["skipped"] = True
+        self.log_row(row)
+        if self.bar:
+            self.bar.postfix = f"loss {out.loss:.3f} | {tps:,.0f} tok/s" + (f" | MFU {mfu:.1%}" if mfu else "")
+            self.bar(self.step)
+        return out.loss
 
-    loader = BatchLoader(train_data, config.batch_size, config.context_length, device, generator)
-    step = start
-    tokens_seen, train_time = 0, 0.0
-    stopped_by = None
-    try:
-        with _Stopper() as stopper:
-            if start == 0:
-                val_row = evaluate()
-                first_val = last_val = val_row["val_loss"]
-                log_row({"step": 0, **val_row})
-                if plain:
-                    say_progress(None)
-            while step < config.max_steps:
-                t0 = time.perf_counter()
-                # A run shorter than the warmup warms up over the whole run.
-                lr = cosine_lr(step, config.max_lr, config.min_lr, min(config.warmup_steps, config.max_steps), config.max_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss_sum = torch.zeros((), device=device)
-                for micro in range(config.grad_accum_steps):
-                    x, y = next(loader)
-                    sync = contextlib.nullcontext()
-                    if ddp and micro < config.grad_accum_steps - 1:
-                        sync = train_model.no_sync()  # all-reduce gradients once per step
-                    with sync:
-                        with autocast(device, precision):
-                            loss = cross_entropy(train_model(x), y) / config.grad_accum_steps
-                        scaler.scale(loss).backward()
-                    loss_sum += loss.detach()
-                scaler.unscale_(optimizer)
-                grad_norm = clip_grad_norm_(model.parameters(), config.grad_clip)
-                loss_value = float(loss_sum)
-                if ddp:
-                    t = torch.tensor([loss_value], device=device)
-                    dist.all_reduce(t)
-                    loss_value = float(t) / world
-                skipped = False
-                if not math.isfinite(loss_value):
-                    if precision != "fp16":
-                        raise TrainingDiverged(
-                            f"loss is {loss_value} at step {step + 1}; stopping. The last good checkpoint is "
-                            f"{saved[1] if saved else '(none yet)'}: lower max_lr or use fp32."
-                        )
-                    skipped = True  # GradScaler skips this step and lowers the scale
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                dt = time.perf_counter() - t0
-                step += 1
-                tokens_seen += tokens_per_step
-                train_time += dt
-                tps = tokens_per_step / dt
-                mfu = flops_per_step / dt / peak[1] if peak else None
-                row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-                       "tokens_per_s": tps, "mfu": mfu}
-                if skipped:
-                    row["skipped"] = True
-                log_row(row)
-                if bar:
-                    bar.postfix = f"loss {loss_value:.3f} | {tps:,.0f} tok/s" + (f" | MFU {mfu:.1%}" if mfu else "")
-                    bar(step)
-                evaluating = step % config.eval_every == 0 or step == config.max_steps
-                if evaluating:
-                    val_row = evaluate()
-                    last_val = val_row["val_loss"]
-                    log_row({"step": step, **val_row})
-                    if main:
-                        plot_loss(metrics_path, os.path.join(run_dir, "loss.png"), title=os.path.basename(os.path.abspath(run_dir)))
-                if plain and (evaluating or step % config.log_every == 0):
-                    say_progress(loss_value)
-                if step % config.checkpoint_every == 0 or step == config.max_steps:
-                    checkpoint(step)
-                if stopper.signal:
-                    stopped_by = stopper.signal
-                    break
-            if saved is None or saved[0] != step:
-                checkpoint(step)  # a run always ends with a checkpoint of its last step
-            if stopped_by and main:
-                log(f"\n{stopped_by}: stopped after step {step}; checkpoint written, resume with --resume")
-    finally:
-        loader.close()
-        if bar:
-            bar.close()
-        if reporter is not None:
-            reporter.close()
-        if main and os.path.exists(metrics_path):
-            plot_loss(metrics_path, os.path.join(run_dir, "loss.png"), title=os.path.basename(os.path.abspath(run_dir)))
-        if owns_group:
-            dist.barrier()  # no rank tears down its connections while another still uses them
-            dist.destroy_process_group()
-    tps = tokens_seen / train_time if train_time else 0.0
-    return RunResult(step, first_val, last_val, tps, stopped_by, run_dir, model)
+    def plot(self) -> None:
+        plot_loss(self.metrics_path, os.path.join(self.run_dir, "loss.png"),
+                  title=os.path.basename(os.path.abspath(self.run_dir)))
+
+    def run(self) -> RunResult:
+        c = self.config
+        loader = BatchLoader(self.inputs.train_data, c.batch_size, c.context_length, self.device, self.state.generator)
+        stopped_by = None
+        try:
+            with _Stopper() as stopper:
+                if self.start == 0:
+                    self.evaluate()
+                    if self.plain:
+                        self.say_progress(None)
+                while self.step < c.max_steps:
+                    loss = self.one_step(loader)
+                    evaluating = self.step % c.eval_every == 0 or self.step == c.max_steps
+                    if evaluating:
+                        self.evaluate()
+                        if self.main:
+                            self.plot()
+                    if self.plain and (evaluating or self.step % c.log_every == 0):
+                        self.say_progress(loss)
+                    if self.step % c.checkpoint_every == 0 or self.step == c.max_steps:
+                        self.checkpointer.write(self.step, loader)
+                    if stopper.signal:
+                        stopped_by = stopper.signal
+                        break
+                saved = self.checkpointer.saved
+                if saved is None or saved[0] != self.step:
+                    self.checkpointer.write(self.step, loader)  # a run always ends with a checkpoint of its last step
+                if stopped_by and self.main:
+                    self.log(f"\n{stopped_by}: stopped after step {self.step}; checkpoint written, resume with --resume")
+        finally:
+            loader.close()
+            if self.bar:
+                self.bar.close()
+            if self.reporter is not None:
+                self.reporter.close()
+            if self.main and os.path.exists(self.metrics_path):
+                self.plot()
+            if self.dist.owns_group:
+                dist.barrier()  # no rank tears down its connections while another still uses them
+                dist.destroy_process_group()
+        tps = self.tokens_seen / self.train_time if self.train_time else 0.0
+        first, last = (self.vals[0], self.vals[-1]) if self.vals else (None, None)
+        return RunResult(self.step, first, last, tps, stopped_by, self.run_dir, self.state.model)
 
 
 def _truncate_metrics(path: str, step: int) -> None:

@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "benches", "gpu_check.sh")
+SCRIPT = str(ROOT / "benches" / "gpu_check.sh")
 
 
 def test_gpu_check_dry_run_passes_every_step(tmp_path):

@@ -295,3 +295,27 @@ def test_load_into_a_mismatched_model_fails_loudly(tmp_path, trained):
     other = TransformerLM(VOCAB, CTX, d_model=16, num_layers=1, num_heads=2, d_ff=24)
     with pytest.raises(RuntimeError):
         load_checkpoint(path, other, None)
+
+
+def test_run_folder_checkpoints_sort_by_step_and_skip_other_files(tmp_path):
+    model, opt = make()
+    for step in (9, 10_000_000, 200):  # the last name outgrows its padding
+        save_checkpoint(model, opt, step, ckpt.checkpoint_path(str(tmp_path), step))
+    (tmp_path / "ckpt_latest.pt").write_bytes(b"")  # not a step: not a checkpoint of the run
+    (tmp_path / "notes.txt").write_text("")
+    found = ckpt.checkpoints(str(tmp_path))
+    assert [os.path.basename(p) for p in found] == ["ckpt_0000009.pt", "ckpt_0000200.pt", "ckpt_10000000.pt"]
+    assert [ckpt.checkpoint_step(p) for p in found] == [9, 200, 10_000_000]
+    assert ckpt.checkpoint_step(str(tmp_path / "ckpt_latest.pt")) is None
+
+
+def test_newest_valid_checkpoint_skips_corrupt_ones_with_a_warning(tmp_path):
+    model, opt = make()
+    for step in (1, 2, 3):
+        save_checkpoint(model, opt, step, ckpt.checkpoint_path(str(tmp_path), step))
+    newest = tmp_path / "ckpt_0000003.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated by a crash
+    with pytest.warns(UserWarning, match="skipping .*ckpt_0000003.pt"):
+        path, obj = ckpt.newest_valid_checkpoint(str(tmp_path))
+    assert os.path.basename(path) == "ckpt_0000002.pt" and obj["iteration"] == 2
+    assert ckpt.newest_valid_checkpoint(str(tmp_path / "empty")) is None

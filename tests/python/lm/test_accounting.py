@@ -280,3 +280,13 @@ def test_the_torch_free_part_is_reexported():
     assert {"napkin", "napkin_main", "mfu", "PEAK_FLOPS", "transformer_forward_flops", "OPTIMIZER_STATE_BUFFERS"} <= set(moved)
     for name in moved:
         assert getattr(acc, name) is getattr(napkin, name), name
+
+
+def test_gpu_peak_reads_the_one_table_by_device_name():
+    from fastbpe import napkin
+
+    assert acc.gpu_peak is napkin.gpu_peak  # one table, one lookup: fastbpe.napkin owns both
+    assert napkin.gpu_peak("NVIDIA H100 80GB HBM3") == ("H100", napkin.PEAK_FLOPS["H100"])
+    assert napkin.gpu_peak("NVIDIA H200") == ("H200", 1979e12 / 2)
+    assert napkin.gpu_peak("NVIDIA A100-SXM4-80GB") == ("A100", 312e12)
+    assert napkin.gpu_peak("Tesla T4") is None  # not in the table: no MFU rather than a wrong one

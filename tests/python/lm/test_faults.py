@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_file
+from conftest import ROOT, shared_file
 
 torch = pytest.importorskip("torch")
 
@@ -29,7 +29,7 @@ from fastbpe import token_files  # noqa: E402
 from fastbpe.lm.data import open_tokens  # noqa: E402
 from fastbpe.lm.plot import read_metrics  # noqa: E402
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = ROOT / "README.md"
 
 TEXT_A = (
     "the cat sat on the mat. the dog sat on the log. a cat and a dog sat together on a mat.\n" * 200
@@ -236,19 +236,19 @@ def test_checkpoints_sort_by_step_not_by_name(tmp_path):
     for step in (9_999_999, 10_000_000, 5):
         (tmp_path / f"ckpt_{step:07d}.pt").write_bytes(b"")
     (tmp_path / "ckpt_best.pt").write_bytes(b"")
-    assert [os.path.basename(p) for p in trainer.checkpoints(str(tmp_path))] == [
+    assert [os.path.basename(p) for p in ckpt_mod.checkpoints(str(tmp_path))] == [
         "ckpt_0000005.pt", "ckpt_9999999.pt", "ckpt_10000000.pt"]
 
 
 def test_a_resume_past_corrupt_checkpoints_keeps_its_own(data, tmp_path, one_torch_thread):
     run = tmp_path / "run"
     train(config(max_steps=9), *data["a"], run)
-    for p in trainer.checkpoints(str(run)):
+    for p in ckpt_mod.checkpoints(str(run)):
         Path(p).write_bytes(b"torn")
     with pytest.warns(UserWarning, match="skipping"):
         train(config(max_steps=4, checkpoint_every=2, keep_checkpoints=2), *data["a"], run, resume=True)
     with pytest.warns(UserWarning, match="skipping"):  # the old run's corrupt 6 and 9 stay, skipped
-        path, ckpt = trainer.newest_valid_checkpoint(str(run))
+        path, ckpt = ckpt_mod.newest_valid_checkpoint(str(run))
     assert os.path.basename(path) == "ckpt_0000004.pt" and ckpt["iteration"] == 4
     assert "ckpt_0000002.pt" in names(run)  # keep_checkpoints counts this run's checkpoints
 
@@ -256,7 +256,7 @@ def test_a_resume_past_corrupt_checkpoints_keeps_its_own(data, tmp_path, one_tor
 def test_a_run_ends_with_a_checkpoint_of_its_last_step(data, tmp_path, one_torch_thread):
     run = tmp_path / "run"
     train(config(max_steps=5, checkpoint_every=100, eval_every=100), *data["a"], run)
-    assert [os.path.basename(p) for p in trainer.checkpoints(str(run))] == ["ckpt_0000005.pt"]
+    assert [os.path.basename(p) for p in ckpt_mod.checkpoints(str(run))] == ["ckpt_0000005.pt"]
 
 
 def test_resuming_into_another_shape_is_one_line(data, tmp_path, one_torch_thread):

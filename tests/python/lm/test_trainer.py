@@ -155,3 +155,148 @@ def test_ddp_two_processes_stay_identical(tokens, tmp_path):
     # Only rank 0 writes the run folder, with one row per step.
     steps = [r["step"] for r in rows(tmp_path / "run") if "loss" in r]
     assert steps == list(range(1, 7))
+
+
+# ---- the pieces train_lm is made of ----------------------------------------------------------
+
+from fastbpe.lm import trainer  # noqa: E402
+from fastbpe.lm.config import param_groups  # noqa: E402
+from fastbpe.lm.data import BatchLoader, open_tokens  # noqa: E402
+from fastbpe.lm.nn import TransformerLM  # noqa: E402
+from fastbpe.lm.optim import cosine_lr  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def test_from_config_is_the_constructor_with_the_configs_shape():
+    c = config(vocab_size=300, rope_theta=500.0)
+    torch.manual_seed(0)
+    a = TransformerLM.from_config(c)
+    torch.manual_seed(0)
+    b = TransformerLM(300, 32, 32, 2, 2, 64, 500.0)
+    assert (a.vocab_size, a.context_length, len(a.layers)) == (300, 32, 2)
+    assert a.layers[0].ffn.w1.weight.shape == (64, 32)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert TransformerLM.from_config(c, dtype=torch.bfloat16).lm_head.weight.dtype == torch.bfloat16
+
+
+def test_param_groups_decay_matrices_but_not_norms_or_embeddings():
+    model = TransformerLM.from_config(config(vocab_size=300))
+    decay, no_decay = param_groups(model, 0.25)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.25, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = [names[id(p)] for p in decay["params"]]
+    kept = [names[id(p)] for p in no_decay["params"]]
+    assert "lm_head.weight" in decayed and "layers.0.attn.q_proj.weight" in decayed
+    assert "token_embeddings.weight" in kept and "ln_final.weight" in kept and "layers.1.ln2.weight" in kept
+    assert all(n.endswith(("ln1.weight", "ln2.weight")) or n in ("token_embeddings.weight", "ln_final.weight")
+               for n in kept)
+    # every parameter once, each group in the model's order (the optimizer state's order)
+    order = [n for n, _ in model.named_parameters()]
+    assert sorted(decayed + kept) == sorted(order)
+    assert decayed == [n for n in order if n in decayed] and kept == [n for n in order if n in kept]
+
+
+def test_setup_is_seeded_and_each_rank_draws_its_own_batches():
+    c = config(vocab_size=300)
+    a, b = trainer.setup(c, CPU, "fp32"), trainer.setup(c, CPU, "fp32")
+    assert all(torch.equal(x, y) for x, y in zip(a.model.parameters(), b.model.parameters()))
+    assert torch.equal(a.generator.get_state(), b.generator.get_state())
+    assert not a.scaler.is_enabled() and trainer.setup(c, CPU, "fp16").scaler.is_enabled()
+    assert [g["weight_decay"] for g in a.optimizer.param_groups] == [c.weight_decay, 0.0]
+    other = trainer.setup(c, CPU, "fp32", rank=1)
+    assert not torch.equal(a.generator.get_state(), other.generator.get_state())
+    changed = trainer.setup(c.replace(seed=2), CPU, "fp32")
+    assert not torch.equal(a.model.lm_head.weight, changed.model.lm_head.weight)
+
+
+def _steps(state, loader, c, start, n):
+    losses = []
+    for step in range(start, start + n):
+        trainer.set_lr(state.optimizer, cosine_lr(step, c.max_lr, c.min_lr, c.warmup_steps, c.max_steps))
+        out = trainer.train_step(state, state.model, loader, c, CPU, "fp32", step=step)
+        losses.append((out.loss, out.grad_norm))
+    return losses
+
+
+def test_setup_and_train_step_are_train_lms_steps(tokens, tmp_path):
+    c = config(max_steps=6, eval_every=100, checkpoint_every=100, deterministic=True, grad_accum_steps=2)
+    train_lm(c, *tokens, str(tmp_path / "run"), progress=False, log=lambda *a: None)
+    logged = [(r["loss"], r["grad_norm"]) for r in rows(tmp_path / "run") if "loss" in r]
+    c = c.replace(vocab_size=json.loads((tmp_path / "run" / "config.json").read_text())["vocab_size"])
+    with trainer._determinism(True, CPU):
+        state = trainer.setup(c, CPU, "fp32")
+        loader = BatchLoader(open_tokens(tokens[0]), c.batch_size, c.context_length, CPU, state.generator)
+        try:
+            assert _steps(state, loader, c, 0, 6) == logged  # bit for bit
+        finally:
+            loader.close()
+
+
+def test_restore_continues_exactly_where_the_checkpoint_was_written(tokens, tmp_path):
+    c = config(vocab_size=320, max_steps=8)
+    data = open_tokens(tokens[0])
+
+    def run(state, start, n, write_at=None):
+        loader = BatchLoader(data, c.batch_size, c.context_length, CPU, state.generator)
+        try:
+            if write_at is None:
+                return _steps(state, loader, c, start, n)
+            # The checkpoint is written between two steps of one loader, as the loop writes it
+            # (the loader draws batches ahead: its generator_state is that of the batches used).
+            _steps(state, loader, c, start, write_at - start)
+            ckpt = trainer.Checkpointer(str(tmp_path), c, state, {}, "fp32", trainer.Distributed(), None)
+            ckpt.write(write_at, loader)
+            assert ckpt.saved == (write_at, str(tmp_path / f"ckpt_{write_at:07d}.pt"))
+            return _steps(state, loader, c, write_at, start + n - write_at)
+        finally:
+            loader.close()
+
+    with trainer._determinism(True, CPU):
+        later = run(trainer.setup(c, CPU, "fp32"), 0, 6, write_at=3)
+        path, ckpt = trainer.newest_valid_checkpoint(str(tmp_path))
+        fresh = trainer.setup(c.replace(seed=9), CPU, "fp32")  # other weights and generator: all replaced
+        assert trainer.restore(fresh, path, ckpt) == 3
+        assert run(fresh, 3, 3) == later
+        assert len(later) == 3
+
+
+def test_restore_refuses_another_models_checkpoint(tokens, tmp_path):
+    c = config(vocab_size=320)
+    state = trainer.setup(c, CPU, "fp32")
+    loader = BatchLoader(open_tokens(tokens[0]), c.batch_size, c.context_length, CPU, state.generator)
+    try:
+        trainer.Checkpointer(str(tmp_path), c, state, {}, "fp32", trainer.Distributed(), None).write(1, loader)
+    finally:
+        loader.close()
+    path, ckpt = trainer.newest_valid_checkpoint(str(tmp_path))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        trainer.restore(trainer.setup(config(vocab_size=320, d_model=64), CPU, "fp32"), path, ckpt)
+
+
+def test_train_step_stops_on_a_non_finite_loss_naming_the_step(tokens):
+    c = config(vocab_size=320)
+    state = trainer.setup(c, CPU, "fp32")
+    with torch.no_grad():
+        state.model.lm_head.weight.fill_(float("nan"))
+    loader = BatchLoader(open_tokens(tokens[0]), c.batch_size, c.context_length, CPU, state.generator)
+    try:
+        with pytest.raises(trainer.TrainingDiverged, match=r"at step 8; .* is runs/x/ckpt_0000005.pt"):
+            trainer.train_step(state, state.model, loader, c, CPU, "fp32", step=7,
+                               last_checkpoint="runs/x/ckpt_0000005.pt")
+    finally:
+        loader.close()
+
+
+def test_validation_row_has_loss_perplexity_and_bits_per_byte(tokens):
+    c = config(vocab_size=320, eval_batches=2)
+    tok = fastbpe.Tokenizer.load(os.path.join(os.path.dirname(tokens[0]), "tok.json"))
+    model = TransformerLM.from_config(c)
+    model.train()
+    val = open_tokens(tokens[1])
+    lengths = trainer.token_byte_lengths(tok, c.vocab_size, CPU)
+    row = trainer.validation_row(model, model, val, c, CPU, "fp32", lengths)
+    assert set(row) == {"val_loss", "val_ppl", "val_bpb"} and model.training
+    assert row["val_ppl"] == pytest.approx(torch.tensor(row["val_loss"]).exp().item())
+    assert set(trainer.validation_row(model, model, val, c, CPU, "fp32", None)) == {"val_loss", "val_ppl"}
