@@ -27,11 +27,10 @@ use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
-use crate::count::{
-    recv_shared, spawn, thread_count, worker_panicked, ChunkReader, CountError, Interrupted,
-    SpecialError, SpecialSplitter,
-};
+use crate::count::{recv_shared, spawn, thread_count, worker_panicked};
+use crate::input::{ChunkReader, InputError, Interrupted};
 use crate::pretok::{is_safe_cut, Pattern};
+use crate::specials::{SpecialError, SpecialSplitter};
 
 /// Why an encoder could not be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -798,12 +797,12 @@ impl Encoder {
     /// Byte length of the longest prefix of `text` that can be encoded now without knowing what
     /// follows (streaming): it ends at a safe cut, so encoding the prefix and the rest apart
     /// gives the ids of the whole. Where no cheap cut exists, a piece boundary found by
-    /// splitting (see `count::split_cut`; linear in `text`, so callers should ask again only
+    /// splitting (see `input::split_cut`; linear in `text`, so callers should ask again only
     /// after the text has grown by a good part).
     pub fn safe_prefix_len(&self, text: &str) -> usize {
         let s = text.as_bytes();
-        crate::count::last_safe_cut(s, 0, self.pattern, &self.specials)
-            .or_else(|| crate::count::split_cut(s, self.pattern, &self.specials))
+        crate::input::last_safe_cut(s, 0, self.pattern, &self.specials)
+            .or_else(|| crate::input::split_cut(s, self.pattern, &self.specials))
             .unwrap_or(0)
     }
 
@@ -819,16 +818,16 @@ impl Encoder {
         width: usize,
         num_threads: usize,
         hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
-    ) -> Result<u64, CountError> {
+    ) -> Result<u64, InputError> {
         if !self.ids_fit(width) {
-            return Err(CountError::Write(io::Error::new(
+            return Err(InputError::Write(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("ids up to {:?} do not fit in {width} bytes", self.max_id()),
             )));
         }
         let num_threads = thread_count(num_threads);
         let mut reader = ChunkReader::open(path, self.pattern, &self.specials, FILE_BLOCK)?;
-        let file = std::fs::File::create(out).map_err(CountError::Write)?;
+        let file = std::fs::File::create(out).map_err(InputError::Write)?;
         let mut writer = BufWriter::with_capacity(1 << 20, file);
         // Chunks in flight (read, encoding, or waiting to be written) are bounded by tickets.
         let in_flight = num_threads * 2 + 2;
@@ -839,7 +838,7 @@ impl Encoder {
         let (work_tx, work_rx) = mpsc::sync_channel::<(usize, u64, Vec<u8>)>(in_flight);
         let work_rx = Mutex::new(work_rx);
         let (done_tx, done_rx) = mpsc::channel::<(usize, Result<Vec<u32>, u64>)>();
-        let (result_tx, result_rx) = mpsc::channel::<Result<u64, CountError>>();
+        let (result_tx, result_rx) = mpsc::channel::<Result<u64, InputError>>();
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| {
             let mut workers = 0;
@@ -876,12 +875,12 @@ impl Encoder {
                 match started {
                     Ok(_) => workers += 1,
                     Err(_) if workers > 0 => break,
-                    Err(e) => return Err(CountError::Io(e)),
+                    Err(e) => return Err(InputError::Io(e)),
                 }
             }
             drop(done_tx);
             // The writer: puts encoded chunks in file order, returns a ticket per chunk.
-            let write_all = move || -> Result<u64, CountError> {
+            let write_all = move || -> Result<u64, InputError> {
                 let mut pending: std::collections::BTreeMap<usize, Result<Vec<u32>, u64>> =
                     Default::default();
                 let mut next = 0usize;
@@ -891,31 +890,31 @@ impl Encoder {
                     pending.insert(seq, r);
                     // In file order, so the first invalid byte reported is the first in the file.
                     while let Some(r) = pending.remove(&next) {
-                        let ids = r.map_err(|offset| CountError::InvalidUtf8 { offset })?;
+                        let ids = r.map_err(|offset| InputError::InvalidUtf8 { offset })?;
                         buf.clear();
                         ids_to_le_bytes(&ids, width, &mut buf);
-                        writer.write_all(&buf).map_err(CountError::Write)?;
+                        writer.write_all(&buf).map_err(InputError::Write)?;
                         total += ids.len() as u64;
                         next += 1;
                         let _ = ticket_tx.send(());
                     }
                 }
-                writer.flush().map_err(CountError::Write)?;
-                writer.get_ref().sync_all().map_err(CountError::Write)?;
+                writer.flush().map_err(InputError::Write)?;
+                writer.get_ref().sync_all().map_err(InputError::Write)?;
                 Ok(total)
             };
             spawn(scope, move || {
                 let _ = result_tx.send(write_all());
             })?;
             // The reader (this thread), which also asks the hook while it waits.
-            let mut read_all = || -> Result<(), CountError> {
+            let mut read_all = || -> Result<(), InputError> {
                 let mut seq = 0usize;
                 while let Some((offset, chunk)) = reader.next_chunk(hook)? {
                     loop {
                         match ticket_rx.recv_timeout(WAIT_POLL) {
                             Ok(()) => break,
                             Err(RecvTimeoutError::Timeout) => {
-                                hook(reader.bytes_read()).map_err(|_| CountError::Interrupted)?
+                                hook(reader.bytes_read()).map_err(|_| InputError::Interrupted)?
                             }
                             // The writer has stopped; its result says why.
                             Err(RecvTimeoutError::Disconnected) => return Ok(()),
@@ -941,10 +940,12 @@ impl Encoder {
                     Err(RecvTimeoutError::Timeout) => {
                         if hook(reader.bytes_read()).is_err() {
                             stop.store(true, Ordering::Relaxed);
-                            return Err(CountError::Interrupted);
+                            return Err(InputError::Interrupted);
                         }
                     }
-                    Err(RecvTimeoutError::Disconnected) => return Err(worker_panicked()),
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(worker_panicked("encode_file", "writing"))
+                    }
                 }
             }
         })

@@ -24,12 +24,11 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::count::{
-    merge_counts, read_full, recv_shared, spawn, thread_count, worker_panicked, CountError, Counts,
-    Interrupted, SpecialSplitter,
-};
+use crate::count::{merge_counts, recv_shared, spawn, thread_count, worker_panicked, Counts};
 use crate::encode::{ids_to_le_bytes, Budget, Encoder, PieceCache};
+use crate::input::{read_full, InputError, Interrupted};
 use crate::regex_split::{RegexSplitter, SearchFailed};
+use crate::specials::SpecialSplitter;
 
 /// Bytes of a file per chunk.
 pub const CHUNK: usize = 1 << 20;
@@ -44,7 +43,7 @@ pub enum RegexError {
     /// fancy-regex gave up on a search: the caller uses the `regex` module instead.
     Search(SearchFailed),
     /// Reading or writing failed, the file is not UTF-8, or the hook asked to stop.
-    File(CountError),
+    File(InputError),
 }
 
 impl From<SearchFailed> for RegexError {
@@ -55,12 +54,12 @@ impl From<SearchFailed> for RegexError {
 
 impl From<Interrupted> for RegexError {
     fn from(_: Interrupted) -> Self {
-        RegexError::File(CountError::Interrupted)
+        RegexError::File(InputError::Interrupted)
     }
 }
 
-impl From<CountError> for RegexError {
-    fn from(e: CountError) -> Self {
+impl From<InputError> for RegexError {
+    fn from(e: InputError) -> Self {
         RegexError::File(e)
     }
 }
@@ -330,7 +329,7 @@ pub fn encode_batch<S: AsRef<str> + Sync>(
         .map(|r| {
             r.into_inner()
                 .unwrap_or_else(|e| e.into_inner())
-                .ok_or_else(|| RegexError::File(worker_panicked()))
+                .ok_or_else(|| RegexError::File(worker_panicked("encode_batch", "encoding")))
         })
         .collect()
 }
@@ -384,7 +383,7 @@ pub fn count_texts<S: AsRef<str> + Sync>(
         for h in handles {
             maps.push(
                 h.join()
-                    .unwrap_or_else(|_| Err(RegexError::File(worker_panicked()))),
+                    .unwrap_or_else(|_| Err(worker_panicked("count_texts", "counting").into())),
             );
         }
         maps
@@ -462,7 +461,7 @@ fn split_chunk<O: Output>(
         mut ext_is_end,
     } = chunk;
     if let Err(e) = std::str::from_utf8(buf.get(..end).unwrap_or_default()) {
-        return Err(CountError::InvalidUtf8 {
+        return Err(InputError::InvalidUtf8 {
             offset: (base + e.valid_up_to()) as u64,
         }
         .into());
@@ -539,9 +538,9 @@ fn run_file<'e, O: Output>(
     let num_threads = thread_count(num_threads);
     let chunk = cutting.chunk.max(16);
     let overlap = cutting.overlap.clamp(4, chunk / 4);
-    let mut file = std::fs::File::open(path).map_err(CountError::Io)?;
-    if file.metadata().map_err(CountError::Io)?.is_dir() {
-        return Err(CountError::Io(io::Error::new(
+    let mut file = std::fs::File::open(path).map_err(InputError::Io)?;
+    if file.metadata().map_err(InputError::Io)?.is_dir() {
+        return Err(InputError::Io(io::Error::new(
             io::ErrorKind::IsADirectory,
             "is a directory",
         ))
@@ -578,7 +577,7 @@ fn run_file<'e, O: Output>(
             match started {
                 Ok(_) => workers += 1,
                 Err(_) if workers > 0 => break,
-                Err(e) => return Err(RegexError::File(CountError::Io(e))),
+                Err(e) => return Err(RegexError::File(InputError::Io(e))),
             }
         }
         drop(done_tx);
@@ -624,7 +623,7 @@ fn run_file<'e, O: Output>(
             let _ = result_tx.send(stitch());
         });
         if let Err(e) = stitcher {
-            return Err(RegexError::File(CountError::Io(e)));
+            return Err(RegexError::File(InputError::Io(e)));
         }
         // The reader (this thread).
         let mut reader = Reader {
@@ -671,7 +670,9 @@ fn run_file<'e, O: Output>(
                         return Err(e.into());
                     }
                 }
-                Err(RecvTimeoutError::Disconnected) => return Err(worker_panicked().into()),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(worker_panicked("a custom-regex file", "stitching").into())
+                }
             }
         }
     })
@@ -748,7 +749,7 @@ impl Reader<'_> {
             while !self.eof && self.buf.len() < want {
                 let old = self.buf.len();
                 self.buf.resize(old + self.chunk, 0);
-                let n = read_full(self.file, &mut self.buf[old..]).map_err(CountError::Io)?;
+                let n = read_full(self.file, &mut self.buf[old..]).map_err(InputError::Io)?;
                 self.buf.truncate(old + n);
                 self.read += n as u64;
                 self.eof = n == 0;
@@ -769,7 +770,7 @@ impl Reader<'_> {
                         let old = self.buf.len();
                         self.buf.resize(more, 0);
                         let n =
-                            read_full(self.file, &mut self.buf[old..]).map_err(CountError::Io)?;
+                            read_full(self.file, &mut self.buf[old..]).map_err(InputError::Io)?;
                         self.buf.truncate(old + n);
                         self.read += n as u64;
                         self.eof = n == 0;
@@ -847,13 +848,13 @@ pub fn encode_file(
     hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
 ) -> Result<u64, RegexError> {
     if !enc.ids_fit(width) {
-        return Err(CountError::Write(io::Error::new(
+        return Err(InputError::Write(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("ids up to {:?} do not fit in {width} bytes", enc.max_id()),
         ))
         .into());
     }
-    let file = std::fs::File::create(out).map_err(CountError::Write)?;
+    let file = std::fs::File::create(out).map_err(InputError::Write)?;
     let mut writer = BufWriter::with_capacity(1 << 20, file);
     let mut total = 0u64;
     let mut bytes = Vec::new();
@@ -876,13 +877,13 @@ pub fn encode_file(
             let ids = done.out.get(range).unwrap_or_default();
             bytes.clear();
             ids_to_le_bytes(ids, width, &mut bytes);
-            writer.write_all(&bytes).map_err(CountError::Write)?;
+            writer.write_all(&bytes).map_err(InputError::Write)?;
             total += ids.len() as u64;
             Ok(())
         },
     )?;
-    writer.flush().map_err(CountError::Write)?;
-    writer.get_ref().sync_all().map_err(CountError::Write)?;
+    writer.flush().map_err(InputError::Write)?;
+    writer.get_ref().sync_all().map_err(InputError::Write)?;
     Ok(total)
 }
 
