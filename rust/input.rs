@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
+use crate::pipeline::Source;
 use crate::pretok::{is_safe_cut, Pattern};
 use crate::specials::SpecialSplitter;
 
@@ -228,6 +229,33 @@ impl<'a> ChunkReader<'a> {
         }
         found
     }
+}
+
+/// A `ChunkReader` as a pipeline's source: `hook(bytes_read)` runs after every block read and
+/// while the pipeline waits, and may stop the work.
+pub struct HookedReader<'r, 'a> {
+    pub reader: &'r mut ChunkReader<'a>,
+    pub hook: &'r mut dyn FnMut(u64) -> Result<(), Interrupted>,
+}
+
+impl Source for HookedReader<'_, '_> {
+    type Item = (u64, Vec<u8>);
+    type Error = InputError;
+
+    fn next(&mut self) -> Result<Option<Self::Item>, InputError> {
+        self.reader.next_chunk(self.hook)
+    }
+
+    fn idle(&mut self) -> Result<(), Interrupted> {
+        (self.hook)(self.reader.bytes_read())
+    }
+}
+
+/// The text of a chunk read at file offset `offset`, or where its first invalid UTF-8 byte is.
+pub fn chunk_text(offset: u64, chunk: &[u8]) -> Result<&str, InputError> {
+    std::str::from_utf8(chunk).map_err(|e| InputError::InvalidUtf8 {
+        offset: offset + e.valid_up_to() as u64,
+    })
 }
 
 /// Reads until `buf` is full or the file ends; returns the number of bytes read.

@@ -14,7 +14,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyList};
 
 use crate::count::{self, Counts};
 use crate::encode::{Budget, BuildError, DecodeError, Encoder};
-use crate::input::{self, InputError, Interrupted};
+use crate::input::{self, InputError, Interrupted, Panicked};
 use crate::pretok::Pattern;
 use crate::ranks;
 use crate::regex_encode::{self, Cutting, RegexError};
@@ -81,6 +81,20 @@ fn regex_error(path: &std::path::Path, e: RegexError) -> PyErr {
     }
 }
 
+/// A thread that panicked (a bug): RuntimeError naming the work and the stage.
+impl From<Panicked> for PyErr {
+    fn from(p: Panicked) -> PyErr {
+        PyRuntimeError::new_err(p.to_string())
+    }
+}
+
+/// Custom-regex work on texts (not a file).
+impl From<RegexError> for PyErr {
+    fn from(e: RegexError) -> PyErr {
+        regex_error(std::path::Path::new("<texts>"), e)
+    }
+}
+
 /// `Cutting` for files: the default, or chunks of `chunk_bytes` (tests).
 fn cutting(chunk_bytes: Option<usize>) -> Cutting {
     match chunk_bytes {
@@ -111,7 +125,7 @@ fn read_error(path: &std::path::Path, e: InputError) -> PyErr {
         )),
         InputError::Write(e) => PyOSError::new_err(format!("writing the output: {e}")),
         InputError::Interrupted => interrupted(),
-        InputError::Panicked(p) => PyRuntimeError::new_err(p.to_string()),
+        InputError::Panicked(p) => p.into(),
     }
 }
 
@@ -824,16 +838,24 @@ impl CoreEncoder {
         with_specials: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         let num_threads = count_arg(num_threads, "num_threads")?;
-        let (enc, re) = (&self.enc, &splitter.inner);
-        let all = detach_with_hook(py, None, |hook| {
-            let mut stop = || hook(0).is_err();
-            regex_encode::encode_batch(enc, re, &texts, with_specials, num_threads, &mut stop)
-        })?
-        .map_err(|e| regex_error(std::path::Path::new("<texts>"), e))?;
-        let lists = all
-            .iter()
-            .map(|ids| self.list(py, ids))
-            .collect::<PyResult<Vec<_>>>()?;
+        // As `encode_batch`: results become lists while later texts are still encoding.
+        let mut lists = Vec::with_capacity(texts.len());
+        regex_encode::encode_batch_in_order(
+            &self.enc,
+            &splitter.inner,
+            &texts,
+            with_specials,
+            num_threads,
+            |take| py.detach(take),
+            &|| Python::attach(|py| py.check_signals()),
+            |ids| {
+                if lists.len() % 256 == 255 {
+                    py.check_signals()?;
+                }
+                lists.push(self.list(py, ids)?);
+                Ok::<(), PyErr>(())
+            },
+        )?;
         PyList::new(py, lists)
     }
 
