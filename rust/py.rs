@@ -1011,6 +1011,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "UNICODE_TABLES_REGEX_VERSION",
         crate::unicode_tables::REGEX_VERSION,
     )?;
+    // The named patterns' regexes (`fastbpe.patterns` reads them from here: one spelling).
+    let named = PyDict::new(m.py());
+    named.set_item("gpt2", crate::pretok::GPT2_PATTERN)?;
+    named.set_item("cl100k", crate::pretok::CL100K_PATTERN)?;
+    named.set_item("o200k", crate::pretok::O200K_PATTERN)?;
+    m.add("PATTERNS", named)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
