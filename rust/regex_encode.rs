@@ -918,4 +918,28 @@ mod tests {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn batches_equal_one_text_at_a_time_on_any_thread_count() {
+        let re = RegexSplitter::new(LLAMA3).unwrap();
+        let mut vocab: Vec<(u32, Vec<u8>)> = (0..=255u8).map(|b| (b as u32, vec![b])).collect();
+        let merges = [(b"a".to_vec(), b"b".to_vec())];
+        vocab.push((256, b"ab".to_vec()));
+        let specials = [("<|e|>".to_string(), 257)];
+        let enc =
+            Encoder::from_merges(&vocab, &merges, &specials, crate::pretok::Pattern::Gpt2).unwrap();
+        let texts: Vec<String> = (0..3000)
+            .map(|i| format!("ab{} it's<|e|> {}", "x".repeat(i % 11), "ab ".repeat(i % 5)))
+            .collect();
+        let one = |t: &String| encode_text(&enc, &re, t, true, Budget::never()).unwrap();
+        let want: Vec<Vec<u32>> = texts.iter().map(one).collect();
+        let sp = SpecialSplitter::new(&["<|e|>"]).unwrap();
+        let counts = count_texts(&re, &sp, &texts, 1).unwrap();
+        for threads in [1, 2, 5] {
+            let got = encode_batch(&enc, &re, &texts, true, threads).unwrap();
+            assert_eq!(got, want, "threads={threads}");
+            assert_eq!(count_texts(&re, &sp, &texts, threads).unwrap(), counts);
+        }
+        assert_eq!(counts[b" it".as_slice()], 3000);
+    }
 }
