@@ -20,18 +20,13 @@ use std::collections::BinaryHeap;
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
-use crate::count::{
-    recv_shared, spawn, thread_count, worker_panicked, ChunkReader, CountError, Interrupted,
-    SpecialError, SpecialSplitter,
-};
+use crate::input::{chunk_text, ChunkReader, HookedReader, InputError, Interrupted, Panicked};
+use crate::pipeline::{self, Done, Halt, Stages};
 use crate::pretok::{is_safe_cut, Pattern};
+use crate::specials::{SpecialError, SpecialSplitter};
 
 /// Why an encoder could not be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -612,9 +607,9 @@ impl Encoder {
         texts: &[S],
         num_threads: usize,
         with_specials: bool,
-    ) -> Vec<Vec<u32>> {
+    ) -> Result<Vec<Vec<u32>>, Panicked> {
         let mut all = Vec::with_capacity(texts.len());
-        let done: Result<(), std::convert::Infallible> = self.encode_batch_in_order(
+        self.encode_batch_in_order(
             texts,
             num_threads,
             with_specials,
@@ -624,194 +619,84 @@ impl Encoder {
                 all.push(ids.to_vec());
                 Ok(())
             },
-        );
-        match done {
-            Ok(()) => all,
-            Err(never) => match never {},
-        }
+        )?;
+        Ok(all)
     }
 
     /// Encodes many texts on `num_threads` threads and hands each result to `sink` on the
-    /// calling thread, in input order, as soon as it and all before it are done: the caller
-    /// converts early results (into Python lists, say) while later texts are still encoding.
-    /// The calling thread's own encoding and its waits for other threads' results run inside
-    /// `wait` (the Python binding releases the GIL there); `sink` runs outside it. `poll` runs
-    /// on the calling thread every `POLL_BYTES` of text it encodes and every `WAIT_POLL` it
-    /// waits (the binding checks for Ctrl-C there). An error from `poll` or `sink` stops the
-    /// workers and is returned.
+    /// calling thread, in input order, as soon as it and all before it are done
+    /// (`pipeline::ordered_groups`, which says what `wait` and `poll` are for). An error from
+    /// `poll` or `sink` stops the workers and is returned.
     pub fn encode_batch_in_order<S, W, E>(
         &self,
         texts: &[S],
         num_threads: usize,
         with_specials: bool,
-        mut wait: W,
+        wait: W,
         poll: &(dyn Fn() -> Result<(), E> + Sync),
         mut sink: impl FnMut(&[u32]) -> Result<(), E>,
     ) -> Result<(), E>
     where
         S: AsRef<str> + Sync,
-        W: FnMut(&(dyn Fn() -> Option<Group> + Sync)) -> Option<Group>,
-        E: Send,
+        W: FnMut(&(dyn Fn() -> Option<Done<Group>> + Sync)) -> Option<Done<Group>>,
+        E: Send + From<Panicked>,
     {
-        let threads = thread_count(num_threads).min(texts.len().max(1));
-        // Texts are handed out in small groups from a shared counter, so long and short texts
-        // balance across threads; finished groups wait in `ready` until their turn. The calling
-        // thread is one of the `threads` (with one, the only one): it turns finished groups into
-        // results in order, and when the next one is not finished it encodes a group itself.
-        let group = (texts.len() / (threads * 16)).clamp(1, 256);
-        let next = AtomicUsize::new(0);
-        let stop = AtomicBool::new(false);
-        let ready: Mutex<FxHashMap<usize, Group>> = Mutex::default();
-        let arrived = Condvar::new();
-        let running = AtomicUsize::new(0);
-        // The error `poll` returned, if any (it stops everything).
-        let failed: Mutex<Option<E>> = Mutex::new(None);
-        let stopped_by_poll = || match poll() {
-            Ok(()) => false,
-            Err(e) => {
-                *lock(&failed) = Some(e);
-                stop.store(true, Ordering::Relaxed);
-                true
-            }
-        };
-        // Claims the next group and encodes it; None when every group has been claimed or the
-        // work stops.
-        let encode_next = |cache: &mut PieceCache, budget: &mut Budget| -> Option<Group> {
-            let start = next.fetch_add(group, Ordering::Relaxed);
-            if start >= texts.len() || stop.load(Ordering::Relaxed) {
-                return None;
-            }
-            let part = texts.get(start..(start + group).min(texts.len()))?;
-            let bytes: usize = part.iter().map(|t| t.as_ref().len()).sum();
-            let mut done = Group {
-                start,
-                ids: Vec::with_capacity(bytes / 4 + 1),
-                ends: Vec::with_capacity(part.len()),
-            };
-            for t in part {
-                let r = self.encode_cached(t.as_ref(), with_specials, &mut done.ids, cache, budget);
-                if r.is_err() {
-                    stop.store(true, Ordering::Relaxed);
-                    return None;
-                }
-                done.ends.push(done.ids.len());
-            }
-            Some(done)
-        };
-        // Counts a worker out however it ends, so a panic cannot leave the caller waiting.
-        struct Exit<'a>(
-            &'a AtomicUsize,
-            &'a Mutex<FxHashMap<usize, Group>>,
-            &'a Condvar,
-        );
-        impl Drop for Exit<'_> {
-            fn drop(&mut self) {
-                let _held = lock(self.1);
-                self.0.fetch_sub(1, Ordering::SeqCst);
-                self.2.notify_all();
-            }
-        }
-        std::thread::scope(|scope| {
-            for _ in 1..threads {
-                running.fetch_add(1, Ordering::SeqCst);
-                let started = spawn(scope, || {
-                    let _exit = Exit(&running, &ready, &arrived);
-                    let mut cache = PieceCache::default();
-                    let mut stopped = || stop.load(Ordering::Relaxed);
-                    let mut budget = Budget::new(&mut stopped);
-                    while let Some(done) = encode_next(&mut cache, &mut budget) {
-                        lock(&ready).insert(done.start, done);
-                        arrived.notify_all();
-                    }
-                });
-                if started.is_err() {
-                    // Fewer threads: the calling thread encodes what no worker takes.
-                    running.fetch_sub(1, Ordering::SeqCst);
-                    break;
-                }
-            }
-            // Waits for the group at `start` from the workers. None: the work stops, or every
-            // worker has ended without producing it (a panic, which the scope then passes on).
-            let take = |start: usize| {
-                let mut map = lock(&ready);
-                loop {
-                    if let Some(done) = map.remove(&start) {
-                        return Some(done);
-                    }
-                    if running.load(Ordering::SeqCst) == 0 || stop.load(Ordering::Relaxed) {
-                        return None;
-                    }
-                    let (m, waited) = arrived
-                        .wait_timeout(map, WAIT_POLL)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    map = m;
-                    if waited.timed_out() {
-                        drop(map);
-                        if stopped_by_poll() {
-                            return None;
-                        }
-                        map = lock(&ready);
-                    }
-                }
-            };
-            let own_cache = Mutex::new(PieceCache::default());
-            let encode_own = || {
-                let mut stopped = &stopped_by_poll;
-                let mut budget = Budget::new(&mut stopped);
-                encode_next(&mut lock(&own_cache), &mut budget)
-            };
-            let mut start = 0;
-            while start < texts.len() {
-                let ready_now = lock(&ready).remove(&start);
-                let done = match ready_now {
-                    Some(done) => done,
-                    None => match wait(&encode_own) {
-                        Some(done) if done.start == start => done,
-                        Some(done) => {
-                            lock(&ready).insert(done.start, done);
-                            continue;
-                        }
-                        None => match wait(&|| take(start)) {
-                            Some(done) => done,
-                            None => break,
-                        },
-                    },
+        pipeline::ordered_groups(
+            ENCODE_BATCH,
+            texts,
+            num_threads,
+            PieceCache::default,
+            |cache, part: &[S], poll| {
+                let mut budget = Budget::new(poll);
+                let bytes: usize = part.iter().map(|t| t.as_ref().len()).sum();
+                let mut done = Group {
+                    ids: Vec::with_capacity(bytes / 4 + 1),
+                    ends: Vec::with_capacity(part.len()),
                 };
-                start += done.ends.len();
+                for t in part {
+                    let r = self.encode_cached(
+                        t.as_ref(),
+                        with_specials,
+                        &mut done.ids,
+                        cache,
+                        &mut budget,
+                    );
+                    r.map_err(|Interrupted| Halt::Stopped)?;
+                    done.ends.push(done.ids.len());
+                }
+                Ok(done)
+            },
+            wait,
+            poll,
+            |done| {
                 let mut from = 0;
                 for &end in &done.ends {
-                    let part = done.ids.get(from..end).unwrap_or_default();
-                    if let Err(e) = sink(part) {
-                        stop.store(true, Ordering::Relaxed);
-                        return Err(e);
-                    }
+                    sink(done.ids.get(from..end).unwrap_or_default())?;
                     from = end;
                 }
-            }
-            match lock(&failed).take() {
-                Some(e) => Err(e),
-                None => Ok(()),
-            }
-        })
+                Ok(())
+            },
+        )
     }
 
     /// Byte length of the longest prefix of `text` that can be encoded now without knowing what
     /// follows (streaming): it ends at a safe cut, so encoding the prefix and the rest apart
     /// gives the ids of the whole. Where no cheap cut exists, a piece boundary found by
-    /// splitting (see `count::split_cut`; linear in `text`, so callers should ask again only
+    /// splitting (see `input::split_cut`; linear in `text`, so callers should ask again only
     /// after the text has grown by a good part).
     pub fn safe_prefix_len(&self, text: &str) -> usize {
         let s = text.as_bytes();
-        crate::count::last_safe_cut(s, 0, self.pattern, &self.specials)
-            .or_else(|| crate::count::split_cut(s, self.pattern, &self.specials))
+        crate::input::last_safe_cut(s, 0, self.pattern, &self.specials)
+            .or_else(|| crate::input::split_cut(s, self.pattern, &self.specials))
             .unwrap_or(0)
     }
 
     /// Encodes a UTF-8 file into a flat array of little-endian ids (`width` bytes each: 2 or 4)
     /// written to `out`, chunks encoded on `num_threads` threads and written in order with at
-    /// most a few chunks in memory. Returns the number of tokens. `hook(bytes_read)` runs on
-    /// the calling thread after every block read and every `WAIT_POLL` while it waits, and may
-    /// stop the work, which then ends within about that time.
+    /// most a few chunks in memory (`pipeline::ordered`). Returns the number of tokens.
+    /// `hook(bytes_read)` runs on the calling thread after every block read and every
+    /// `pipeline::WAIT_POLL` while it waits, and may stop the work, which then ends within
+    /// about that time.
     pub fn encode_file(
         &self,
         path: &Path,
@@ -819,135 +704,45 @@ impl Encoder {
         width: usize,
         num_threads: usize,
         hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
-    ) -> Result<u64, CountError> {
+    ) -> Result<u64, InputError> {
         if !self.ids_fit(width) {
-            return Err(CountError::Write(io::Error::new(
+            return Err(InputError::Write(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("ids up to {:?} do not fit in {width} bytes", self.max_id()),
             )));
         }
-        let num_threads = thread_count(num_threads);
         let mut reader = ChunkReader::open(path, self.pattern, &self.specials, FILE_BLOCK)?;
-        let file = std::fs::File::create(out).map_err(CountError::Write)?;
+        let file = std::fs::File::create(out).map_err(InputError::Write)?;
         let mut writer = BufWriter::with_capacity(1 << 20, file);
-        // Chunks in flight (read, encoding, or waiting to be written) are bounded by tickets.
-        let in_flight = num_threads * 2 + 2;
-        let (ticket_tx, ticket_rx) = mpsc::sync_channel::<()>(in_flight);
-        for _ in 0..in_flight {
-            let _ = ticket_tx.send(());
-        }
-        let (work_tx, work_rx) = mpsc::sync_channel::<(usize, u64, Vec<u8>)>(in_flight);
-        let work_rx = Mutex::new(work_rx);
-        let (done_tx, done_rx) = mpsc::channel::<(usize, Result<Vec<u32>, u64>)>();
-        let (result_tx, result_rx) = mpsc::channel::<Result<u64, CountError>>();
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            let mut workers = 0;
-            for _ in 0..num_threads {
-                let done_tx = done_tx.clone();
-                let (work_rx, stop) = (&work_rx, &stop);
-                let started = spawn(scope, move || {
-                    let mut cache = PieceCache::default();
-                    let mut stopped = || stop.load(Ordering::Relaxed);
-                    let mut budget = Budget::new(&mut stopped);
-                    while let Some((seq, offset, chunk)) = recv_shared(work_rx) {
-                        let r = match std::str::from_utf8(&chunk) {
-                            Ok(text) => {
-                                let mut ids = Vec::with_capacity(text.len() / 4 + 1);
-                                let r = self.encode_cached(
-                                    text,
-                                    true,
-                                    &mut ids,
-                                    &mut cache,
-                                    &mut budget,
-                                );
-                                if r.is_err() {
-                                    break;
-                                }
-                                Ok(ids)
-                            }
-                            Err(e) => Err(offset + e.valid_up_to() as u64),
-                        };
-                        if done_tx.send((seq, r)).is_err() {
-                            break;
-                        }
-                    }
-                });
-                match started {
-                    Ok(_) => workers += 1,
-                    Err(_) if workers > 0 => break,
-                    Err(e) => return Err(CountError::Io(e)),
-                }
-            }
-            drop(done_tx);
-            // The writer: puts encoded chunks in file order, returns a ticket per chunk.
-            let write_all = move || -> Result<u64, CountError> {
-                let mut pending: std::collections::BTreeMap<usize, Result<Vec<u32>, u64>> =
-                    Default::default();
-                let mut next = 0usize;
-                let mut total = 0u64;
-                let mut buf: Vec<u8> = Vec::new();
-                for (seq, r) in done_rx {
-                    pending.insert(seq, r);
-                    // In file order, so the first invalid byte reported is the first in the file.
-                    while let Some(r) = pending.remove(&next) {
-                        let ids = r.map_err(|offset| CountError::InvalidUtf8 { offset })?;
-                        buf.clear();
-                        ids_to_le_bytes(&ids, width, &mut buf);
-                        writer.write_all(&buf).map_err(CountError::Write)?;
-                        total += ids.len() as u64;
-                        next += 1;
-                        let _ = ticket_tx.send(());
-                    }
-                }
-                writer.flush().map_err(CountError::Write)?;
-                writer.get_ref().sync_all().map_err(CountError::Write)?;
-                Ok(total)
-            };
-            spawn(scope, move || {
-                let _ = result_tx.send(write_all());
-            })?;
-            // The reader (this thread), which also asks the hook while it waits.
-            let mut read_all = || -> Result<(), CountError> {
-                let mut seq = 0usize;
-                while let Some((offset, chunk)) = reader.next_chunk(hook)? {
-                    loop {
-                        match ticket_rx.recv_timeout(WAIT_POLL) {
-                            Ok(()) => break,
-                            Err(RecvTimeoutError::Timeout) => {
-                                hook(reader.bytes_read()).map_err(|_| CountError::Interrupted)?
-                            }
-                            // The writer has stopped; its result says why.
-                            Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                        }
-                    }
-                    if work_tx.send((seq, offset, chunk)).is_err() {
-                        return Ok(());
-                    }
-                    seq += 1;
-                }
+        let mut total = 0u64;
+        let mut buf: Vec<u8> = Vec::new();
+        pipeline::ordered(
+            ENCODE_FILE,
+            num_threads,
+            &mut HookedReader {
+                reader: &mut reader,
+                hook,
+            },
+            PieceCache::default,
+            |cache, (offset, chunk), stop| {
+                let text = chunk_text(offset, &chunk)?;
+                let mut ids = Vec::with_capacity(text.len() / 4 + 1);
+                let mut stopped = || stop.is_set();
+                let mut budget = Budget::new(&mut stopped);
+                self.encode_cached(text, true, &mut ids, cache, &mut budget)?;
+                Ok(ids)
+            },
+            |ids| {
+                buf.clear();
+                ids_to_le_bytes(&ids, width, &mut buf);
+                writer.write_all(&buf).map_err(InputError::Write)?;
+                total += ids.len() as u64;
                 Ok(())
-            };
-            let read = read_all();
-            drop(work_tx);
-            drop(ticket_rx);
-            if let Err(e) = read {
-                stop.store(true, Ordering::Relaxed);
-                return Err(e);
-            }
-            loop {
-                match result_rx.recv_timeout(WAIT_POLL) {
-                    Ok(written) => return written,
-                    Err(RecvTimeoutError::Timeout) => {
-                        if hook(reader.bytes_read()).is_err() {
-                            stop.store(true, Ordering::Relaxed);
-                            return Err(CountError::Interrupted);
-                        }
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return Err(worker_panicked()),
-                }
-            }
-        })
+            },
+        )?;
+        writer.flush().map_err(InputError::Write)?;
+        writer.get_ref().sync_all().map_err(InputError::Write)?;
+        Ok(total)
     }
 
     /// The bytes of `ids` concatenated; Err(DecodeError::Unknown(id)) for the first unknown
@@ -1092,13 +887,24 @@ impl PieceCache {
     }
 }
 
-/// The ids of a run of consecutive texts of a batch, the first being text `start`, one after
-/// another; text `start + i` ends at `ends[i]`.
+/// The ids of a run of consecutive texts of a batch, one after another; the run's text `i`
+/// ends at `ends[i]`.
 pub struct Group {
-    start: usize,
     ids: Vec<u32>,
     ends: Vec<usize>,
 }
+
+/// What the threads of encoding do, for the message of a panic.
+const ENCODE_FILE: Stages = Stages {
+    work: "encode_file",
+    producer: "reading",
+    worker: "encoding",
+    consumer: "writing",
+};
+const ENCODE_BATCH: Stages = Stages {
+    work: "encode_batch",
+    ..ENCODE_FILE
+};
 
 /// Bytes per chunk of a file being encoded: small enough that a 20 MB file still spreads
 /// evenly over the threads (each worker's `PieceCache` carries over from chunk to chunk).
@@ -1108,9 +914,6 @@ const FILE_BLOCK: usize = 1 << 20;
 /// polls of a `Budget`: a few milliseconds of work.
 const POLL_BYTES: usize = 1 << 20;
 const MERGE_COST: usize = 16;
-
-/// How long a thread that waits for others' results waits before it polls.
-const WAIT_POLL: Duration = Duration::from_millis(20);
 
 /// Lets long work be stopped: the work charges the text it has handled, and every
 /// `POLL_BYTES` asks `poll` whether to stop (true: it returns `Interrupted`, and so does every
@@ -1169,11 +972,6 @@ impl<'a> Budget<'a> {
             Ok(())
         }
     }
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Appends ids as little-endian integers of `width` bytes (2: the caller has checked with
@@ -1308,14 +1106,14 @@ mod tests {
         let want: Vec<Vec<u32>> = texts.iter().map(|t| e.encode(t)).collect();
         for threads in [1, 2, 3, 8] {
             assert_eq!(
-                e.encode_batch(&texts, threads, true),
+                e.encode_batch(&texts, threads, true).unwrap(),
                 want,
                 "threads={threads}"
             );
         }
         let ordinary: Vec<Vec<u32>> = texts.iter().map(|t| e.encode_ordinary(t)).collect();
-        assert_eq!(e.encode_batch(&texts, 2, false), ordinary);
-        assert!(e.encode_batch::<&str>(&[], 2, true).is_empty());
+        assert_eq!(e.encode_batch(&texts, 2, false).unwrap(), ordinary);
+        assert!(e.encode_batch::<&str>(&[], 2, true).unwrap().is_empty());
     }
 
     fn bytes_vocab() -> Vec<(u32, Vec<u8>)> {
@@ -1388,6 +1186,18 @@ mod tests {
         assert_eq!(r, Err(Interrupted));
     }
 
+    #[derive(Debug, PartialEq)]
+    enum SinkError {
+        Full,
+        Panicked(Panicked),
+    }
+
+    impl From<Panicked> for SinkError {
+        fn from(p: Panicked) -> Self {
+            SinkError::Panicked(p)
+        }
+    }
+
     #[test]
     fn batch_sink_error_stops_and_is_returned() {
         let e = toy();
@@ -1403,12 +1213,12 @@ mod tests {
                 assert_eq!(ids, [257]);
                 seen += 1;
                 if seen == 1234 {
-                    Err("full")
+                    Err(SinkError::Full)
                 } else {
                     Ok(())
                 }
             },
         );
-        assert_eq!((r, seen), (Err("full"), 1234));
+        assert_eq!((r, seen), (Err(SinkError::Full), 1234));
     }
 }

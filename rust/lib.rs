@@ -4,6 +4,8 @@
 
 pub mod count;
 pub mod encode;
+pub mod input;
+pub mod pipeline;
 pub mod pretok;
 pub mod regex_encode;
 pub mod regex_split;
@@ -11,6 +13,7 @@ pub mod regex_split;
 #[allow(dead_code)] // generated: the version is for the Python binding
 mod regex_classes;
 pub mod ranks;
+pub mod specials;
 pub mod train;
 #[rustfmt::skip]
 #[allow(dead_code)] // generated: not every class is used by every pattern

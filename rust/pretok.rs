@@ -7,9 +7,12 @@
 
 use crate::unicode_tables::{CLASS_BLOCKS, CLASS_INDEX, LL, LM, LO, LT, LU, M, N, OTHER, WS};
 
-/// GPT-2's pattern, as tiktoken's `gpt2`/`r50k_base` encodings write it.
+/// GPT-2's pattern, as tiktoken's `gpt2`/`r50k_base` encodings write it (equivalent to
+/// GPT-2's encoder.py: `'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`).
+/// These constants are the patterns' only spelling: `fastbpe.patterns` reads them from
+/// `fastbpe._core.PATTERNS`.
 pub const GPT2_PATTERN: &str =
-    r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+    r"'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s";
 
 /// tiktoken's `cl100k_base` pattern (GPT-3.5/GPT-4).
 pub const CL100K_PATTERN: &str = concat!(

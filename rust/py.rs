@@ -6,18 +6,20 @@ use std::path::PathBuf;
 use pyo3::create_exception;
 use pyo3::exceptions::{
     PyFileNotFoundError, PyIsADirectoryError, PyKeyError, PyKeyboardInterrupt, PyMemoryError,
-    PyOSError, PyValueError,
+    PyOSError, PyRuntimeError, PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyList};
 
-use crate::count::{self, CountError, Counts, Interrupted, SpecialError, SpecialSplitter};
+use crate::count::{self, Counts};
 use crate::encode::{Budget, BuildError, DecodeError, Encoder};
+use crate::input::{self, InputError, Interrupted, Panicked};
 use crate::pretok::Pattern;
 use crate::ranks;
 use crate::regex_encode::{self, Cutting, RegexError};
 use crate::regex_split;
+use crate::specials::{SpecialError, SpecialSplitter};
 use crate::train::{self, TrainError};
 
 create_exception!(
@@ -79,6 +81,20 @@ fn regex_error(path: &std::path::Path, e: RegexError) -> PyErr {
     }
 }
 
+/// A thread that panicked (a bug): RuntimeError naming the work and the stage.
+impl From<Panicked> for PyErr {
+    fn from(p: Panicked) -> PyErr {
+        PyRuntimeError::new_err(p.to_string())
+    }
+}
+
+/// Custom-regex work on texts (not a file).
+impl From<RegexError> for PyErr {
+    fn from(e: RegexError) -> PyErr {
+        regex_error(std::path::Path::new("<texts>"), e)
+    }
+}
+
 /// `Cutting` for files: the default, or chunks of `chunk_bytes` (tests).
 fn cutting(chunk_bytes: Option<usize>) -> Cutting {
     match chunk_bytes {
@@ -91,10 +107,10 @@ fn cutting(chunk_bytes: Option<usize>) -> Cutting {
 }
 
 /// Maps a file-reading failure to the Python exception a user expects, naming the file.
-fn read_error(path: &std::path::Path, e: CountError) -> PyErr {
+fn read_error(path: &std::path::Path, e: InputError) -> PyErr {
     let shown = path.display();
     match e {
-        CountError::Io(e) => match e.kind() {
+        InputError::Io(e) => match e.kind() {
             std::io::ErrorKind::NotFound => {
                 PyFileNotFoundError::new_err(format!("no such file: '{shown}'"))
             }
@@ -103,12 +119,13 @@ fn read_error(path: &std::path::Path, e: CountError) -> PyErr {
             )),
             _ => PyOSError::new_err(format!("'{shown}': {e}")),
         },
-        CountError::InvalidUtf8 { offset } => PyValueError::new_err(format!(
+        InputError::InvalidUtf8 { offset } => PyValueError::new_err(format!(
             "'{shown}' is not valid UTF-8: invalid byte sequence at byte offset {offset}; \
              re-encode the file as UTF-8 (for example with iconv)"
         )),
-        CountError::Write(e) => PyOSError::new_err(format!("writing the output: {e}")),
-        CountError::Interrupted => interrupted(),
+        InputError::Write(e) => PyOSError::new_err(format!("writing the output: {e}")),
+        InputError::Interrupted => interrupted(),
+        InputError::Panicked(p) => p.into(),
     }
 }
 
@@ -150,7 +167,14 @@ fn special_error(e: SpecialError) -> PyErr {
         SpecialError::Empty(i) => {
             format!("special token {i} is the empty string; special tokens must not be empty")
         }
-        SpecialError::TooLarge(e) => format!("the special tokens cannot be matched: {e}"),
+        SpecialError::TooLarge {
+            count,
+            longest,
+            why,
+        } => format!(
+            "the {count} special tokens cannot be matched together ({why}); the longest is \
+             {longest:?}: use fewer or shorter special tokens"
+        ),
     })
 }
 
@@ -268,10 +292,7 @@ impl WordCounts {
         let (pattern, specials) = (self.pattern, &self.specials);
         let c = py
             .detach(|| count::count_texts(&texts, pattern, specials, num_threads))
-            .map_err(|e| match e {
-                CountError::Io(e) => PyOSError::new_err(format!("counting the texts: {e}")),
-                e => PyOSError::new_err(format!("counting the texts: {e:?}")),
-            })?;
+            .map_err(|e| read_error(std::path::Path::new("<texts>"), e))?;
         count::merge_counts(&mut self.counts, c);
         Ok(())
     }
@@ -328,8 +349,8 @@ impl WordCounts {
     /// gives the counts of the whole.
     fn safe_prefix_chars(&self, text: &str) -> usize {
         let s = text.as_bytes();
-        let n = count::last_safe_cut(s, 0, self.pattern, &self.specials)
-            .or_else(|| count::split_cut(s, self.pattern, &self.specials))
+        let n = input::last_safe_cut(s, 0, self.pattern, &self.specials)
+            .or_else(|| input::split_cut(s, self.pattern, &self.specials))
             .unwrap_or(0);
         text.get(..n).map_or(0, |t| t.chars().count())
     }
@@ -470,9 +491,9 @@ fn safe_cuts(
     let pattern = parse_pattern(pattern)?;
     let specials = SpecialSplitter::new(&special_tokens).map_err(special_error)?;
     let s = text.as_bytes();
-    let all = count::safe_cuts(s, pattern, &specials);
-    let last = count::last_safe_cut(s, 0, pattern, &specials);
-    let split = count::split_cut(s, pattern, &specials);
+    let all = input::safe_cuts(s, pattern, &specials);
+    let last = input::last_safe_cut(s, 0, pattern, &specials);
+    let split = input::split_cut(s, pattern, &specials);
     let one = |b: Option<usize>| b.and_then(|b| char_offsets(text, &[b]).pop());
     Ok((char_offsets(text, &all), one(last), one(split)))
 }
@@ -817,16 +838,24 @@ impl CoreEncoder {
         with_specials: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         let num_threads = count_arg(num_threads, "num_threads")?;
-        let (enc, re) = (&self.enc, &splitter.inner);
-        let all = detach_with_hook(py, None, |hook| {
-            let mut stop = || hook(0).is_err();
-            regex_encode::encode_batch(enc, re, &texts, with_specials, num_threads, &mut stop)
-        })?
-        .map_err(|e| regex_error(std::path::Path::new("<texts>"), e))?;
-        let lists = all
-            .iter()
-            .map(|ids| self.list(py, ids))
-            .collect::<PyResult<Vec<_>>>()?;
+        // As `encode_batch`: results become lists while later texts are still encoding.
+        let mut lists = Vec::with_capacity(texts.len());
+        regex_encode::encode_batch_in_order(
+            &self.enc,
+            &splitter.inner,
+            &texts,
+            with_specials,
+            num_threads,
+            |take| py.detach(take),
+            &|| Python::attach(|py| py.check_signals()),
+            |ids| {
+                if lists.len() % 256 == 255 {
+                    py.check_signals()?;
+                }
+                lists.push(self.list(py, ids)?);
+                Ok::<(), PyErr>(())
+            },
+        )?;
         PyList::new(py, lists)
     }
 
@@ -861,7 +890,7 @@ impl CoreEncoder {
             )
         })?
         .map_err(|e| match e {
-            RegexError::File(CountError::Write(e)) => {
+            RegexError::File(InputError::Write(e)) => {
                 PyOSError::new_err(format!("'{}': {e}", out_path.display()))
             }
             e => regex_error(&path, e),
@@ -931,7 +960,7 @@ impl CoreEncoder {
             enc.encode_file(&path, &out_path, width, num_threads, &mut |n| hook(n))
         })?
         .map_err(|e| match e {
-            CountError::Write(e) => PyOSError::new_err(format!("'{}': {e}", out_path.display())),
+            InputError::Write(e) => PyOSError::new_err(format!("'{}': {e}", out_path.display())),
             e => read_error(&path, e),
         })
     }
@@ -982,6 +1011,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "UNICODE_TABLES_REGEX_VERSION",
         crate::unicode_tables::REGEX_VERSION,
     )?;
+    // The named patterns' regexes (`fastbpe.patterns` reads them from here: one spelling).
+    let named = PyDict::new(m.py());
+    named.set_item("gpt2", crate::pretok::GPT2_PATTERN)?;
+    named.set_item("cl100k", crate::pretok::CL100K_PATTERN)?;
+    named.set_item("o200k", crate::pretok::O200K_PATTERN)?;
+    m.add("PATTERNS", named)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -16,27 +16,42 @@
 //! (they might continue, or a look-ahead see other text), as in `fastbpe._stream.CustomStream`:
 //! exact for patterns whose matches depend on at most the next two matches.
 
-use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Mutex;
-use std::time::Duration;
 
-use crate::count::{
-    merge_counts, read_full, recv_shared, spawn, thread_count, worker_panicked, CountError, Counts,
-    Interrupted, SpecialSplitter,
-};
+use crate::count::{merge_all, Counts};
 use crate::encode::{ids_to_le_bytes, Budget, Encoder, PieceCache};
+use crate::input::{open_file, read_full, InputError, Interrupted, Panicked};
+use crate::pipeline::{self, thread_count, Batches, Halt, Source, Stages};
 use crate::regex_split::{RegexSplitter, SearchFailed};
+use crate::specials::SpecialSplitter;
 
 /// Bytes of a file per chunk.
 pub const CHUNK: usize = 1 << 20;
 /// Bytes of the next chunk a worker splits on into, where the two splittings should meet.
 pub const OVERLAP: usize = 1 << 14;
-/// How long the reader waits before it polls the hook.
-const WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// What the threads of custom-regex work do, for the message of a panic.
+const ENCODE_FILE: Stages = Stages {
+    work: "encode_file (custom regex)",
+    producer: "reading",
+    worker: "splitting",
+    consumer: "stitching",
+};
+const COUNT_FILE: Stages = Stages {
+    work: "count_file (custom regex)",
+    ..ENCODE_FILE
+};
+const ENCODE_BATCH: Stages = Stages {
+    work: "encode_batch (custom regex)",
+    ..ENCODE_FILE
+};
+const COUNT_TEXTS: Stages = Stages {
+    work: "count_texts (custom regex)",
+    producer: "batching",
+    worker: "counting",
+    consumer: "merging",
+};
 
 /// Why custom-regex work stopped.
 #[derive(Debug)]
@@ -44,7 +59,7 @@ pub enum RegexError {
     /// fancy-regex gave up on a search: the caller uses the `regex` module instead.
     Search(SearchFailed),
     /// Reading or writing failed, the file is not UTF-8, or the hook asked to stop.
-    File(CountError),
+    File(InputError),
 }
 
 impl From<SearchFailed> for RegexError {
@@ -55,12 +70,24 @@ impl From<SearchFailed> for RegexError {
 
 impl From<Interrupted> for RegexError {
     fn from(_: Interrupted) -> Self {
-        RegexError::File(CountError::Interrupted)
+        RegexError::File(InputError::Interrupted)
     }
 }
 
-impl From<CountError> for RegexError {
-    fn from(e: CountError) -> Self {
+impl From<Panicked> for RegexError {
+    fn from(p: Panicked) -> Self {
+        RegexError::File(InputError::Panicked(p))
+    }
+}
+
+impl From<io::Error> for RegexError {
+    fn from(e: io::Error) -> Self {
+        RegexError::File(InputError::Io(e))
+    }
+}
+
+impl From<InputError> for RegexError {
+    fn from(e: InputError) -> Self {
         RegexError::File(e)
     }
 }
@@ -266,77 +293,88 @@ pub fn encode_text(
     Ok(out)
 }
 
-/// The ids of each text, on `num_threads` threads. `poll` runs on the calling thread now and
-/// then (true: stop, `Interrupted`).
+/// The ids of each text, on `num_threads` threads.
 pub fn encode_batch<S: AsRef<str> + Sync>(
     enc: &Encoder,
     re: &RegexSplitter,
     texts: &[S],
     with_specials: bool,
     num_threads: usize,
-    poll: &mut dyn FnMut() -> bool,
 ) -> Result<Vec<Vec<u32>>, RegexError> {
-    let threads = thread_count(num_threads).min(texts.len().max(1));
-    let results: Vec<Mutex<Option<Vec<u32>>>> = texts.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let failed: Mutex<Option<RegexError>> = Mutex::new(None);
-    let specials = Specials::of(enc, with_specials);
-    let work = |poll: &mut dyn FnMut() -> bool| {
-        let mut stopped = || stop.load(Ordering::Relaxed) || poll();
-        let mut emit = EncodeEmit {
-            enc,
-            cache: PieceCache::default(),
-            budget: Budget::new(&mut stopped),
-        };
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let (Some(text), Some(slot)) = (texts.get(i), results.get(i)) else {
-                break;
-            };
-            let mut out = Vec::with_capacity(text.as_ref().len() / 4 + 1);
-            let r = split_text(
-                re,
-                specials,
-                text.as_ref(),
-                &mut emit,
-                &mut out,
-                &mut |_, _, _| {},
-            )
-            .and_then(|()| emit.budget.check().map_err(RegexError::from));
-            match r {
-                Ok(()) => *lock(slot) = Some(out),
-                Err(e) => {
-                    stop.store(true, Ordering::Relaxed);
-                    lock(&failed).get_or_insert(e);
-                    break;
-                }
-            }
-        }
+    let mut all = Vec::with_capacity(texts.len());
+    let sink = |ids: &[u32]| {
+        all.push(ids.to_vec());
+        Ok::<(), RegexError>(())
     };
-    std::thread::scope(|scope| {
-        for _ in 1..threads {
-            if spawn(scope, || work(&mut || false)).is_err() {
-                break; // fewer threads: the calling thread does the rest
-            }
-        }
-        work(poll);
-    });
-    if let Some(e) = lock(&failed).take() {
-        return Err(e);
-    }
-    results
-        .into_iter()
-        .map(|r| {
-            r.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .ok_or_else(|| RegexError::File(worker_panicked()))
-        })
-        .collect()
+    let wait = |take: &(dyn Fn() -> Option<_> + Sync)| take();
+    encode_batch_in_order(
+        enc,
+        re,
+        texts,
+        with_specials,
+        num_threads,
+        wait,
+        &|| Ok(()),
+        sink,
+    )?;
+    Ok(all)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// The ids of each text, on `num_threads` threads, handed to `sink` on the calling thread in
+/// input order as `Encoder::encode_batch_in_order` does (`wait` and `poll` as there).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_batch_in_order<S, W, E>(
+    enc: &Encoder,
+    re: &RegexSplitter,
+    texts: &[S],
+    with_specials: bool,
+    num_threads: usize,
+    wait: W,
+    poll: &(dyn Fn() -> Result<(), E> + Sync),
+    mut sink: impl FnMut(&[u32]) -> Result<(), E>,
+) -> Result<(), E>
+where
+    S: AsRef<str> + Sync,
+    W: FnMut(
+        &(dyn Fn() -> Option<pipeline::Done<Vec<Vec<u32>>>> + Sync),
+    ) -> Option<pipeline::Done<Vec<Vec<u32>>>>,
+    E: Send + From<Panicked> + From<RegexError>,
+{
+    let specials = Specials::of(enc, with_specials);
+    pipeline::ordered_groups(
+        ENCODE_BATCH,
+        texts,
+        num_threads,
+        PieceCache::default,
+        |cache, part: &[S], poll| {
+            let mut emit = EncodeEmit {
+                enc,
+                cache: std::mem::take(cache),
+                budget: Budget::new(poll),
+            };
+            let mut all = Vec::with_capacity(part.len());
+            let mut r = Ok(());
+            for text in part {
+                let text = text.as_ref();
+                let mut out = Vec::with_capacity(text.len() / 4 + 1);
+                r = split_text(re, specials, text, &mut emit, &mut out, &mut |_, _, _| {})
+                    .and_then(|()| emit.budget.check().map_err(RegexError::from));
+                if r.is_err() {
+                    break;
+                }
+                all.push(out);
+            }
+            *cache = emit.cache;
+            match r {
+                Ok(()) => Ok(all),
+                Err(RegexError::File(InputError::Interrupted)) => Err(Halt::Stopped),
+                Err(e) => Err(Halt::Failed(e.into())),
+            }
+        },
+        wait,
+        poll,
+        |all| all.iter().try_for_each(|ids| sink(ids)),
+    )
 }
 
 /// Counts the pieces of each text (special tokens split them and are not counted) on
@@ -348,52 +386,30 @@ pub fn count_texts<S: AsRef<str> + Sync>(
     num_threads: usize,
 ) -> Result<Counts, RegexError> {
     let threads = thread_count(num_threads).min(texts.len().max(1));
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
     let specials = Specials::counting(specials);
-    let work = || -> Result<Counts, RegexError> {
-        let mut counts = Counts::default();
-        let mut pieces = Pieces::default();
-        while let Some(text) = texts.get(next.fetch_add(1, Ordering::Relaxed)) {
-            if stop.load(Ordering::Relaxed) {
-                break;
+    let maps = pipeline::unordered(
+        COUNT_TEXTS,
+        threads,
+        &mut Batches::<_, RegexError>::new(texts, threads, 16),
+        || (Counts::default(), Pieces::default()),
+        |(counts, pieces), run: &[S], _| {
+            for text in run {
+                let text = text.as_ref();
+                pieces.0.clear();
+                split_text(
+                    re,
+                    specials,
+                    text,
+                    &mut PieceEmit,
+                    pieces,
+                    &mut |_, _, _| {},
+                )?;
+                add_pieces(text.as_bytes(), &pieces.0, counts);
             }
-            let text = text.as_ref();
-            pieces.0.clear();
-            let r = split_text(
-                re,
-                specials,
-                text,
-                &mut PieceEmit,
-                &mut pieces,
-                &mut |_, _, _| {},
-            );
-            if let Err(e) = r {
-                stop.store(true, Ordering::Relaxed);
-                return Err(e);
-            }
-            add_pieces(text.as_bytes(), &pieces.0, &mut counts);
-        }
-        Ok(counts)
-    };
-    let maps = std::thread::scope(|scope| {
-        let handles: Vec<_> = (1..threads)
-            .filter_map(|_| spawn(scope, work).ok())
-            .collect();
-        let mut maps = vec![work()];
-        for h in handles {
-            maps.push(
-                h.join()
-                    .unwrap_or_else(|_| Err(RegexError::File(worker_panicked()))),
-            );
-        }
-        maps
-    });
-    let mut total = Counts::default();
-    for m in maps {
-        merge_counts(&mut total, m?);
-    }
-    Ok(total)
+            Ok(())
+        },
+    )?;
+    Ok(merge_all(maps.into_iter().map(|(c, _)| c).collect()))
 }
 
 fn add_pieces(text: &[u8], pieces: &[(usize, usize)], counts: &mut Counts) {
@@ -462,7 +478,7 @@ fn split_chunk<O: Output>(
         mut ext_is_end,
     } = chunk;
     if let Err(e) = std::str::from_utf8(buf.get(..end).unwrap_or_default()) {
-        return Err(CountError::InvalidUtf8 {
+        return Err(InputError::InvalidUtf8 {
             offset: (base + e.valid_up_to()) as u64,
         }
         .into());
@@ -523,10 +539,12 @@ fn split_chunk<O: Output>(
     })
 }
 
-/// Reads `path` and hands chunks to `num_threads` workers; `sink(done, range)` gets, in file
-/// order, each chunk's output range that belongs to the splitting of the whole file.
+/// Reads `path` and hands chunks to `num_threads` workers (`pipeline::ordered`); `sink(done,
+/// range)` gets, in file order, each chunk's output range that belongs to the splitting of the
+/// whole file.
 #[allow(clippy::too_many_arguments)]
 fn run_file<'e, O: Output>(
+    stages: Stages,
     path: &Path,
     re: &RegexSplitter,
     specials: Specials,
@@ -536,98 +554,11 @@ fn run_file<'e, O: Output>(
     make_emit: &(dyn Fn() -> Box<dyn Emit<O> + 'e> + Sync),
     mut sink: impl FnMut(&Done<O>, std::ops::Range<usize>) -> Result<(), RegexError> + Send,
 ) -> Result<(), RegexError> {
-    let num_threads = thread_count(num_threads);
     let chunk = cutting.chunk.max(16);
     let overlap = cutting.overlap.clamp(4, chunk / 4);
-    let mut file = std::fs::File::open(path).map_err(CountError::Io)?;
-    if file.metadata().map_err(CountError::Io)?.is_dir() {
-        return Err(CountError::Io(io::Error::new(
-            io::ErrorKind::IsADirectory,
-            "is a directory",
-        ))
-        .into());
-    }
-    let in_flight = num_threads * 2 + 2;
-    let (ticket_tx, ticket_rx) = mpsc::sync_channel::<()>(in_flight);
-    for _ in 0..in_flight {
-        let _ = ticket_tx.send(());
-    }
-    let (work_tx, work_rx) = mpsc::sync_channel::<(usize, Chunk)>(in_flight);
-    let work_rx = Mutex::new(work_rx);
-    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<Done<O>, RegexError>)>();
-    let (result_tx, result_rx) = mpsc::channel::<Result<(), RegexError>>();
-    let stop = AtomicBool::new(false);
-    let max_special = specials.splitter.map_or(0, |s| s.max_len());
-    std::thread::scope(|scope| {
-        let mut workers = 0;
-        for _ in 0..num_threads {
-            let done_tx = done_tx.clone();
-            let (work_rx, stop) = (&work_rx, &stop);
-            let started = spawn(scope, move || {
-                let mut emit = make_emit();
-                while let Some((seq, c)) = recv_shared(work_rx) {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let r = split_chunk(re, specials, c, overlap, &mut emit);
-                    if done_tx.send((seq, r)).is_err() {
-                        break;
-                    }
-                }
-            });
-            match started {
-                Ok(_) => workers += 1,
-                Err(_) if workers > 0 => break,
-                Err(e) => return Err(RegexError::File(CountError::Io(e))),
-            }
-        }
-        drop(done_tx);
-        let stop_ref = &stop;
-        let stitch = move || -> Result<(), RegexError> {
-            let mut pending: BTreeMap<usize, Result<Done<O>, RegexError>> = BTreeMap::new();
-            let mut next = 0usize;
-            // The splitting of the file so far: the chunk it is in, where it is (file offset) and
-            // the length the chunk's output had there.
-            let mut cur: Option<(Done<O>, usize, usize)> = None;
-            let mut emit = make_emit();
-            for (seq, r) in done_rx {
-                pending.insert(seq, r);
-                while let Some(r) = pending.remove(&next) {
-                    let nxt = r?;
-                    next += 1;
-                    let _ = ticket_tx.send(());
-                    cur = Some(match cur.take() {
-                        None => (nxt, 0, 0),
-                        Some((c, at, from)) => match sync(&c, at, &nxt) {
-                            Some((pos, upto, resume)) => {
-                                sink(&c, from..upto)?;
-                                (nxt, pos, resume)
-                            }
-                            None => {
-                                let again = resplit(re, specials, &c, at, nxt, overlap, &mut emit)?;
-                                (again, at, 0)
-                            }
-                        },
-                    });
-                }
-            }
-            if stop_ref.load(Ordering::Relaxed) {
-                return Err(Interrupted.into());
-            }
-            if let Some((c, _, from)) = cur {
-                let n = c.out.len();
-                sink(&c, from..n)?;
-            }
-            Ok(())
-        };
-        let stitcher = spawn(scope, move || {
-            let _ = result_tx.send(stitch());
-        });
-        if let Err(e) = stitcher {
-            return Err(RegexError::File(CountError::Io(e)));
-        }
-        // The reader (this thread).
-        let mut reader = Reader {
+    let mut file = open_file(path)?;
+    let mut source = HookedChunks {
+        reader: Reader {
             file: &mut file,
             buf: Vec::new(),
             base: 0,
@@ -635,46 +566,63 @@ fn run_file<'e, O: Output>(
             eof: false,
             chunk,
             overlap,
-            max_special,
+            max_special: specials.splitter.map_or(0, |s| s.max_len()),
             specials: specials.splitter,
-        };
-        let mut read_all = || -> Result<(), RegexError> {
-            let mut seq = 0usize;
-            while let Some(c) = reader.next_chunk(hook)? {
-                loop {
-                    match ticket_rx.recv_timeout(WAIT_POLL) {
-                        Ok(()) => break,
-                        Err(RecvTimeoutError::Timeout) => hook(reader.read)?,
-                        Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        },
+        hook,
+    };
+    // The splitting of the file so far: the chunk it is in, where it is (file offset) and the
+    // length the chunk's output had there.
+    let mut cur: Option<(Done<O>, usize, usize)> = None;
+    pipeline::ordered(
+        stages,
+        num_threads,
+        &mut source,
+        make_emit,
+        |emit, c, _| split_chunk(re, specials, c, overlap, emit),
+        |nxt| {
+            cur = Some(match cur.take() {
+                None => (nxt, 0, 0),
+                Some((c, at, from)) => match sync(&c, at, &nxt) {
+                    Some((pos, upto, resume)) => {
+                        sink(&c, from..upto)?;
+                        (nxt, pos, resume)
                     }
-                }
-                if work_tx.send((seq, c)).is_err() {
-                    return Ok(());
-                }
-                seq += 1;
-            }
+                    None => {
+                        // Rare (a piece longer than the overlap): a fresh emitter will do.
+                        let again = resplit(re, specials, &c, at, nxt, overlap, &mut make_emit())?;
+                        (again, at, 0)
+                    }
+                },
+            });
             Ok(())
-        };
-        let read = read_all();
-        drop(work_tx);
-        drop(ticket_rx);
-        if let Err(e) = read {
-            stop.store(true, Ordering::Relaxed);
-            return Err(e);
-        }
-        loop {
-            match result_rx.recv_timeout(WAIT_POLL) {
-                Ok(r) => return r,
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(e) = hook(reader.read) {
-                        stop.store(true, Ordering::Relaxed);
-                        return Err(e.into());
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => return Err(worker_panicked().into()),
-            }
-        }
-    })
+        },
+    )?;
+    if let Some((c, _, from)) = cur {
+        let n = c.out.len();
+        sink(&c, from..n)?;
+    }
+    Ok(())
+}
+
+/// A `Reader` as a pipeline's source: `hook(bytes_read)` after every block read and while the
+/// pipeline waits.
+struct HookedChunks<'a, 'h> {
+    reader: Reader<'a>,
+    hook: &'h mut dyn FnMut(u64) -> Result<(), Interrupted>,
+}
+
+impl Source for HookedChunks<'_, '_> {
+    type Item = Chunk;
+    type Error = RegexError;
+
+    fn next(&mut self) -> Result<Option<Chunk>, RegexError> {
+        self.reader.next_chunk(self.hook)
+    }
+
+    fn idle(&mut self) -> Result<(), Interrupted> {
+        (self.hook)(self.reader.read)
+    }
 }
 
 /// The first resume position of `cur`'s splitting at or after file offset `at` that is also
@@ -748,7 +696,7 @@ impl Reader<'_> {
             while !self.eof && self.buf.len() < want {
                 let old = self.buf.len();
                 self.buf.resize(old + self.chunk, 0);
-                let n = read_full(self.file, &mut self.buf[old..]).map_err(CountError::Io)?;
+                let n = read_full(self.file, &mut self.buf[old..]).map_err(InputError::Io)?;
                 self.buf.truncate(old + n);
                 self.read += n as u64;
                 self.eof = n == 0;
@@ -769,7 +717,7 @@ impl Reader<'_> {
                         let old = self.buf.len();
                         self.buf.resize(more, 0);
                         let n =
-                            read_full(self.file, &mut self.buf[old..]).map_err(CountError::Io)?;
+                            read_full(self.file, &mut self.buf[old..]).map_err(InputError::Io)?;
                         self.buf.truncate(old + n);
                         self.read += n as u64;
                         self.eof = n == 0;
@@ -847,13 +795,13 @@ pub fn encode_file(
     hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
 ) -> Result<u64, RegexError> {
     if !enc.ids_fit(width) {
-        return Err(CountError::Write(io::Error::new(
+        return Err(InputError::Write(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("ids up to {:?} do not fit in {width} bytes", enc.max_id()),
         ))
         .into());
     }
-    let file = std::fs::File::create(out).map_err(CountError::Write)?;
+    let file = std::fs::File::create(out).map_err(InputError::Write)?;
     let mut writer = BufWriter::with_capacity(1 << 20, file);
     let mut total = 0u64;
     let mut bytes = Vec::new();
@@ -865,6 +813,7 @@ pub fn encode_file(
         })
     };
     run_file(
+        ENCODE_FILE,
         path,
         re,
         Specials::of(enc, true),
@@ -876,13 +825,13 @@ pub fn encode_file(
             let ids = done.out.get(range).unwrap_or_default();
             bytes.clear();
             ids_to_le_bytes(ids, width, &mut bytes);
-            writer.write_all(&bytes).map_err(CountError::Write)?;
+            writer.write_all(&bytes).map_err(InputError::Write)?;
             total += ids.len() as u64;
             Ok(())
         },
     )?;
-    writer.flush().map_err(CountError::Write)?;
-    writer.get_ref().sync_all().map_err(CountError::Write)?;
+    writer.flush().map_err(InputError::Write)?;
+    writer.get_ref().sync_all().map_err(InputError::Write)?;
     Ok(total)
 }
 
@@ -898,6 +847,7 @@ pub fn count_file(
     let mut counts = Counts::default();
     let make = || -> Box<dyn Emit<Pieces>> { Box::new(PieceEmit) };
     run_file(
+        COUNT_FILE,
         path,
         re,
         Specials::counting(specials),
@@ -967,5 +917,29 @@ mod tests {
             assert_eq!(got, whole, "chunk {chunk}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn batches_equal_one_text_at_a_time_on_any_thread_count() {
+        let re = RegexSplitter::new(LLAMA3).unwrap();
+        let mut vocab: Vec<(u32, Vec<u8>)> = (0..=255u8).map(|b| (b as u32, vec![b])).collect();
+        let merges = [(b"a".to_vec(), b"b".to_vec())];
+        vocab.push((256, b"ab".to_vec()));
+        let specials = [("<|e|>".to_string(), 257)];
+        let enc =
+            Encoder::from_merges(&vocab, &merges, &specials, crate::pretok::Pattern::Gpt2).unwrap();
+        let texts: Vec<String> = (0..3000)
+            .map(|i| format!("ab{} it's<|e|> {}", "x".repeat(i % 11), "ab ".repeat(i % 5)))
+            .collect();
+        let one = |t: &String| encode_text(&enc, &re, t, true, Budget::never()).unwrap();
+        let want: Vec<Vec<u32>> = texts.iter().map(one).collect();
+        let sp = SpecialSplitter::new(&["<|e|>"]).unwrap();
+        let counts = count_texts(&re, &sp, &texts, 1).unwrap();
+        for threads in [1, 2, 5] {
+            let got = encode_batch(&enc, &re, &texts, true, threads).unwrap();
+            assert_eq!(got, want, "threads={threads}");
+            assert_eq!(count_texts(&re, &sp, &texts, threads).unwrap(), counts);
+        }
+        assert_eq!(counts[b" it".as_slice()], 3000);
     }
 }

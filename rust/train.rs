@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
 
-use crate::count::Interrupted;
+use crate::input::Interrupted;
 
 type Pair = (u32, u32);
 

@@ -5,6 +5,7 @@ from os import PathLike
 
 UNICODE_TABLES_REGEX_VERSION: str
 REGEX_CLASSES_REGEX_VERSION: str
+PATTERNS: dict[str, str]
 __version__: str
 
 class UnknownTokenError(KeyError): ...

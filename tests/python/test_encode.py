@@ -152,6 +152,16 @@ TEXT = st.one_of(st.text(ASSIGNED), MIXED)
 # ---- 1. exactly tiktoken ----------------------------------------------------------------------
 
 
+def test_named_patterns_are_spelled_once_as_tiktoken_spells_them(tik):
+    """The Rust core owns the named patterns; `fastbpe.patterns` reads them from it, and each is
+    tiktoken's own string for that encoding."""
+    from fastbpe import _core, patterns
+
+    assert patterns.NAMED == _core.PATTERNS
+    for encoding, name in FASTBPE.items():
+        assert _core.PATTERNS[name] == tik[encoding]._pat_str, name
+
+
 @pytest.mark.parametrize("name", CORPORA)
 @pytest.mark.parametrize("encoding", list(FASTBPE))
 def test_corpus_equals_tiktoken(request, tik, encoding, name):

@@ -1,0 +1,318 @@
+//! Reading input: files read in chunks cut only where cutting cannot change the pieces, the
+//! places text may be cut, and why reading (or the work fed by it) stopped.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use crate::pipeline::Source;
+use crate::pretok::{is_safe_cut, Pattern};
+use crate::specials::SpecialSplitter;
+
+/// Why work on input (counting or encoding a file or texts) stopped early.
+#[derive(Debug)]
+pub enum InputError {
+    /// Reading failed (missing file, a directory, permissions...).
+    Io(io::Error),
+    /// The file is not UTF-8: the byte offset of the first invalid sequence.
+    InvalidUtf8 { offset: u64 },
+    /// Writing the output failed (encoding a file).
+    Write(io::Error),
+    /// The progress hook asked to stop (Ctrl-C).
+    Interrupted,
+    /// A thread of the work panicked (a bug): which stage it was.
+    Panicked(Panicked),
+}
+
+impl From<io::Error> for InputError {
+    fn from(e: io::Error) -> Self {
+        InputError::Io(e)
+    }
+}
+
+impl From<Interrupted> for InputError {
+    fn from(_: Interrupted) -> Self {
+        InputError::Interrupted
+    }
+}
+
+impl From<Panicked> for InputError {
+    fn from(p: Panicked) -> Self {
+        InputError::Panicked(p)
+    }
+}
+
+/// Marker returned by a progress hook that wants the work to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted;
+
+/// A thread panicked: the stage it ran (`"reading"`, `"encoding"`, `"writing"`...) and the work
+/// it was part of (`"encode_file"`...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Panicked {
+    pub work: &'static str,
+    pub stage: &'static str,
+}
+
+impl std::fmt::Display for Panicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a {} thread of {} panicked (a bug in fastbpe; please report it)",
+            self.stage, self.work
+        )
+    }
+}
+
+/// Where a buffer can be cut so that counting (or encoding) the two parts separately gives the
+/// same pieces as the whole, whatever follows the buffer: for the named patterns the last
+/// place `pretok::is_safe_cut` allows (between a word and a space, before a newline after a
+/// letter or digit, after a newline before a letter...) that no special token could span, else
+/// just after the last special token that no longer one could extend past the buffer's end.
+///
+/// Only cuts at or after `from` are looked for (earlier ones were looked for before).
+pub(crate) fn last_safe_cut(
+    buf: &[u8],
+    from: usize,
+    pattern: Pattern,
+    specials: &SpecialSplitter,
+) -> Option<usize> {
+    if pattern != Pattern::Whole {
+        // A cut at `i` reads at most the four bytes from `i` on: earlier ones were decided
+        // when the buffer ended at `from`.
+        let lo = from.saturating_sub(4).max(1);
+        let found = (lo..buf.len())
+            .rev()
+            .find(|&i| is_safe_cut(buf, i) && !specials.could_span(buf, i));
+        if found.is_some() {
+            return found;
+        }
+    }
+    let lo = from.saturating_sub(specials.max_len());
+    specials.settled_ends(buf.get(lo..)?).last().map(|e| lo + e)
+}
+
+/// Every place `last_safe_cut` may cut `buf` at, in order (for tests): the safe cuts no
+/// special token could span, and the ends of special tokens no longer one could extend.
+pub fn safe_cuts(buf: &[u8], pattern: Pattern, specials: &SpecialSplitter) -> Vec<usize> {
+    let mut cuts: Vec<usize> = Vec::new();
+    if pattern != Pattern::Whole {
+        cuts.extend(
+            (1..buf.len()).filter(|&i| is_safe_cut(buf, i) && !specials.could_span(buf, i)),
+        );
+    }
+    cuts.extend(specials.settled_ends(buf));
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts
+}
+
+/// For text where `last_safe_cut` finds nothing (a long stretch without spaces or newlines in
+/// the right places): a boundary between two pieces found by splitting the buffer
+/// (`Pattern::last_split_cut`), before the first special token in it and at least the longest
+/// special token's length before its end, so that no special token of the whole text starts
+/// before the cut plus the margin the splitter reads (one that did would lie inside the buffer
+/// and be the first match in it). None for `Whole`, and where the buffer is one piece.
+pub(crate) fn split_cut(buf: &[u8], pattern: Pattern, specials: &SpecialSplitter) -> Option<usize> {
+    let text = match std::str::from_utf8(buf) {
+        Ok(t) => t,
+        // The invalid byte is reported when its chunk is decoded; cut before it if possible.
+        Err(e) => std::str::from_utf8(buf.get(..e.valid_up_to())?).ok()?,
+    };
+    let first_special = specials.matches(text).next().map_or(text.len(), |m| m.0);
+    let limit = first_special.min(buf.len().saturating_sub(specials.max_len()));
+    pattern.last_split_cut(text.get(..first_special)?, limit)
+}
+
+/// Opens a file for reading, refusing directories with `IsADirectory`.
+pub(crate) fn open_file(path: &Path) -> Result<File, InputError> {
+    if std::fs::metadata(path)?.is_dir() {
+        return Err(InputError::Io(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "is a directory",
+        )));
+    }
+    Ok(File::open(path)?)
+}
+
+/// Reads a file in chunks of about `block` bytes cut only at safe places (`last_safe_cut`),
+/// in order.
+///
+/// Memory: a chunk ends at the last safe cut; where the named patterns give none, at a piece
+/// boundary found by splitting once the buffer holds twice `block` (`split_cut`, tried again
+/// at twice the size while it finds none, so splitting stays linear). Only a single piece
+/// longer than that (a run of letters, or with `Pattern::Whole` the text between special
+/// tokens) makes a chunk longer.
+pub struct ChunkReader<'a> {
+    file: File,
+    pattern: Pattern,
+    specials: &'a SpecialSplitter,
+    block: usize,
+    buf: Vec<u8>,
+    /// File offset of buf[0].
+    offset: u64,
+    read_total: u64,
+    /// Buffer length from which `split_cut` is tried.
+    split_at: usize,
+    eof: bool,
+}
+
+impl<'a> ChunkReader<'a> {
+    pub fn open(
+        path: &Path,
+        pattern: Pattern,
+        specials: &'a SpecialSplitter,
+        block: usize,
+    ) -> Result<Self, InputError> {
+        let block = block.max(1);
+        Ok(ChunkReader {
+            file: open_file(path)?,
+            pattern,
+            specials,
+            block,
+            buf: Vec::with_capacity(block * 2),
+            offset: 0,
+            read_total: 0,
+            split_at: block * 2,
+            eof: false,
+        })
+    }
+
+    /// Bytes read from the file so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read_total
+    }
+
+    /// The next chunk and its file offset; None at the end. `hook(bytes_read)` runs after
+    /// every block read and may stop the reading.
+    pub fn next_chunk(
+        &mut self,
+        hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
+    ) -> Result<Option<(u64, Vec<u8>)>, InputError> {
+        while !self.eof {
+            let old_len = self.buf.len();
+            self.buf.resize(old_len + self.block, 0);
+            let n = read_full(&mut self.file, &mut self.buf[old_len..])?;
+            self.buf.truncate(old_len + n);
+            self.read_total += n as u64;
+            self.eof = n == 0;
+            hook(self.read_total)?;
+            let cut = if self.eof {
+                Some(self.buf.len())
+            } else {
+                self.cut(old_len)
+            };
+            if let Some(cut) = cut.filter(|&c| c > 0) {
+                let rest = self.buf.split_off(cut);
+                let chunk = std::mem::replace(&mut self.buf, rest);
+                let offset = self.offset;
+                self.offset += chunk.len() as u64;
+                self.split_at = self.block * 2;
+                return Ok(Some((offset, chunk)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Where to cut the buffer, whose bytes from `from` on are new.
+    fn cut(&mut self, from: usize) -> Option<usize> {
+        let (buf, pattern, specials) = (&self.buf, self.pattern, self.specials);
+        if let Some(cut) = last_safe_cut(buf, from, pattern, specials) {
+            return Some(cut);
+        }
+        if buf.len() < self.split_at {
+            return None;
+        }
+        let found = split_cut(buf, pattern, specials);
+        if found.is_none() {
+            self.split_at = self.split_at.saturating_mul(2);
+        }
+        found
+    }
+}
+
+/// A `ChunkReader` as a pipeline's source: `hook(bytes_read)` runs after every block read and
+/// while the pipeline waits, and may stop the work.
+pub struct HookedReader<'r, 'a> {
+    pub reader: &'r mut ChunkReader<'a>,
+    pub hook: &'r mut dyn FnMut(u64) -> Result<(), Interrupted>,
+}
+
+impl Source for HookedReader<'_, '_> {
+    type Item = (u64, Vec<u8>);
+    type Error = InputError;
+
+    fn next(&mut self) -> Result<Option<Self::Item>, InputError> {
+        self.reader.next_chunk(self.hook)
+    }
+
+    fn idle(&mut self) -> Result<(), Interrupted> {
+        (self.hook)(self.reader.bytes_read())
+    }
+}
+
+/// The text of a chunk read at file offset `offset`, or where its first invalid UTF-8 byte is.
+pub fn chunk_text(offset: u64, chunk: &[u8]) -> Result<&str, InputError> {
+    std::str::from_utf8(chunk).map_err(|e| InputError::InvalidUtf8 {
+        offset: offset + e.valid_up_to() as u64,
+    })
+}
+
+/// Reads until `buf` is full or the file ends; returns the number of bytes read.
+pub(crate) fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk_sizes(text: &str, pattern: Pattern, specials: &[&str]) -> Vec<usize> {
+        let dir = std::env::temp_dir().join(format!("fastbpe_chunks_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{pattern:?}.txt"));
+        std::fs::write(&path, text).unwrap();
+        let sp = SpecialSplitter::new(specials).unwrap();
+        let mut reader = ChunkReader::open(&path, pattern, &sp, 1 << 16).unwrap();
+        let mut sizes = Vec::new();
+        while let Some((_, chunk)) = reader.next_chunk(&mut |_| Ok(())).unwrap() {
+            sizes.push(chunk.len());
+        }
+        std::fs::remove_file(&path).unwrap();
+        sizes
+    }
+
+    #[test]
+    fn chunks_stay_small_without_newline_cuts() {
+        // Spaces after words give cuts in every block.
+        let sizes = chunk_sizes(
+            &"The cat sat on the mat.\n".repeat(100_000),
+            Pattern::Gpt2,
+            &[],
+        );
+        assert!(
+            sizes.len() > 30 && sizes.iter().all(|&n| n <= (1 << 16) + 24),
+            "{sizes:?}"
+        );
+        // No cheap cut at all: a piece boundary found by splitting, at twice the block.
+        let text = "|---|---|\r\n".repeat(100_000);
+        for p in [Pattern::Gpt2, Pattern::Cl100k, Pattern::O200k] {
+            let sizes = chunk_sizes(&text, p, &["<|e|>"]);
+            assert!(
+                sizes.len() > 5 && sizes.iter().all(|&n| n <= (2 << 16) + 24),
+                "{p:?} {sizes:?}"
+            );
+        }
+        // Without a pattern the text between special tokens is one piece.
+        assert_eq!(chunk_sizes(&text, Pattern::Whole, &[]), vec![text.len()]);
+    }
+}
