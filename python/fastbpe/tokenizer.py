@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import base64
-import errno
 import json
 import operator
 import os
-import re
 import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -875,18 +873,13 @@ class Tokenizer:
                 try:
                     n = self._core.encode_file(path, writer.tmp, dtype.itemsize, _threads(num_threads), bar)
                 except OSError as e:
-                    named = _write_error(e, out_path)
-                    if named is None:
-                        raise
-                    raise named from None
+                    raise writer.filler_error(e) from None
                 writer.adopt(n)
             else:
                 n = self._encode_file_custom(path, writer, num_threads, bar)
             if bar:
                 bar.close()
-        if n == 0:
-            return np.zeros(0, dtype=dtype)  # an empty file cannot be memory-mapped
-        return np.memmap(out_path, dtype=dtype.newbyteorder("<"), mode="r")
+        return token_files.map_data(out_path, writer.metadata)
 
     def _encode_file_custom(self, path: str, writer: token_files.TokenWriter, num_threads: int | None, bar) -> int:
         """Custom patterns: in Rust where the pattern has a Rust splitter (chunks split in
@@ -899,10 +892,7 @@ class Tokenizer:
             except _core.RegexSearchError:
                 os.truncate(writer.tmp, 0)  # what the Rust encoder wrote; the `regex` module starts over
             except OSError as e:
-                named = _write_error(e, writer.path)
-                if named is None:
-                    raise
-                raise named from None
+                raise writer.filler_error(e) from None
             else:
                 writer.adopt(n)
                 return n
@@ -1384,19 +1374,6 @@ class _HFStream:
         text = "".join(self.parts)
         self.parts, self.size = [], 0
         return self.tok._encode_hf(text, self.allowed)
-
-
-# Errors that only writing can cause. The Rust encoder reports every I/O error against the file it
-# reads, as "'<input>': <reason> (os error N)"; these name the output instead.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
-
-
-def _write_error(e: OSError, out_path: str) -> OSError | None:
-    m = re.search(r"\(os error (\d+)\)$", str(e))
-    code = int(m.group(1)) if m else e.errno
-    if code in _WRITE_ERRNOS:
-        return OSError(code, f"cannot write '{out_path}': {os.strerror(code)}")
-    return None
 
 
 # ---- reading files ------------------------------------------------------------------------------
