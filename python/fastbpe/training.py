@@ -11,7 +11,8 @@ from typing import Union
 import regex
 
 from fastbpe import _core, _progress, _stream, corpus, patterns
-from fastbpe.tokenizer import Tokenizer, check_special_tokens
+from fastbpe.special import check_special_tokens
+from fastbpe.tokenizer import Tokenizer
 
 PathLike = Union[str, os.PathLike]
 
