@@ -309,7 +309,7 @@ class Encoding:
         if tok.pattern is None:
             piece = stretch
         elif tok._custom is not None:
-            piece = patterns.pieces(tok._custom[0], stretch)[-1]
+            piece = patterns.pieces(tok._custom.rx, stretch)[-1]
         else:
             piece = _core.split(tok.pattern, stretch)[-1]
         return ids, len(tok._core.encode_piece_bytes(piece.encode("utf-8")))

@@ -19,7 +19,6 @@ from functools import cached_property
 from typing import Literal
 
 import numpy as np
-import regex
 
 from fastbpe import _core, _progress, _stream, corpus, patterns, special, token_files
 from fastbpe._io import check_writable, refuse_overwrite
@@ -161,16 +160,13 @@ class Tokenizer:
         return [*prefix, *ids, *suffix]
 
     @cached_property
-    def _custom(self):
-        """For custom regexes: (piece regex, special-token regex, Rust splitter or None). The
-        Rust splitter, where the pattern has one, finds the pieces; the `regex` module is the
-        readable definition and the fallback."""
-        if self.pattern is None or self.pattern in patterns.BUILTIN:
+    def _custom(self) -> _stream.CustomPattern | None:
+        """For custom regexes: the pattern with its Rust splitter (None where it has none) and
+        the Python path (`fastbpe._stream.CustomPattern`), the readable definition and the
+        fallback. None for the named patterns and None."""
+        if self.pattern is None or self.pattern in patterns.NAMED:
             return None
-        rx = patterns.compile(self.pattern)
-        ordered = sorted(self.special_tokens, key=len, reverse=True)
-        special_rx = regex.compile("(" + "|".join(regex.escape(s) for s in ordered) + ")") if ordered else None
-        return rx, special_rx, patterns.rust_splitter(self.pattern)
+        return _stream.CustomPattern(self.pattern, self.special_tokens)
 
     @property
     def regex_engine(self) -> str:
@@ -181,7 +177,7 @@ class Tokenizer:
         return patterns.engine(self.pattern)
 
     def _encode_custom(self, text: str, with_specials: bool) -> list[int]:
-        splitter = self._custom[2]
+        splitter = self._custom.splitter
         if splitter is not None:
             try:
                 return self._core.encode_regex(splitter, text, with_specials)
@@ -190,7 +186,7 @@ class Tokenizer:
         return self._encode_custom_python(text, with_specials)
 
     def _encode_custom_batch(self, texts: list[str], with_specials: bool, num_threads: int | None) -> list[list[int]]:
-        splitter = self._custom[2]
+        splitter = self._custom.splitter
         if splitter is not None:
             try:
                 return self._core.encode_regex_batch(splitter, texts, _threads(num_threads), with_specials)
@@ -200,15 +196,7 @@ class Tokenizer:
 
     def _encode_custom_python(self, text: str, with_specials: bool) -> list[int]:
         """The readable path: pieces from the `regex` module (`patterns.pieces`), BPE in Rust."""
-        rx, special_rx, _ = self._custom
-        parts = special_rx.split(text) if (with_specials and special_rx is not None) else [text]
-        out: list[int] = []
-        for i, part in enumerate(parts):
-            if i % 2 == 1:
-                out.append(self.special_token_ids[part])
-            elif part:
-                out.extend(self._core.encode_pieces(patterns.pieces(rx, part)))
-        return out
+        return self._encode_stretches(self._custom.stretches(text, with_specials))
 
     def encode(
         self,
@@ -386,9 +374,9 @@ class Tokenizer:
                 if view is None:
                     return np.asarray(self._encode_split([text], allowed, None)[0], dtype=dtype)
                 return view.encode_to_numpy(text)
-        if self._custom is not None and self._custom[2] is not None:
+        if self._custom is not None and self._custom.splitter is not None:
             try:
-                buf = self._core.encode_regex_to_buffer(self._custom[2], text, dtype.itemsize, with_specials)
+                buf = self._core.encode_regex_to_buffer(self._custom.splitter, text, dtype.itemsize, with_specials)
                 return np.frombuffer(buf, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
             except _core.RegexSearchError:
                 pass
@@ -461,14 +449,12 @@ class Tokenizer:
         yield from stream.finish()
 
     def _encode_iterable_custom(self, iterable: Iterable[str]) -> Iterator[int]:
-        """`encode_iterable` for a custom regex: the pieces come from `CustomStream`."""
-        stream = _stream.CustomStream(self._custom[0], self.special_tokens)
-        for s in _str_items(iterable):
-            yield from self._encode_stretches(stream.feed(s))
-        yield from self._encode_stretches(stream.finish())
+        """`encode_iterable` for a custom regex: the pieces come from `CustomPattern.stream`."""
+        for stretch in self._custom.stream(_str_items(iterable)):
+            yield from self._encode_stretches([stretch])
 
     def _encode_stretches(self, stretches) -> list[int]:
-        """The ids of `CustomStream`'s (pieces, special token) stretches."""
+        """The ids of `CustomPattern`'s (pieces, special token) stretches."""
         ids: list[int] = []
         for pieces, special in stretches:
             if pieces:
@@ -605,7 +591,7 @@ class Tokenizer:
     def _encode_file_custom(self, path: str, writer: token_files.TokenWriter, num_threads: int | None, bar) -> int:
         """Custom patterns: in Rust where the pattern has a Rust splitter (chunks split in
         parallel and stitched exactly, `rust/regex_encode.rs`), else `_encode_file_python`."""
-        splitter = self._custom[2]
+        splitter = self._custom.splitter
         if splitter is not None:
             itemsize = writer.dtype.itemsize
             try:
@@ -620,16 +606,9 @@ class Tokenizer:
         return self._encode_file_python(path, writer, bar)
 
     def _encode_file_python(self, path: str, writer: token_files.TokenWriter, bar) -> int:
-        """Custom patterns: the file read in blocks, its pieces found by `CustomStream`."""
-        stream = _stream.CustomStream(self._custom[0], self.special_tokens)
-
-        def write(stretches) -> None:
-            for stretch in stretches:  # a few ten thousand characters each
-                writer.write(np.asarray(self._encode_stretches([stretch]), dtype=writer.dtype))
-
-        for text in _stream.read_text(path, 1 << 20, bar):
-            write(stream.feed(text))
-        write(stream.finish())
+        """Custom patterns: the file read in blocks, its pieces found by `CustomPattern.file`."""
+        for stretch in self._custom.file(path, 1 << 20, bar):  # a few ten thousand characters each
+            writer.write(np.asarray(self._encode_stretches([stretch]), dtype=writer.dtype))
         return writer.num_tokens
 
     def _encode_file_hf(self, path: str, writer: token_files.TokenWriter, bar) -> int:
