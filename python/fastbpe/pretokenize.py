@@ -194,7 +194,7 @@ def _regex_of(pattern, where: str, what: str) -> tuple[regex.Pattern, str | None
     if not (isinstance(pattern, dict) and len(pattern) == 1 and isinstance(pattern.get("Regex"), str)):
         raise ValueError(f"{where}: the {what}'s pattern is {pattern!r}; expected {{\"Regex\": ...}} or {{\"String\": ...}}")
     name = pattern_of_regex(pattern["Regex"], where)
-    return patterns.compile(name), name if name in patterns.BUILTIN else None
+    return patterns.compile(name), name if name in patterns.NAMED else None
 
 
 def _char_class(cls: str) -> regex.Pattern:

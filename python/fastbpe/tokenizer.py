@@ -124,7 +124,7 @@ class Tokenizer:
 
     @cached_property
     def _core(self) -> _core.CoreEncoder:
-        name = self.pattern if self.pattern in patterns.BUILTIN else "whole"
+        name = self.pattern if self.pattern in patterns.NAMED else "whole"
         # Special tokens that share an id decode as the one `vocab` holds: the encoder decodes an
         # id as the first special token given for it, so that one goes first.
         holder = self.vocab
@@ -774,10 +774,6 @@ class Tokenizer:
         if self._merges is None:
             self._merges = tiktoken.merges_from_ranks(self.vocab, self._special_only)
         return self._merges
-
-    @merges.setter
-    def merges(self, value: list[tuple[bytes, bytes]]) -> None:
-        self._merges = value
 
     def to_tiktoken(self, path: str | os.PathLike) -> None:
         """Write a `.tiktoken` rank file (special tokens are not part of that format, except those

@@ -336,7 +336,7 @@ def _pre_tokenization(data: dict, added, where: str) -> tuple[str | None, dict |
             pattern = ""  # the pipeline reads it, or says what it does not support
         # fastbpe's pieces skip empty matches, where Oniguruma's splits at them: a regex that
         # matches the empty string goes through the pipeline, which follows Oniguruma.
-        if pattern != "" and (pattern is None or pattern in patterns.BUILTIN or patterns.compile(pattern).search("") is None):
+        if pattern != "" and (pattern is None or pattern in patterns.NAMED or patterns.compile(pattern).search("") is None):
             return pattern, None
     spec = {
         "normalizer": data.get("normalizer"),
