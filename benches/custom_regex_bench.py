@@ -31,8 +31,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus" / "enw
 def python_path(tok: fastbpe.Tokenizer) -> fastbpe.Tokenizer:
     """The same tokenizer with the Rust splitter taken away: pieces from the `regex` module."""
     slow = fastbpe.Tokenizer(tok.vocab, tok.merges, tok.special_tokens, tok.pattern)
-    rx, special_rx, _ = slow._custom
-    slow.__dict__["_custom"] = (rx, special_rx, None)
+    slow._custom.splitter = None
     return slow
 
 

@@ -66,11 +66,6 @@ impl RegexSplitter {
         });
         pieces.map_err(|e| RegexSearchError::new_err(e.0))
     }
-
-    /// The pattern as fancy-regex reads it (character classes written out).
-    fn translated(&self) -> String {
-        self.inner.translated().to_string()
-    }
 }
 
 /// Maps a custom-regex failure: a search the engine gave up on, or what reading `path` gave.
@@ -982,11 +977,6 @@ impl CoreEncoder {
     /// The bytes of one token, or None.
     fn token_bytes<'py>(&self, py: Python<'py>, id: u32) -> Option<Bound<'py, PyBytes>> {
         self.enc.token(id).map(|t| PyBytes::new(py, t))
-    }
-
-    /// Longest special token in bytes (streaming keeps this much back).
-    fn special_max_len(&self) -> usize {
-        self.enc.special_max_len()
     }
 }
 

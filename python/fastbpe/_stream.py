@@ -1,8 +1,12 @@
-"""Custom patterns over text that arrives in parts: the pieces of the whole text, found in memory
-that does not grow with it.
+"""Custom patterns in Python: the one path for the pieces of a custom regex where the Rust
+splitter does not run (a regex outside its subset, or a search fancy-regex gave up on), for
+encoding and training alike.
 
-The named patterns have this in the Rust core (safe cuts, `rust/pretok.rs`); a custom regex runs in
-Python's `regex` module, and `CustomStream` carries its last pieces over from one read to the next.
+`CustomPattern` holds a custom regex, its Rust splitter (or None) and the special tokens that cut
+text before it; it gives the pieces of a text, of text that arrives in parts (`CustomStream`,
+whose memory does not grow with the text) and of a UTF-8 file read in blocks (`read_text`, whose
+invalid UTF-8 is a ValueError naming the file and the byte offset). The named patterns have all
+of this in the Rust core (safe cuts, `rust/pretok.rs`).
 """
 
 from __future__ import annotations
@@ -15,11 +19,54 @@ from collections.abc import Iterable, Iterator
 import regex
 
 from fastbpe import patterns
+from fastbpe.special import special_regex
 
 # Characters gathered before a split.
 _FIRST_THRESHOLD = 1 << 15
 # Characters of the text before a cut kept as context for lookbehind, `\b` and the like.
 _CONTEXT = 256
+
+
+# A stretch of text: the pieces of (a part of) a stretch of ordinary text, and the special token
+# that ends it (None at the end of the text or of a part).
+Stretch = tuple[list[str], "str | None"]
+
+
+class CustomPattern:
+    """A custom regex (`pattern`, made canonical by `fastbpe.patterns`) with the special tokens
+    that cut text before it. `splitter` is its Rust splitter, None where the regex is outside the
+    subset the Rust engine runs exactly; the methods here are the readable definition of the
+    pieces and the fallback: the `regex` module finds them (`patterns.pieces`)."""
+
+    def __init__(self, pattern: str, special_tokens: list[str]):
+        self.rx = patterns.compile(pattern)
+        self.special_tokens = list(special_tokens)
+        self.special_rx = special_regex(frozenset(special_tokens)) if special_tokens else None
+        self.splitter = patterns.rust_splitter(pattern)
+
+    def stretches(self, text: str, with_specials: bool = True) -> Iterator[Stretch]:
+        """The stretches of `text`: split on the special tokens (with `with_specials`; else they
+        are ordinary text), each stretch between them cut into pieces."""
+        if not with_specials or self.special_rx is None:
+            yield patterns.pieces(self.rx, text), None
+            return
+        parts = self.special_rx.split(text)  # the text between special tokens at even places
+        for k in range(0, len(parts), 2):
+            special = parts[k + 1] if k + 1 < len(parts) else None
+            yield (patterns.pieces(self.rx, parts[k]) if parts[k] else []), special
+
+    def stream(self, parts: Iterable[str]) -> Iterator[Stretch]:
+        """The stretches of the concatenation of `parts`, found as the parts come (see
+        `CustomStream` for the patterns this is exact for)."""
+        stream = CustomStream(self.rx, self.special_tokens)
+        for text in parts:
+            yield from stream.feed(text)
+        yield from stream.finish()
+
+    def file(self, path: str, block: int, progress=None) -> Iterator[Stretch]:
+        """The stretches of a UTF-8 file, read in blocks of `block` bytes (`read_text`)."""
+        check_readable_file(path)
+        return self.stream(read_text(path, block, progress))
 
 
 class CustomStream:
@@ -55,9 +102,8 @@ class CustomStream:
         threshold: int = _FIRST_THRESHOLD,
     ):
         self.rx = rx
-        ordered = sorted(special_tokens, key=len, reverse=True)
-        self.special_rx = regex.compile("|".join(regex.escape(s) for s in ordered)) if ordered else None
-        self.longest = len(ordered[0]) if ordered else 0
+        self.special_rx = special_regex(frozenset(special_tokens)) if special_tokens else None
+        self.longest = max(map(len, special_tokens), default=0)
         self.parts: list[str] = []
         self.size = 0
         self.first_threshold = self.threshold = max(1, threshold)

@@ -713,7 +713,7 @@ def encode_into(
     warning says so when there is none: the documents then run into each other). A disallowed
     special token is a ValueError naming the file and the line or row. A text file (compressed):
     the ids of its text, as `encode_file` gives for the same file uncompressed."""
-    from fastbpe.tokenizer import disallowed_error, special_regex
+    from fastbpe.special import disallowed_error, special_regex
 
     dtype = writer.dtype
     if fmt.kind == TEXT:

@@ -1,7 +1,7 @@
 """Pre-tokenization patterns.
 
-The named patterns are tiktoken's own for those encodings; fastbpe has hand-written splitters
-for the ones listed in `BUILTIN` (exactly equal to `regex.findall(pattern, text)`). Any other
+The named patterns (`NAMED`) are tiktoken's own for those encodings; fastbpe has a hand-written
+Rust splitter for each of them (exactly equal to `regex.findall(pattern, text)`). Any other
 pattern runs in Rust (fancy-regex, in parallel, without the GIL) when it is written in the
 subset whose meaning both engines share (`rust/regex_split.rs`), and otherwise with Python's
 `regex` module; both give the same pieces, which `pieces` below defines. `engine(pattern)`
@@ -38,13 +38,11 @@ CL100K = _core.PATTERNS["cl100k"]
 # o200k_base (GPT-4o).
 O200K = _core.PATTERNS["o200k"]
 
+# Each name has a hand-written splitter in the Rust core.
 NAMED = {"gpt2": GPT2, "cl100k": CL100K, "o200k": O200K}
 
 # tiktoken's encoding names, for the pattern each of them uses.
 ALIASES = {"r50k_base": "gpt2", "cl100k_base": "cl100k", "o200k_base": "o200k"}
-
-# Names with a hand-written splitter in the Rust core.
-BUILTIN = frozenset({"gpt2", "cl100k", "o200k"})
 
 # What a pattern name looks like; any other string is a regex.
 _NAME = regex.compile(r"[A-Za-z0-9_-]+")

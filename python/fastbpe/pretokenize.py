@@ -194,7 +194,7 @@ def _regex_of(pattern, where: str, what: str) -> tuple[regex.Pattern, str | None
     if not (isinstance(pattern, dict) and len(pattern) == 1 and isinstance(pattern.get("Regex"), str)):
         raise ValueError(f"{where}: the {what}'s pattern is {pattern!r}; expected {{\"Regex\": ...}} or {{\"String\": ...}}")
     name = pattern_of_regex(pattern["Regex"], where)
-    return patterns.compile(name), name if name in patterns.BUILTIN else None
+    return patterns.compile(name), name if name in patterns.NAMED else None
 
 
 def _char_class(cls: str) -> regex.Pattern:
@@ -340,7 +340,7 @@ class AddedToken:
 
 
 def added_token_of(entry, where: str, n: int) -> AddedToken:
-    from fastbpe.tokenizer import ID_LIMIT
+    from fastbpe.vocab import ID_LIMIT
 
     if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or not entry["content"]:
         raise ValueError(f"{where}: added_tokens[{n}] needs a non-empty string 'content'")
@@ -420,7 +420,7 @@ class Pipeline:
         """What `tokenizers` decodes an added token's id to where that is not its content: a
         `normalized` token decodes as its normalized text (even where the model gave the id),
         through the ByteLevel decoder (characters of GPT-2's byte alphabet only: those bytes)."""
-        from fastbpe.tokenizer import unicode_to_bytes
+        from fastbpe.formats.gpt2 import unicode_to_bytes
 
         table = unicode_to_bytes()
         out = {}
@@ -481,6 +481,10 @@ class Pipeline:
 
     # ---- streams --------------------------------------------------------------------------------
 
+    def stream(self, allowed: frozenset[str], encode) -> PipelineStream:
+        """A `PipelineStream` over this pipeline: `encode(text, allowed)` gives a text's ids."""
+        return PipelineStream(self, allowed, encode)
+
     def safe_cut(self, text: str, allowed: frozenset[str]) -> int:
         """The last place in `text` after which encoding the rest on its own gives the ids of
         the whole, whatever text follows (0 if none).
@@ -514,3 +518,37 @@ class Pipeline:
                 continue
             cut = m.end()
         return cut
+
+
+class PipelineStream:
+    """Text that arrives in parts, through a Hugging Face pipeline: the ids of the whole text
+    (`encode(text, allowed)`), held back until `Pipeline.safe_cut` finds a place where cutting
+    changes none."""
+
+    def __init__(self, pipeline: Pipeline, allowed: frozenset[str], encode):
+        self.pipeline = pipeline
+        self.allowed = allowed
+        self.encode = encode
+        self.parts: list[str] = []
+        self.size = 0
+        self.threshold = 1 << 16
+
+    def feed(self, s: str) -> list[int]:
+        self.parts.append(s)
+        self.size += len(s)
+        if self.size < self.threshold:
+            return []
+        text = "".join(self.parts)
+        n = self.pipeline.safe_cut(text, self.allowed)
+        if n == 0:
+            # No safe place yet: keep reading, in larger steps so joining stays linear.
+            self.parts, self.threshold = [text], self.threshold * 2
+            return []
+        rest = text[n:]
+        self.parts, self.size, self.threshold = [rest], len(rest), max(1 << 16, 2 * len(rest))
+        return self.encode(text[:n], self.allowed)
+
+    def finish(self) -> list[int]:
+        text = "".join(self.parts)
+        self.parts, self.size = [], 0
+        return self.encode(text, self.allowed)

@@ -36,15 +36,10 @@ import numpy as np
 import regex
 
 from fastbpe import _core, patterns
-from fastbpe.tokenizer import (
-    ID_LIMIT,
-    Tokenizer,
-    _check_id,
-    _check_special_ids,
-    refuse_disallowed,
-    special_regex,
-    uncached_state,
-)
+from fastbpe.formats import tiktoken as rank_files
+from fastbpe.special import check_special_ids, refuse_disallowed, special_regex
+from fastbpe.tokenizer import Tokenizer
+from fastbpe.vocab import ID_LIMIT, check_id
 
 # tiktoken's regexes for its encodings are fastbpe's named patterns (Rust splitters).
 _NAME_OF_REGEX = {source: name for name, source in patterns.NAMED.items()}
@@ -118,8 +113,8 @@ class Encoding:
         if pattern is None:
             # A regex of only word characters would read as a pattern name: keep it a regex.
             pattern = patterns.canonical(f"(?:{pat_str})" if regex.fullmatch(r"[A-Za-z0-9_-]+", pat_str) else pat_str)
-        specials = _check_special_ids(special_tokens)
-        tok = Tokenizer._from_ranks(_ranks_by_id(mergeable_ranks), pattern, specials, "mergeable_ranks")
+        specials = check_special_ids(special_tokens)
+        tok = rank_files.from_ranks(Tokenizer, _ranks_by_id(mergeable_ranks), pattern, specials, "mergeable_ranks")
         if explicit_n_vocab is not None:
             n = len(mergeable_ranks) + len(specials)
             if n != explicit_n_vocab or max(tok.vocab) != explicit_n_vocab - 1:
@@ -314,7 +309,7 @@ class Encoding:
         if tok.pattern is None:
             piece = stretch
         elif tok._custom is not None:
-            piece = patterns.pieces(tok._custom[0], stretch)[-1]
+            piece = patterns.pieces(tok._custom.rx, stretch)[-1]
         else:
             piece = _core.split(tok.pattern, stretch)[-1]
         return ids, len(tok._core.encode_piece_bytes(piece.encode("utf-8")))
@@ -468,11 +463,13 @@ class Encoding:
     # ---- pickling ----------------------------------------------------------------------------
 
     def __getstate__(self) -> object:
-        return {"name": self.name, "pat_str": self._pat_str, "tokenizer": uncached_state(self._tokenizer)}
+        # The Tokenizer pickles as itself: its state is checked when it is unpickled.
+        return {"name": self.name, "pat_str": self._pat_str, "tokenizer": self._tokenizer}
 
     def __setstate__(self, value: object) -> None:
-        tok = Tokenizer.__new__(Tokenizer)
-        tok.__dict__.update(value["tokenizer"])
+        tok = value.get("tokenizer") if isinstance(value, dict) else None
+        if not isinstance(tok, Tokenizer):
+            raise ValueError("pickled Encoding: not the state of a fastbpe tiktoken_compat.Encoding (no Tokenizer)")
         self._init(tok, value["name"], value["pat_str"])
 
 
@@ -486,7 +483,7 @@ def _ranks_by_id(mergeable_ranks) -> dict[int, bytes]:
             raise TypeError(f"mergeable_ranks has the key {token!r}, not bytes: tokens are bytes")
         if not token:
             raise ValueError("mergeable_ranks has an empty token: every token has at least one byte")
-        rank = _check_id(rank, f"mergeable_ranks[{bytes(token)!r}]")
+        rank = check_id(rank, f"mergeable_ranks[{bytes(token)!r}]")
         if rank in vocab:
             raise ValueError(f"mergeable_ranks gives rank {rank} to both {vocab[rank]!r} and {bytes(token)!r}; each rank is one token's")
         vocab[rank] = bytes(token)

@@ -34,6 +34,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterator
 
@@ -145,6 +146,17 @@ class TokenWriter:
                 "the output was not kept"
             )
         self.num_tokens, self._crc, self._adopted = num_tokens, _file_crc(self.tmp), True
+
+    def filler_error(self, e: OSError) -> OSError:
+        """`e`, raised by another writer filling `self.tmp` (the Rust encoder), as an error that
+        names `path`, the output, where it named the temporary; its errno is the one the Rust
+        error text carries ("(os error N)"). Other errors (reading the input) are `e` itself."""
+        if self.tmp not in str(e):
+            return e
+        m = re.search(r"\(os error (\d+)\)$", str(e))
+        code = int(m.group(1)) if m else e.errno
+        reason = os.strerror(code) if code else str(e).replace(self.tmp, self.path)
+        return OSError(code, f"cannot write '{self.path}': {reason}")
 
     def _close(self) -> None:
         if self._file is not None and not self._file.closed:
@@ -368,9 +380,28 @@ def read_tokens(path: str | os.PathLike, *, verify: bool = False) -> tuple[np.nd
     _check_size(path, meta)
     if verify and "checksum" in meta:
         _check_crc(path, meta, _file_crc(path))
+    return map_data(path, meta), meta
+
+
+def map_data(path: str | os.PathLike, meta: dict) -> np.ndarray:
+    """The ids of token file `path`, whose sidecar `meta` was checked (by `read_metadata`, or
+    written by `TokenWriter`), as a read-only np.memmap (an empty array for an empty file, which
+    cannot be mapped)."""
     if meta["num_tokens"] == 0:
-        return np.zeros(0, dtype=array_dtype(meta)), meta
-    return np.memmap(path, dtype=array_dtype(meta), mode="r"), meta
+        return np.zeros(0, dtype=array_dtype(meta))
+    return np.memmap(path, dtype=array_dtype(meta), mode="r")
+
+
+def read_raw_tokens(path: str | os.PathLike, dtype) -> np.memmap:
+    """A file of raw little-endian `dtype` ids without a sidecar (an explicit dtype given by the
+    caller), as a read-only np.memmap; its size must be a whole number of ids."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such token file: '{path}'")
+    dtype = token_dtype(dtype).newbyteorder("<")
+    if os.path.getsize(path) % dtype.itemsize:
+        raise ValueError(f"'{path}' holds {os.path.getsize(path)} bytes, not a whole number of {dtype.name} ids")
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def verify_tokens(path: str | os.PathLike) -> dict:

@@ -8,10 +8,9 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Union
 
-import regex
-
 from fastbpe import _core, _progress, _stream, corpus, patterns
-from fastbpe.tokenizer import Tokenizer, check_special_tokens
+from fastbpe.special import check_special_tokens
+from fastbpe.tokenizer import Tokenizer
 
 PathLike = Union[str, os.PathLike]
 
@@ -49,33 +48,21 @@ def _batches(texts: Iterable[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def _count_custom_text(text: str, rx, special_rx, counts: Counter) -> None:
+def _count_custom_text(text: str, custom: _stream.CustomPattern, counts: Counter) -> None:
     """Counts the pieces of `text` under a custom regex (its matches and the text between them)."""
-    segments = special_rx.split(text) if special_rx is not None else [text]
-    for seg in segments:
-        for piece in patterns.pieces(rx, seg):
-            counts[piece.encode("utf-8")] += 1
+    _add_stretches(custom.stretches(text), counts)
 
 
-def _count_custom_file(path: str, rx, special_tokens: list[str], counts: Counter, bar) -> None:
+def _count_custom_file(path: str, custom: _stream.CustomPattern, counts: Counter, bar) -> None:
     """Custom regex patterns: the file read in blocks, its pieces found by `CustomStream` (which
     carries the last pieces of each block over to the next)."""
-    _stream.check_readable_file(path)
-    _count_custom_stream(_stream.read_text(path, _CUSTOM_BLOCK, bar), rx, special_tokens, counts)
+    _add_stretches(custom.file(path, _CUSTOM_BLOCK, bar), counts)
 
 
-def _count_custom_stream(parts: Iterable[str], rx, special_tokens: list[str], counts: Counter) -> None:
-    """The pieces of the text whose parts are `parts`, counted as the whole text's."""
-    stream = _stream.CustomStream(rx, special_tokens)
-
-    def add(stretches) -> None:
-        for pieces, _ in stretches:
-            for piece, n in Counter(pieces).items():
-                counts[piece.encode("utf-8")] += n
-
-    for text in parts:
-        add(stream.feed(text))
-    add(stream.finish())
+def _add_stretches(stretches: Iterable[_stream.Stretch], counts: Counter) -> None:
+    for pieces, _ in stretches:
+        for piece, n in Counter(pieces).items():
+            counts[piece.encode("utf-8")] += n
 
 
 def _count_file_rust(counts: _core.WordCounts, splitter, path: str, num_threads: int, bar) -> bool:
@@ -95,25 +82,15 @@ def _count_texts_rust(counts: _core.WordCounts, splitter, texts: list[str], num_
     except _core.RegexSearchError:
         return False
     return True
-def _count_custom_corpus(path: str, fmt, text_field: str, rx, specials: list[str], special_rx, counts: Counter, bar) -> None:
+def _count_custom_corpus(path: str, fmt, text_field: str, custom: _stream.CustomPattern, counts: Counter, bar) -> None:
     """Custom regex patterns on a corpus file that is not plain text: each document on its own,
     a (compressed) text file's text as one stream."""
     texts = corpus.texts_for_custom_pattern(path, fmt, text_field, bar)
     if fmt.has_documents:
         for doc, _ in texts:
-            _count_custom_text(doc, rx, special_rx, counts)
+            _count_custom_text(doc, custom, counts)
     else:
-        _count_custom_stream((text for text, _ in texts), rx, specials, counts)
-
-
-def _special_regex(special_tokens: list[str], as_bytes: bool = False):
-    """A regex matching any special token, the longest first; None when there are none."""
-    if not special_tokens:
-        return None
-    ordered = sorted(special_tokens, key=len, reverse=True)
-    if as_bytes:
-        return regex.compile(b"|".join(regex.escape(s.encode("utf-8")) for s in ordered))
-    return regex.compile("|".join(regex.escape(s) for s in ordered))
+        _add_stretches(custom.stream(text for text, _ in texts), counts)
 
 
 def train(
@@ -158,11 +135,10 @@ def train(
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be a positive int or None, not {num_threads!r}")
     pattern = patterns.canonical(pattern)
-    builtin = pattern is None or pattern in patterns.BUILTIN
-    rx = None if builtin else patterns.compile(pattern)
+    builtin = pattern is None or pattern in patterns.NAMED
+    custom = None if builtin else _stream.CustomPattern(pattern, specials)
     # A custom regex the Rust engine runs is counted in Rust, in parallel (else in Python).
-    splitter = None if builtin else patterns.rust_splitter(pattern)
-    special_rx = _special_regex(specials)
+    splitter = None if builtin else custom.splitter
     show = _progress.wanted(progress)
     paths, texts = _inputs(input)
 
@@ -186,11 +162,11 @@ def train(
                 cutter = _core.WordCounts(pattern, specials)
                 corpus.count_into(counts, cutter, path, fmt, text_field, num_threads, bar)
             else:
-                _count_custom_corpus(path, fmt, text_field, rx, specials, special_rx, custom_counts, bar)
+                _count_custom_corpus(path, fmt, text_field, custom, custom_counts, bar)
         elif builtin:
             counts.add_file(path, num_threads, bar)
         elif not (splitter is not None and _count_file_rust(counts, splitter, path, num_threads, bar)):
-            _count_custom_file(path, rx, specials, custom_counts, bar)
+            _count_custom_file(path, custom, custom_counts, bar)
         if bar:
             bar.close()
     if texts is not None:
@@ -201,7 +177,7 @@ def train(
                 pass
             else:
                 for t in batch:
-                    _count_custom_text(t, rx, special_rx, custom_counts)
+                    _count_custom_text(t, custom, custom_counts)
     if custom_counts:
         counts.add_pieces(dict(custom_counts))
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import fastbpe
-from fastbpe import _core, patterns, reference, training
+from fastbpe import _core, _stream, patterns, reference, training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BYTES = {i: bytes([i]) for i in range(256)}
@@ -435,11 +435,11 @@ def test_custom_file_counts_equal_the_whole(tmp_path, monkeypatch, pattern):
     path = tmp_path / "c.txt"
     path.write_text(text)
     monkeypatch.setattr(training, "_CUSTOM_BLOCK", 1000)
-    rx = regex.compile(pattern)
+    custom = _stream.CustomPattern(pattern, ["<|e|>"])
     counts: Counter = Counter()
-    training._count_custom_file(str(path), rx, ["<|e|>"], counts, None)
+    training._count_custom_file(str(path), custom, counts, None)
     whole: Counter = Counter()
-    training._count_custom_text(text, rx, training._special_regex(["<|e|>"]), whole)
+    training._count_custom_text(text, custom, whole)
     assert counts == whole
 
 
@@ -538,7 +538,7 @@ def test_custom_file_paths_hold_a_block_not_the_file(tmp_path, monkeypatch):
     tracemalloc.start()
     try:
         counts: Counter = Counter()
-        training._count_custom_file(str(path), rx, [], counts, None)
+        training._count_custom_file(str(path), _stream.CustomPattern(rx.pattern, []), counts, None)
         counting = tracemalloc.get_traced_memory()[1]
         tracemalloc.reset_peak()
         tok.encode_file(path, tmp_path / "o.bin", progress=False)

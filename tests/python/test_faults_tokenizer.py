@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 import fastbpe
 from fastbpe import patterns, reference
-from fastbpe.tokenizer import UnknownTokenError, token_to_str
+from fastbpe.formats.gpt2 import token_to_str
+from fastbpe.tokenizer import UnknownTokenError
 
 EOT = "<|endoftext|>"
 BYTES = {i: bytes([i]) for i in range(256)}

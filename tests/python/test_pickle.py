@@ -170,3 +170,30 @@ def test_pool_encodes_with_a_used_tokenizer(pool, tok):
     _use(tok)
     assert pool.map(tok.encode, TEXTS, chunksize=2) == [tok.encode(t) for t in TEXTS]
     assert pool.map(tok.encode_batch, [TEXTS]) == [tok.encode_batch(TEXTS)]
+
+
+class _ForgedEncoding:
+    """Pickles as a tiktoken_compat.Encoding whose tokenizer has the given state."""
+
+    def __init__(self, name, pat_str, tokenizer_state):
+        self.value = {"name": name, "pat_str": pat_str, "tokenizer": _Forged(tokenizer_state)}
+
+    def __reduce__(self):
+        return (object.__new__, (fastbpe.tiktoken_compat.Encoding,), self.value)
+
+
+def test_an_encoding_pickles_its_tokenizer_which_unpickling_checks(small):
+    """An Encoding unpickles as equal, and its tokenizer's state is checked as a Tokenizer's is
+    (before, the tokenizer's fields were copied in unchecked)."""
+    enc = small.as_tiktoken("small")
+    again = pickle.loads(pickle.dumps(enc))
+    assert again._tokenizer == small and again.name == "small"
+    assert again.encode("ab" + EOT, allowed_special="all") == enc.encode("ab" + EOT, allowed_special="all")
+    bad = {**small.__getstate__(), "merges": [(b"a", b"c")]}
+    with pytest.raises(ValueError, match="pickled Tokenizer.*not in the vocabulary"):
+        pickle.loads(pickle.dumps(_ForgedEncoding("small", enc._pat_str, bad)))
+    # A tokenizer given as its raw fields, which nothing would check, is refused.
+    fields = _ForgedEncoding("small", enc._pat_str, bad)
+    fields.value["tokenizer"] = {"vocab": {0: b"a"}, "_merges": [(b"a", b"c")], "special_token_ids": {}}
+    with pytest.raises(ValueError, match="pickled Encoding"):
+        pickle.loads(pickle.dumps(fields))

@@ -214,7 +214,7 @@ AWKWARD = [
 
 def encode_file_rust(tok, path, out, chunk_bytes, threads=2) -> list[int]:
     with token_files.TokenWriter(out, tok.dtype, {}) as w:
-        n = tok._core.encode_regex_file(tok._custom[2], str(path), w.tmp, tok.dtype.itemsize, threads, None, chunk_bytes)
+        n = tok._core.encode_regex_file(tok._custom.splitter, str(path), w.tmp, tok.dtype.itemsize, threads, None, chunk_bytes)
         w.adopt(n)
     return token_files.read_tokens(out)[0].tolist()
 
@@ -232,9 +232,9 @@ def test_encode_file_equals_encode_with_cuts_anywhere(llama3_tok, tmp_path, part
     expected = tok.encode(text)
     assert encode_file_rust(tok, path, tmp_path / "t.bin", chunk) == expected
     counts = _core.WordCounts(None, [EOT, "<|x|>"])
-    counts.add_file_regex(tok._custom[2], str(path), 2, None, chunk)
+    counts.add_file_regex(tok._custom.splitter, str(path), 2, None, chunk)
     whole = _core.WordCounts(None, [EOT, "<|x|>"])
-    whole.add_texts_regex(tok._custom[2], [text], 1)
+    whole.add_texts_regex(tok._custom.splitter, [text], 1)
     assert counts.to_dict() == whole.to_dict()
 
 
@@ -319,3 +319,53 @@ def test_a_search_the_engine_gives_up_on_falls_back_to_regex(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text(text)
     assert tok.encode_file(path, tmp_path / "t.bin", progress=False).tolist() == expected
+
+
+# ---- the Python path: one for encoding and training -------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    text=st.lists(st.sampled_from(["<|e|>", "<|e|><|e|>", "ab cd ", "\n\n", "héllo", " 'll", "12345", "  \n "]), max_size=25).map("".join),
+    pattern=st.sampled_from([LLAMA3, r"\b\w+\b", r"[a-z]+"]),
+    cuts=st.lists(st.integers(0, 400), max_size=6),
+)
+def test_custom_pattern_gives_the_same_stretches_whole_and_in_parts(text, pattern, cuts):
+    """`CustomPattern.stretches` (a whole text), `.stream` (parts) and the definition: split on
+    the special tokens, each stretch between them cut by `patterns.pieces`."""
+    from fastbpe._stream import CustomPattern
+
+    custom = CustomPattern(pattern, ["<|e|>", "<|e|><|e|>"])
+    rx = regex.compile(pattern)
+    want = []
+    for k, part in enumerate(regex.split("(<\\|e\\|><\\|e\\|>|<\\|e\\|>)", text)):
+        want += [("special", part)] if k % 2 else patterns.pieces(rx, part)
+
+    def flat(stretches):
+        out = []
+        for pieces, special in stretches:
+            out += pieces + ([("special", special)] if special is not None else [])
+        return out
+
+    cuts = sorted(c for c in cuts if c <= len(text))
+    parts = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    assert flat(custom.stretches(text)) == flat(custom.stream(parts)) == want
+    assert flat(custom.stretches(text, with_specials=False)) == patterns.pieces(rx, text)
+
+
+@pytest.mark.filterwarnings("ignore:training stopped")
+def test_encoding_and_training_count_the_same_python_pieces(tmp_path):
+    """A pattern outside the Rust subset: `train` counts, and `encode` encodes, the pieces of one
+    `CustomPattern`, from texts and from files alike."""
+    pattern = r"\b\w+\b|\s+|[^\w\s]+"
+    assert patterns.engine(pattern) == "python"
+    text = "the cat sat<|e|> on the mat, the cat" * 50
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    from_text = fastbpe.train(iter([text]), 280, special_tokens=["<|e|>"], pattern=pattern)
+    from_file = fastbpe.train(str(path), 280, special_tokens=["<|e|>"], pattern=pattern)
+    assert from_text == from_file
+    ids = from_text.encode(text)
+    assert from_text.encode_file(path, tmp_path / "t.bin", progress=False).tolist() == ids
+    assert list(from_text.encode_iterable([text[:7], text[7:]])) == ids
+    assert from_text.decode(ids) == text

@@ -280,6 +280,44 @@ def test_hand_written_minimal_and_big_endian_sidecars_read(tmp_path):
     assert scan.max_id == 70_000 and not scan.checksum_verified
 
 
+def test_map_data_is_what_read_tokens_maps(tmp_path):
+    """`encode_file` returns `map_data` of what it wrote: the reader's dtype, byte order included."""
+    path = tmp_path / "t.bin"
+    meta = write_tokens(path, np.array([1, 70_000, 3], dtype=np.uint32))
+    data = token_files.map_data(path, meta)
+    assert isinstance(data, np.memmap) and data.dtype == read_tokens(path)[0].dtype == np.dtype("<u4")
+    assert data.tolist() == [1, 70_000, 3]
+    empty = tmp_path / "e.bin"
+    meta = write_tokens(empty, np.zeros(0, dtype=np.uint16))
+    assert token_files.map_data(empty, meta).dtype == np.dtype("<u2") and len(token_files.map_data(empty, meta)) == 0
+
+
+def test_raw_tokens_are_little_endian_whole_ids(tmp_path):
+    path = tmp_path / "raw.bin"
+    np.array([1, 258, 65_535], dtype="<u2").tofile(path)
+    assert token_files.read_raw_tokens(path, np.uint16).tolist() == [1, 258, 65_535]
+    assert token_files.read_raw_tokens(path, "uint16").dtype == np.dtype("<u2")
+    with pytest.raises(ValueError, match="not a whole number of uint32 ids"):
+        token_files.read_raw_tokens(path, np.uint32)
+    with pytest.raises(ValueError, match="uint16 or uint32"):
+        token_files.read_raw_tokens(path, np.int64)
+    with pytest.raises(FileNotFoundError, match="no such token file"):
+        token_files.read_raw_tokens(tmp_path / "nope.bin", np.uint16)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_an_error_of_another_writer_names_the_output_not_the_temporary(tmp_path, code):
+    """The Rust encoder fills `w.tmp` and names it in its errors, "(os error N)" at the end."""
+    out = tmp_path / "t.bin"
+    w = TokenWriter(out, np.uint16)
+    rust = OSError(f"'{w.tmp}': {os.strerror(code)} (os error {code})")
+    named = w.filler_error(rust)
+    reading = OSError(f"'{tmp_path / 'corpus.txt'}': Input/output error (os error 5)")
+    assert w.filler_error(reading) is reading  # an error reading the input stays as it is
+    w.discard()
+    assert named.errno == code and str(out) in str(named) and ".tmp-" not in str(named)
+
+
 # ---- splitting ----------------------------------------------------------------------------------
 
 
@@ -335,6 +373,20 @@ def test_split_never_leaves_an_old_training_file_beside_a_new_validation_file(tm
         split_tokens(src, train, val, 0.1)
     assert not train.exists()
     assert temporaries(tmp_path) == []
+
+
+def test_split_of_a_big_endian_file_keeps_the_ids(tmp_path):
+    """The splitter reads its source through the reader (the sidecar's byte order) and writes
+    both parts little-endian."""
+    src = tmp_path / "be.bin"
+    ids = np.arange(1000, dtype=np.uint32) * 70 % 70_001
+    ids.astype(">u4").tofile(src)
+    (tmp_path / "be.bin.json").write_text(json.dumps({"dtype": "uint32", "byteorder": "big", "num_tokens": 1000}))
+    split_tokens(src, tmp_path / "t.bin", tmp_path / "v.bin", 0.25)
+    train, tmeta = read_tokens(tmp_path / "t.bin", verify=True)
+    val, vmeta = read_tokens(tmp_path / "v.bin", verify=True)
+    assert tmeta["byteorder"] == vmeta["byteorder"] == "little"
+    assert train.tolist() + val.tolist() == ids.tolist() and len(val) == 250
 
 
 # ---- _io: temporaries, same files -----------------------------------------------------------------

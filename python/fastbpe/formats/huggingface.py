@@ -27,7 +27,10 @@ import regex
 from fastbpe import patterns
 from fastbpe._io import write_atomic
 from fastbpe.formats import onig
-from fastbpe.tokenizer import str_to_token, token_to_str, unicode_to_bytes
+from fastbpe.formats._json import read_json
+from fastbpe.formats.gpt2 import str_to_token, token_to_str, unicode_to_bytes
+from fastbpe.formats.tiktoken import merges_from_ranks
+from fastbpe.vocab import ID_LIMIT, MergeError, special_only_ids
 
 BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
 
@@ -236,8 +239,39 @@ def write(tok, path: str | os.PathLike) -> str:
 
 def read(cls, source):
     """A `cls` (fastbpe Tokenizer) from a Hugging Face byte-level BPE tokenizer: a path to a
-    `tokenizer.json` or to a folder holding one, the JSON text, or a `tokenizers.Tokenizer`.
-    See `Tokenizer.from_huggingface`."""
+    `tokenizer.json` (or to the folder holding it), its JSON text, or a `tokenizers.Tokenizer`
+    (`Tokenizer.from_huggingface`). The ids and the decoded text are those of
+    `tokenizers.Tokenizer.encode(text, add_special_tokens=...)` and its `decode` (with
+    `skip_special_tokens=False`).
+
+    Read: a BPE model (vocab, merges as "a b" or [a, b], `ignore_merges`); the normalizers
+    NFC, NFD, NFKC, NFKD, Lowercase, Prepend, Replace and Sequence; the pre-tokenizers Split
+    (every behavior, invert, a Regex or a String), Digits, Whitespace, WhitespaceSplit,
+    Punctuation, Sequence, and ByteLevel (with or without its regex, `add_prefix_space`: a
+    space before each piece that does not start with one), which must end them; added tokens
+    with `lstrip`, `rstrip`, `single_word` and `normalized` as `tokenizers` applies them; the
+    post-processors TemplateProcessing (the single template), RobertaProcessing,
+    BertProcessing, ByteLevel and Sequence, whose ids `encode(..., add_special_tokens=True)`
+    adds; the ByteLevel decoder. Special added tokens are fastbpe's special tokens
+    (`allowed_special` applies to them); other added tokens are recognized always, by
+    `encode_ordinary` too, as `tokenizers` does. Anything else (Metaspace, BertNormalizer,
+    truncation, another model or decoder, ...) raises ValueError naming it.
+
+    A file that is ByteLevel alone, or one regex Split (isolated) and ByteLevel without its
+    regex, with no normalizer and plain special tokens, keeps fastbpe's own pre-tokenization
+    (the named patterns in Rust). Any other is pre-tokenized by `fastbpe.pretokenize.Pipeline`
+    in Python, then encoded in Rust: slower, and `encode_batch` encodes one text after the
+    other; `encode_iterable` and `encode_file` hold text until an added token that cuts it
+    (a special token such as `<|endoftext|>`), so memory follows the text between them.
+
+    A Split regex that fastbpe wrote, or that is a named pattern's text, gives back that
+    pattern (the named ones run in Rust). Any other regex runs through Python's `regex`
+    module, and is refused where it holds a construct that module reads otherwise than
+    Oniguruma, Hugging Face's engine ({n,m}+, ^ and $ outside a class, \\z, \\h, (?m),
+    ...). Both engines take character classes such as \\p{L}, \\w and \\s from their own
+    Unicode tables, and the normalizers come from Python's `unicodedata`: on characters that
+    only recent Unicode versions assign the two can differ; on all other text the ids are
+    HF's."""
     data, where = _load(source)
     return read_data(cls, data, where)
 
@@ -249,8 +283,6 @@ def is_tokenizer_json(data) -> bool:
 
 def read_data(cls, data, where: str):
     """`read` from the JSON value of a tokenizer.json; `where` names it in errors."""
-    from fastbpe.tokenizer import _MergeError, _merges_from_ranks, _special_only
-
     if not isinstance(data, dict):
         raise ValueError(f"{where} is not a tokenizer.json: expected a JSON object")
     _check_components(data, where)
@@ -264,24 +296,23 @@ def read_data(cls, data, where: str):
     post = post_processor(data.get("post_processor"), where, vocab)
     added_ids = {i for i in every_added.values() if i not in in_model}
     ignore_merges = bool(model.get("ignore_merges"))
-    if ignore_merges and _merges_from_ranks(vocab, set(every_added.values())) == merges:
+    if ignore_merges and merges_from_ranks(vocab, set(every_added.values())) == merges:
         # tiktoken's rule: the whole piece if it is a token, else merges by the rank (id) of
         # their result: the file's merges are the ones that rule derives from the ids.
         rule, special_only, ignore_merges = "ranks", set(every_added.values()), False
     else:
-        rule, special_only = "merges", _special_only(vocab, merges, every_added, added_ids)
-    tok = cls.__new__(cls)
+        rule, special_only = "merges", special_only_ids(vocab, merges, every_added, added_ids)
+    if pipeline is not None:
+        pipeline["added_ids"] = sorted(added_ids)
     try:
-        tok._setup(vocab, merges, specials, pattern, rule, special_only)
-    except _MergeError as e:
+        tok = cls._from_parts(
+            vocab, merges, specials, pattern, rule, special_only, ignore_merges=ignore_merges, post=post, hf=pipeline
+        )
+    except MergeError as e:
         raise ValueError(f"{where}: model.merges does not fit model.vocab: {e}") from None
     except ValueError as e:
         raise ValueError(f"{where}: model.vocab: {e}") from None
-    tok._ignore_merges = ignore_merges
-    tok._post = post
     if pipeline is not None:
-        pipeline["added_ids"] = sorted(added_ids)
-        tok._hf = pipeline
         tok._pipeline  # built now, so that what it refuses is refused here
     return tok
 
@@ -305,7 +336,7 @@ def _pre_tokenization(data: dict, added, where: str) -> tuple[str | None, dict |
             pattern = ""  # the pipeline reads it, or says what it does not support
         # fastbpe's pieces skip empty matches, where Oniguruma's splits at them: a regex that
         # matches the empty string goes through the pipeline, which follows Oniguruma.
-        if pattern != "" and (pattern is None or pattern in patterns.BUILTIN or patterns.compile(pattern).search("") is None):
+        if pattern != "" and (pattern is None or pattern in patterns.NAMED or patterns.compile(pattern).search("") is None):
             return pattern, None
     spec = {
         "normalizer": data.get("normalizer"),
@@ -388,8 +419,6 @@ def _template(spec: dict, where: str, vocab: dict[int, bytes]) -> tuple[list[int
 
 def _load(source) -> tuple[object, str]:
     """The JSON value of `source` and how errors name it."""
-    from fastbpe.tokenizer import _read_json
-
     if type(source).__module__.split(".")[0] == "tokenizers" and hasattr(source, "to_str"):
         return json.loads(source.to_str()), "the tokenizers.Tokenizer"
     if isinstance(source, str) and source.lstrip().startswith("{"):
@@ -407,7 +436,7 @@ def _load(source) -> tuple[object, str]:
         path = os.path.join(path, "tokenizer.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: '{path}'")
-    return _read_json(path, "a Hugging Face tokenizer.json"), path
+    return read_json(path, "a Hugging Face tokenizer.json"), path
 
 
 def _describe(component) -> str:
@@ -437,8 +466,6 @@ def _check_components(data: dict, where: str) -> None:
 
 
 def _check_id(i, where: str, what: str) -> int:
-    from fastbpe.tokenizer import ID_LIMIT
-
     if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < ID_LIMIT:
         raise ValueError(f"{where}: {what} has the id {i!r}; ids are integers in [0, 2**32)")
     return i

@@ -28,15 +28,9 @@ def open_tokens(path: str | os.PathLike, dtype=None, *, verify: bool = False) ->
     """A token file as a read-only np.memmap, its dtype from the sidecar beside it, after the
     checks of `fastbpe.token_files.read_tokens` (sidecar, file size; with `verify`, the checksum).
     With an explicit `dtype` the file is read as raw little-endian ids and no sidecar is needed."""
-    path = os.fspath(path)
     if dtype is None:
         return token_files.read_tokens(path, verify=verify)[0]
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such token file: '{path}'")
-    dtype = token_files.token_dtype(dtype).newbyteorder("<")
-    if os.path.getsize(path) % dtype.itemsize:
-        raise ValueError(f"'{path}' holds {os.path.getsize(path)} bytes, not a whole number of {dtype.name} ids")
-    return np.memmap(path, dtype=dtype, mode="r")
+    return token_files.read_raw_tokens(path, dtype)
 
 
 def _fresh_view(dataset: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import fastbpe
 from fastbpe import reference
-from fastbpe.tokenizer import _merges_from_ranks
+from fastbpe.formats.tiktoken import merges_from_ranks as _merges_from_ranks
 
 RANK_FILES = {
     "cl100k": ("9b5ad71b2ce5302211f9c61530b329a4922fc6a4", {"<|endoftext|>": 100257, "<|endofprompt|>": 100276}),
