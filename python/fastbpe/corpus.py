@@ -467,10 +467,11 @@ class _DocumentReader:
 
         try:
             pf = pq.ParquetFile(self.path)
-        except (pa.ArrowException, OSError) as e:
+            schema = pf.schema_arrow
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+            # A damaged footer may hold names or metadata that are not UTF-8.
             raise CorruptCorpusError(f"'{self.path}' is not a readable Parquet file ({e}); download or write it again") from None
         with pf:
-            schema = pf.schema_arrow
             if self.text_field not in schema.names:
                 raise ValueError(
                     f"'{self.path}' has no column '{self.text_field}'; its columns are: "
