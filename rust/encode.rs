@@ -16,11 +16,12 @@
 //! linked list, so a piece of a million bytes is O(n log n), never quadratic.
 
 use std::cmp::Reverse;
+use std::cell::RefCell;
 use std::collections::BinaryHeap;
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -136,6 +137,29 @@ pub struct Encoder {
     specials: SpecialSplitter,
     special_ids: Vec<u32>,
     pub pattern: Pattern,
+    /// Names this encoder's pieces in a thread's `PieceCache` (`with_thread_cache`); no two
+    /// encoders, nor one before and after `ignore_merges`, share it.
+    cache_owner: u64,
+}
+
+/// The source of `Encoder::cache_owner`.
+static NEXT_CACHE_OWNER: AtomicU64 = AtomicU64::new(1);
+
+fn new_cache_owner() -> u64 {
+    NEXT_CACHE_OWNER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A thread's piece cache and the encoder whose pieces it holds.
+#[derive(Default)]
+struct ThreadCache {
+    owner: u64,
+    cache: PieceCache,
+}
+
+thread_local! {
+    /// Kept from one `encode` call to the next on the same thread: text encoded call by call
+    /// (documents, lines, chat turns) finds the words earlier calls put through BPE.
+    static THREAD_CACHE: RefCell<ThreadCache> = RefCell::default();
 }
 
 impl Encoder {
@@ -193,6 +217,7 @@ impl Encoder {
             specials: SpecialSplitter::none(),
             special_ids: Vec::new(),
             pattern,
+            cache_owner: new_cache_owner(),
         };
         // Whole-piece lookup only for tokens that BPE rebuilds as themselves.
         let mut whole = BytesMap::default();
@@ -220,6 +245,7 @@ impl Encoder {
                 self.whole.insert(bytes, *id);
             }
         }
+        self.cache_owner = new_cache_owner();
     }
 
     /// From tiktoken-style ranks (token bytes -> rank, the rank also being the id).
@@ -253,6 +279,7 @@ impl Encoder {
             specials: SpecialSplitter::none(),
             special_ids: Vec::new(),
             pattern,
+            cache_owner: new_cache_owner(),
         };
         enc.set_specials(specials)?;
         Ok(enc)
@@ -571,14 +598,30 @@ impl Encoder {
         budget: &mut Budget,
     ) -> Result<Vec<u32>, Interrupted> {
         let mut out = Vec::with_capacity(text.len() / 4 + 1);
-        self.encode_cached(
-            text,
-            with_specials,
-            &mut out,
-            &mut PieceCache::default(),
-            budget,
-        )?;
+        self.with_thread_cache(|cache| {
+            self.encode_cached(text, with_specials, &mut out, cache, budget)
+        })?;
         Ok(out)
+    }
+
+    /// Runs `f` with this thread's piece cache for this encoder (a fresh one where the thread's
+    /// cache held another encoder's pieces). A nested call (a poll that encodes) or one during
+    /// the thread's exit gets a cache of its own.
+    fn with_thread_cache<R>(&self, mut f: impl FnMut(&mut PieceCache) -> R) -> R {
+        let shared = THREAD_CACHE.try_with(|cell| {
+            let mut held = cell.try_borrow_mut().ok()?;
+            if held.owner != self.cache_owner {
+                *held = ThreadCache {
+                    owner: self.cache_owner,
+                    cache: PieceCache::default(),
+                };
+            }
+            Some(f(&mut held.cache))
+        });
+        match shared {
+            Ok(Some(r)) => r,
+            _ => f(&mut PieceCache::default()),
+        }
     }
 
     /// `encode` with special tokens, `encode_ordinary` without.
@@ -1049,8 +1092,9 @@ impl<V> BytesMap<V> {
     }
 }
 
-/// Ids of pieces that went through BPE, for the length of one encode call: words that are not
-/// tokens themselves recur (names, inflections), and a lookup is much cheaper than BPE.
+/// Ids of pieces that went through BPE: words that are not tokens themselves recur (names,
+/// inflections), and a lookup is much cheaper than BPE. `encode` keeps one per thread from call
+/// to call (`Encoder::with_thread_cache`); the batch and file paths one per worker and call.
 #[derive(Default)]
 pub(crate) struct PieceCache {
     map: BytesMap<(u32, u32)>,
@@ -1268,6 +1312,56 @@ mod tests {
                 ids.remove(i + 1);
             }
             ids
+        }
+    }
+
+    /// The same bytes as `toy`, merged in the other order: "aab" is "aa" "b" here, "a" "ab" there.
+    fn toy_reversed() -> Encoder {
+        let mut vocab = bytes_vocab();
+        let merges = vec![
+            (b"a".to_vec(), b"a".to_vec()),
+            (b"a".to_vec(), b"b".to_vec()),
+        ];
+        vocab.push((256, b"aa".to_vec()));
+        vocab.push((257, b"ab".to_vec()));
+        Encoder::from_merges(&vocab, &merges, &[], Pattern::Gpt2).unwrap()
+    }
+
+    #[test]
+    fn each_encoder_has_its_own_thread_cache() {
+        let (a, b) = (toy(), toy_reversed());
+        let text = "aab aab xaab";
+        for _ in 0..3 {
+            assert_eq!(a.encode(text), vec![97, 256, 32, 97, 256, 32, 120, 97, 256]);
+            assert_eq!(b.encode(text), vec![256, 98, 32, 256, 98, 32, 120, 256, 98]);
+        }
+        // ignore_merges changes what a piece encodes to, so its cache starts over.
+        let mut c = toy();
+        assert_eq!(c.encode("abc"), vec![257]);
+        let mut v = bytes_vocab();
+        v.push((300, b"aab".to_vec()));
+        assert_eq!(c.encode("aab"), vec![97, 256]);
+        c.ignore_merges(&v);
+        assert_eq!(c.encode("aab"), vec![300]);
+    }
+
+    #[test]
+    fn an_encode_inside_a_poll_gets_its_own_cache() {
+        let (a, b) = (toy(), toy_reversed());
+        let text = "aab ".repeat(POLL_BYTES / 2);
+        let mut inner = Vec::new();
+        let mut poll = || {
+            inner.push(b.encode("aab"));
+            inner.push(a.encode("aab"));
+            false
+        };
+        let ids = a
+            .encode_with_budget(&text, true, &mut Budget::new(&mut poll))
+            .unwrap();
+        assert_eq!(ids, a.encode(&text));
+        assert!(!inner.is_empty());
+        for pair in inner.chunks(2) {
+            assert_eq!(pair, [vec![256, 98], vec![97, 256]]);
         }
     }
 
