@@ -326,15 +326,34 @@ impl Encoder {
     ) -> Result<(), Interrupted> {
         if let [b] = piece {
             out.push(self.byte_ids[usize::from(*b)]);
-        } else if let Some(&id) = self.whole.get(piece) {
-            out.push(id);
-        } else if let Some(ids) = cache.get(piece) {
-            out.extend_from_slice(ids);
+            Ok(())
         } else {
-            let at = out.len();
-            self.bpe(piece, out, budget)?;
-            cache.insert(piece, out.get(at..).unwrap_or_default());
+            self.encode_cached_piece(piece, out, cache, budget)
         }
+    }
+
+    /// One piece of two bytes or more: the cache, else the whole-token table, else BPE; the
+    /// result goes into the cache, so a piece seen before costs one lookup. A piece whose BPE
+    /// was stopped midway is not kept.
+    #[inline(always)]
+    fn encode_cached_piece(
+        &self,
+        piece: &[u8],
+        out: &mut Vec<u32>,
+        cache: &mut PieceCache,
+        budget: &mut Budget,
+    ) -> Result<(), Interrupted> {
+        if cache.extend(piece, out) {
+            return Ok(());
+        }
+        if let Some(&id) = self.whole.get(piece) {
+            out.push(id);
+            cache.insert(piece, &[id]);
+            return Ok(());
+        }
+        let at = out.len();
+        self.bpe(piece, out, budget)?;
+        cache.insert(piece, out.get(at..).unwrap_or_default());
         Ok(())
     }
 
@@ -530,16 +549,9 @@ impl Encoder {
                 let piece = p.as_bytes();
                 if piece.len() == 1 {
                     out.push(self.byte_ids[piece[0] as usize]);
-                } else if let Some(&id) = self.whole.get(piece) {
-                    out.push(id);
-                } else if let Some(ids) = cache.get(piece) {
-                    out.extend_from_slice(ids);
                 } else {
-                    let at = out.len();
-                    // Stopped midway, the ids are not kept (and the budget says so below).
-                    if self.bpe(piece, out, budget).is_ok() {
-                        cache.insert(piece, &out[at..]);
-                    }
+                    // Stopped midway, the budget says so below.
+                    let _ = self.encode_cached_piece(piece, out, cache, budget);
                 }
             });
             budget.check()?;
@@ -1092,18 +1104,29 @@ impl<V> BytesMap<V> {
     }
 }
 
-/// Ids of pieces that went through BPE: words that are not tokens themselves recur (names,
-/// inflections), and a lookup is much cheaper than BPE. `encode` keeps one per thread from call
-/// to call (`Encoder::with_thread_cache`); the batch and file paths one per worker and call.
+/// The ids of pieces seen before, whole tokens and pieces that went through BPE alike: text
+/// repeats its words, and one lookup here costs less than the whole-token table followed by BPE.
+/// `encode` keeps one per thread from call to call (`Encoder::with_thread_cache`); the batch and
+/// file paths one per worker and call.
 #[derive(Default)]
 pub(crate) struct PieceCache {
-    map: BytesMap<(u32, u32)>,
+    map: BytesMap<Cached>,
+    /// The ids of pieces of more than two ids.
     ids: Vec<u32>,
+}
+
+/// A piece's ids: `n` of them, held in `a` and `b` when there are at most two (nearly always,
+/// so the lookup touches no other memory), else from `ids[a]` on.
+#[derive(Clone, Copy, Default)]
+struct Cached {
+    n: u32,
+    a: u32,
+    b: u32,
 }
 
 impl PieceCache {
     /// Entries kept before the cache starts over (bounds its memory on huge inputs, to about
-    /// 8 MB of map): 20 MB of English has about 110,000 distinct pieces that are not tokens,
+    /// 16 MB of map): 20 MB of English has about 110,000 distinct pieces that are not tokens,
     /// and a cache that starts over before holding them redoes their BPE.
     const LIMIT: usize = 1 << 18;
     /// Ids kept before the cache starts over, and the longest piece worth keeping: both bound
@@ -1111,11 +1134,22 @@ impl PieceCache {
     const MAX_IDS: usize = 1 << 22;
     const MAX_PIECE: usize = 1 << 12;
 
-    #[inline]
-    fn get(&self, piece: &[u8]) -> Option<&[u32]> {
-        self.map
-            .get(piece)
-            .and_then(|&(s, n)| self.ids.get(s as usize..s as usize + n as usize))
+    /// Appends the ids of `piece` to `out` and returns true if the cache has them.
+    #[inline(always)]
+    fn extend(&self, piece: &[u8], out: &mut Vec<u32>) -> bool {
+        let Some(c) = self.map.get(piece) else {
+            return false;
+        };
+        match c.n {
+            1 => out.push(c.a),
+            2 => out.extend_from_slice(&[c.a, c.b]),
+            n => out.extend_from_slice(
+                self.ids
+                    .get(c.a as usize..c.a as usize + n as usize)
+                    .unwrap_or_default(),
+            ),
+        }
+        true
     }
 
     #[inline]
@@ -1128,11 +1162,18 @@ impl PieceCache {
             self.ids.clear();
         }
         // Both fit: the cache holds at most MAX_IDS ids.
-        let (Ok(s), Ok(n)) = (u32::try_from(self.ids.len()), u32::try_from(ids.len())) else {
+        let (Ok(at), Ok(n)) = (u32::try_from(self.ids.len()), u32::try_from(ids.len())) else {
             return;
         };
-        self.map.insert(piece, (s, n));
-        self.ids.extend_from_slice(ids);
+        let entry = match *ids {
+            [a] => Cached { n, a, b: 0 },
+            [a, b] => Cached { n, a, b },
+            _ => {
+                self.ids.extend_from_slice(ids);
+                Cached { n, a: at, b: 0 }
+            }
+        };
+        self.map.insert(piece, entry);
     }
 }
 
@@ -1362,6 +1403,59 @@ mod tests {
         assert!(!inner.is_empty());
         for pair in inner.chunks(2) {
             assert_eq!(pair, [vec![256, 98], vec![97, 256]]);
+        }
+    }
+
+    #[test]
+    fn the_cache_returns_what_was_put_in() {
+        let mut cache = PieceCache::default();
+        let data: Vec<u8> = (0..40u8).map(|b| b.wrapping_mul(37) | 1).collect();
+        let ids_for = |len: usize, k: usize| -> Vec<u32> {
+            (0..k).map(|i| (len * 7 + i) as u32 | 0xF000_0000).collect()
+        };
+        // Pieces of 0 to 40 bytes (15, 16 and 17 among them), with 0 to 5 ids each.
+        for len in 0..=40 {
+            cache.insert(&data[..len], &ids_for(len, len % 6));
+        }
+        for len in 0..=40 {
+            let mut out = vec![9];
+            assert!(cache.extend(&data[..len], &mut out), "length {len}");
+            assert_eq!(out[1..], ids_for(len, len % 6), "length {len}");
+        }
+        assert!(!cache.extend(b"zz", &mut Vec::new()));
+        // Past its limit the cache starts over: what it still holds is right.
+        let piece = |i: usize| format!("p{i}").into_bytes();
+        for i in 0..PieceCache::LIMIT + 10 {
+            cache.insert(&piece(i), &[i as u32, 1, 2][..1 + i % 3]);
+        }
+        assert!(cache.map.len() <= PieceCache::LIMIT);
+        let mut held = 0;
+        for i in 0..PieceCache::LIMIT + 10 {
+            let mut out = Vec::new();
+            if cache.extend(&piece(i), &mut out) {
+                assert_eq!(out, [i as u32, 1, 2][..1 + i % 3]);
+                held += 1;
+            }
+        }
+        assert!(held > 0);
+    }
+
+    #[test]
+    fn a_warm_cache_gives_the_ids_of_a_cold_one() {
+        let e = toy();
+        let mut x = 7u64;
+        let mut text = String::new();
+        for _ in 0..2000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let len = (x >> 59) as usize + 1; // 1 to 32 letters
+            let word: String = (0..len).map(|i| ['a', 'b', 'c'][(x >> (i % 50)) as usize % 3]).collect();
+            text.push_str(&word);
+            text.push(' ');
+        }
+        let mut want = Vec::new();
+        e.pattern.for_each_piece(&text, |p| want.extend(e.bpe_reference(p.as_bytes())));
+        for _ in 0..3 {
+            assert_eq!(e.encode(&text), want);
         }
     }
 
