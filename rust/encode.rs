@@ -328,7 +328,8 @@ impl Encoder {
             out.push(self.byte_ids[usize::from(*b)]);
             Ok(())
         } else {
-            self.encode_cached_piece(piece, out, cache, budget)
+            let key = BytesMap::<()>::pack(piece);
+            self.encode_cached_piece(piece, key, out, cache, budget)
         }
     }
 
@@ -339,21 +340,22 @@ impl Encoder {
     fn encode_cached_piece(
         &self,
         piece: &[u8],
+        key: Option<u128>,
         out: &mut Vec<u32>,
         cache: &mut PieceCache,
         budget: &mut Budget,
     ) -> Result<(), Interrupted> {
-        if cache.extend(piece, out) {
+        if cache.extend(key, piece, out) {
             return Ok(());
         }
-        if let Some(&id) = self.whole.get(piece) {
+        if let Some(&id) = self.whole.get_keyed(key, piece) {
             out.push(id);
-            cache.insert(piece, &[id]);
+            cache.insert(key, piece, &[id]);
             return Ok(());
         }
         let at = out.len();
         self.bpe(piece, out, budget)?;
-        cache.insert(piece, out.get(at..).unwrap_or_default());
+        cache.insert(key, piece, out.get(at..).unwrap_or_default());
         Ok(())
     }
 
@@ -545,13 +547,18 @@ impl Encoder {
             let end = self.window_end(text, start);
             budget.spend(end - start)?;
             let window = text.get(start..end).unwrap_or_default();
+            let bytes = window.as_bytes();
             self.pattern.for_each_piece(window, |p| {
                 let piece = p.as_bytes();
                 if piece.len() == 1 {
                     out.push(self.byte_ids[piece[0] as usize]);
                 } else {
+                    // The piece lies in `window`: pack it from there, without branching on
+                    // its length.
+                    let at = piece.as_ptr() as usize - bytes.as_ptr() as usize;
+                    let key = BytesMap::<()>::pack_within(bytes, at, piece.len());
                     // Stopped midway, the budget says so below.
-                    let _ = self.encode_cached_piece(piece, out, cache, budget);
+                    let _ = self.encode_cached_piece(piece, key, out, cache, budget);
                 }
             });
             budget.check()?;
@@ -1079,12 +1086,39 @@ impl<V> BytesMap<V> {
         Some(bytes | (n as u128) << 120)
     }
 
+    /// `pack(&s[at..at + n])`, from one 16-byte load where `s` has 16 bytes from `at` on (the
+    /// bytes past the piece masked off).
+    #[inline(always)]
+    fn pack_within(s: &[u8], at: usize, n: usize) -> Option<u128> {
+        match s.get(at..at + 16) {
+            Some(w) if n <= 15 => {
+                let w = u128::from_le_bytes(w.try_into().ok()?);
+                Some(w & ((1u128 << (8 * n)) - 1) | (n as u128) << 120)
+            }
+            _ => Self::pack(s.get(at..at + n)?),
+        }
+    }
+
     #[inline]
     fn get(&self, key: &[u8]) -> Option<&V> {
-        match Self::pack(key) {
+        self.get_keyed(Self::pack(key), key)
+    }
+
+    /// `get(bytes)` where `key` is `pack(bytes)`.
+    #[inline(always)]
+    fn get_keyed(&self, key: Option<u128>, bytes: &[u8]) -> Option<&V> {
+        match key {
             Some(k) => self.short.get(&k),
-            None => self.long.get(key),
+            None => self.long.get(bytes),
         }
+    }
+
+    /// `insert(bytes, value)` where `key` is `pack(bytes)`.
+    fn insert_keyed(&mut self, key: Option<u128>, bytes: &[u8], value: V) {
+        match key {
+            Some(k) => self.short.insert(k, value),
+            None => self.long.insert(bytes.to_vec(), value),
+        };
     }
 
     fn insert(&mut self, key: &[u8], value: V) {
@@ -1134,10 +1168,11 @@ impl PieceCache {
     const MAX_IDS: usize = 1 << 22;
     const MAX_PIECE: usize = 1 << 12;
 
-    /// Appends the ids of `piece` to `out` and returns true if the cache has them.
+    /// Appends the ids of `piece` to `out` and returns true if the cache has them; `key` is
+    /// `BytesMap::pack(piece)`.
     #[inline(always)]
-    fn extend(&self, piece: &[u8], out: &mut Vec<u32>) -> bool {
-        let Some(c) = self.map.get(piece) else {
+    fn extend(&self, key: Option<u128>, piece: &[u8], out: &mut Vec<u32>) -> bool {
+        let Some(&c) = self.map.get_keyed(key, piece) else {
             return false;
         };
         match c.n {
@@ -1153,7 +1188,7 @@ impl PieceCache {
     }
 
     #[inline]
-    fn insert(&mut self, piece: &[u8], ids: &[u32]) {
+    fn insert(&mut self, key: Option<u128>, piece: &[u8], ids: &[u32]) {
         if piece.len() > Self::MAX_PIECE {
             return;
         }
@@ -1173,7 +1208,7 @@ impl PieceCache {
                 Cached { n, a: at, b: 0 }
             }
         };
-        self.map.insert(piece, entry);
+        self.map.insert_keyed(key, piece, entry);
     }
 }
 
@@ -1301,6 +1336,17 @@ mod tests {
         assert_eq!(BytesMap::<()>::pack(&data[..16]), None);
     }
 
+    #[test]
+    fn pack_within_equals_pack() {
+        let data: Vec<u8> = (0..40u8).map(|b| b.wrapping_mul(91).wrapping_add(3)).collect();
+        for at in 0..=data.len() {
+            for n in 0..=(data.len() - at).min(20) {
+                let want = BytesMap::<()>::pack(&data[at..at + n]);
+                assert_eq!(BytesMap::<()>::pack_within(&data, at, n), want, "at {at}, n {n}");
+            }
+        }
+    }
+
     fn toy() -> Encoder {
         let mut vocab: Vec<(u32, Vec<u8>)> = (0..=255u8).map(|b| (b as u32, vec![b])).collect();
         let merges: Vec<(Vec<u8>, Vec<u8>)> = vec![
@@ -1409,30 +1455,31 @@ mod tests {
     #[test]
     fn the_cache_returns_what_was_put_in() {
         let mut cache = PieceCache::default();
+        let key = BytesMap::<()>::pack;
         let data: Vec<u8> = (0..40u8).map(|b| b.wrapping_mul(37) | 1).collect();
         let ids_for = |len: usize, k: usize| -> Vec<u32> {
             (0..k).map(|i| (len * 7 + i) as u32 | 0xF000_0000).collect()
         };
         // Pieces of 0 to 40 bytes (15, 16 and 17 among them), with 0 to 5 ids each.
         for len in 0..=40 {
-            cache.insert(&data[..len], &ids_for(len, len % 6));
+            cache.insert(key(&data[..len]), &data[..len], &ids_for(len, len % 6));
         }
         for len in 0..=40 {
             let mut out = vec![9];
-            assert!(cache.extend(&data[..len], &mut out), "length {len}");
+            assert!(cache.extend(key(&data[..len]), &data[..len], &mut out), "length {len}");
             assert_eq!(out[1..], ids_for(len, len % 6), "length {len}");
         }
-        assert!(!cache.extend(b"zz", &mut Vec::new()));
+        assert!(!cache.extend(key(b"zz"), b"zz", &mut Vec::new()));
         // Past its limit the cache starts over: what it still holds is right.
         let piece = |i: usize| format!("p{i}").into_bytes();
         for i in 0..PieceCache::LIMIT + 10 {
-            cache.insert(&piece(i), &[i as u32, 1, 2][..1 + i % 3]);
+            cache.insert(key(&piece(i)), &piece(i), &[i as u32, 1, 2][..1 + i % 3]);
         }
         assert!(cache.map.len() <= PieceCache::LIMIT);
         let mut held = 0;
         for i in 0..PieceCache::LIMIT + 10 {
             let mut out = Vec::new();
-            if cache.extend(&piece(i), &mut out) {
+            if cache.extend(key(&piece(i)), &piece(i), &mut out) {
                 assert_eq!(out, [i as u32, 1, 2][..1 + i % 3]);
                 held += 1;
             }
