@@ -15,8 +15,8 @@
 //! whole; short pieces use a small quadratic loop over a stack array; long pieces a heap over a
 //! linked list, so a piece of a million bytes is O(n log n), never quadratic.
 
-use std::cmp::Reverse;
 use std::cell::RefCell;
+use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use std::io::{self, BufWriter, Write};
@@ -1338,11 +1338,17 @@ mod tests {
 
     #[test]
     fn pack_within_equals_pack() {
-        let data: Vec<u8> = (0..40u8).map(|b| b.wrapping_mul(91).wrapping_add(3)).collect();
+        let data: Vec<u8> = (0..40u8)
+            .map(|b| b.wrapping_mul(91).wrapping_add(3))
+            .collect();
         for at in 0..=data.len() {
             for n in 0..=(data.len() - at).min(20) {
                 let want = BytesMap::<()>::pack(&data[at..at + n]);
-                assert_eq!(BytesMap::<()>::pack_within(&data, at, n), want, "at {at}, n {n}");
+                assert_eq!(
+                    BytesMap::<()>::pack_within(&data, at, n),
+                    want,
+                    "at {at}, n {n}"
+                );
             }
         }
     }
@@ -1466,7 +1472,10 @@ mod tests {
         }
         for len in 0..=40 {
             let mut out = vec![9];
-            assert!(cache.extend(key(&data[..len]), &data[..len], &mut out), "length {len}");
+            assert!(
+                cache.extend(key(&data[..len]), &data[..len], &mut out),
+                "length {len}"
+            );
             assert_eq!(out[1..], ids_for(len, len % 6), "length {len}");
         }
         assert!(!cache.extend(key(b"zz"), b"zz", &mut Vec::new()));
@@ -1493,14 +1502,19 @@ mod tests {
         let mut x = 7u64;
         let mut text = String::new();
         for _ in 0..2000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let len = (x >> 59) as usize + 1; // 1 to 32 letters
-            let word: String = (0..len).map(|i| ['a', 'b', 'c'][(x >> (i % 50)) as usize % 3]).collect();
+            let word: String = (0..len)
+                .map(|i| ['a', 'b', 'c'][(x >> (i % 50)) as usize % 3])
+                .collect();
             text.push_str(&word);
             text.push(' ');
         }
         let mut want = Vec::new();
-        e.pattern.for_each_piece(&text, |p| want.extend(e.bpe_reference(p.as_bytes())));
+        e.pattern
+            .for_each_piece(&text, |p| want.extend(e.bpe_reference(p.as_bytes())));
         for _ in 0..3 {
             assert_eq!(e.encode(&text), want);
         }
