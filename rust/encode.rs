@@ -15,11 +15,13 @@
 //! whole; short pieces use a small quadratic loop over a stack array; long pieces a heap over a
 //! linked list, so a piece of a million bytes is O(n log n), never quadratic.
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustc_hash::FxHashMap;
 
@@ -131,6 +133,29 @@ pub struct Encoder {
     specials: SpecialSplitter,
     special_ids: Vec<u32>,
     pub pattern: Pattern,
+    /// Names this encoder's pieces in a thread's `PieceCache` (`with_thread_cache`); no two
+    /// encoders, nor one before and after `ignore_merges`, share it.
+    cache_owner: u64,
+}
+
+/// The source of `Encoder::cache_owner`.
+static NEXT_CACHE_OWNER: AtomicU64 = AtomicU64::new(1);
+
+fn new_cache_owner() -> u64 {
+    NEXT_CACHE_OWNER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A thread's piece cache and the encoder whose pieces it holds.
+#[derive(Default)]
+struct ThreadCache {
+    owner: u64,
+    cache: PieceCache,
+}
+
+thread_local! {
+    /// Kept from one `encode` call to the next on the same thread: text encoded call by call
+    /// (documents, lines, chat turns) finds the words earlier calls put through BPE.
+    static THREAD_CACHE: RefCell<ThreadCache> = RefCell::default();
 }
 
 impl Encoder {
@@ -188,6 +213,7 @@ impl Encoder {
             specials: SpecialSplitter::none(),
             special_ids: Vec::new(),
             pattern,
+            cache_owner: new_cache_owner(),
         };
         // Whole-piece lookup only for tokens that BPE rebuilds as themselves.
         let mut whole = BytesMap::default();
@@ -215,6 +241,7 @@ impl Encoder {
                 self.whole.insert(bytes, *id);
             }
         }
+        self.cache_owner = new_cache_owner();
     }
 
     /// From tiktoken-style ranks (token bytes -> rank, the rank also being the id).
@@ -248,6 +275,7 @@ impl Encoder {
             specials: SpecialSplitter::none(),
             special_ids: Vec::new(),
             pattern,
+            cache_owner: new_cache_owner(),
         };
         enc.set_specials(specials)?;
         Ok(enc)
@@ -294,15 +322,36 @@ impl Encoder {
     ) -> Result<(), Interrupted> {
         if let [b] = piece {
             out.push(self.byte_ids[usize::from(*b)]);
-        } else if let Some(&id) = self.whole.get(piece) {
-            out.push(id);
-        } else if let Some(ids) = cache.get(piece) {
-            out.extend_from_slice(ids);
+            Ok(())
         } else {
-            let at = out.len();
-            self.bpe(piece, out, budget)?;
-            cache.insert(piece, out.get(at..).unwrap_or_default());
+            let key = BytesMap::<()>::pack(piece);
+            self.encode_cached_piece(piece, key, out, cache, budget)
         }
+    }
+
+    /// One piece of two bytes or more: the cache, else the whole-token table, else BPE; the
+    /// result goes into the cache, so a piece seen before costs one lookup. A piece whose BPE
+    /// was stopped midway is not kept.
+    #[inline(always)]
+    fn encode_cached_piece(
+        &self,
+        piece: &[u8],
+        key: Option<u128>,
+        out: &mut Vec<u32>,
+        cache: &mut PieceCache,
+        budget: &mut Budget,
+    ) -> Result<(), Interrupted> {
+        if cache.extend(key, piece, out) {
+            return Ok(());
+        }
+        if let Some(&id) = self.whole.get_keyed(key, piece) {
+            out.push(id);
+            cache.insert(key, piece, &[id]);
+            return Ok(());
+        }
+        let at = out.len();
+        self.bpe(piece, out, budget)?;
+        cache.insert(key, piece, out.get(at..).unwrap_or_default());
         Ok(())
     }
 
@@ -494,20 +543,18 @@ impl Encoder {
             let end = self.window_end(text, start);
             budget.spend(end - start)?;
             let window = text.get(start..end).unwrap_or_default();
+            let bytes = window.as_bytes();
             self.pattern.for_each_piece(window, |p| {
                 let piece = p.as_bytes();
                 if piece.len() == 1 {
                     out.push(self.byte_ids[piece[0] as usize]);
-                } else if let Some(&id) = self.whole.get(piece) {
-                    out.push(id);
-                } else if let Some(ids) = cache.get(piece) {
-                    out.extend_from_slice(ids);
                 } else {
-                    let at = out.len();
-                    // Stopped midway, the ids are not kept (and the budget says so below).
-                    if self.bpe(piece, out, budget).is_ok() {
-                        cache.insert(piece, &out[at..]);
-                    }
+                    // The piece lies in `window`: pack it from there, without branching on
+                    // its length.
+                    let at = piece.as_ptr() as usize - bytes.as_ptr() as usize;
+                    let key = BytesMap::<()>::pack_within(bytes, at, piece.len());
+                    // Stopped midway, the budget says so below.
+                    let _ = self.encode_cached_piece(piece, key, out, cache, budget);
                 }
             });
             budget.check()?;
@@ -566,14 +613,30 @@ impl Encoder {
         budget: &mut Budget,
     ) -> Result<Vec<u32>, Interrupted> {
         let mut out = Vec::with_capacity(text.len() / 4 + 1);
-        self.encode_cached(
-            text,
-            with_specials,
-            &mut out,
-            &mut PieceCache::default(),
-            budget,
-        )?;
+        self.with_thread_cache(|cache| {
+            self.encode_cached(text, with_specials, &mut out, cache, budget)
+        })?;
         Ok(out)
+    }
+
+    /// Runs `f` with this thread's piece cache for this encoder (a fresh one where the thread's
+    /// cache held another encoder's pieces). A nested call (a poll that encodes) or one during
+    /// the thread's exit gets a cache of its own.
+    fn with_thread_cache<R>(&self, mut f: impl FnMut(&mut PieceCache) -> R) -> R {
+        let shared = THREAD_CACHE.try_with(|cell| {
+            let mut held = cell.try_borrow_mut().ok()?;
+            if held.owner != self.cache_owner {
+                *held = ThreadCache {
+                    owner: self.cache_owner,
+                    cache: PieceCache::default(),
+                };
+            }
+            Some(f(&mut held.cache))
+        });
+        match shared {
+            Ok(Some(r)) => r,
+            _ => f(&mut PieceCache::default()),
+        }
     }
 
     /// `encode` with special tokens, `encode_ordinary` without.
@@ -819,12 +882,39 @@ impl<V> BytesMap<V> {
         Some(bytes | (n as u128) << 120)
     }
 
+    /// `pack(&s[at..at + n])`, from one 16-byte load where `s` has 16 bytes from `at` on (the
+    /// bytes past the piece masked off).
+    #[inline(always)]
+    fn pack_within(s: &[u8], at: usize, n: usize) -> Option<u128> {
+        match s.get(at..at + 16) {
+            Some(w) if n <= 15 => {
+                let w = u128::from_le_bytes(w.try_into().ok()?);
+                Some(w & ((1u128 << (8 * n)) - 1) | (n as u128) << 120)
+            }
+            _ => Self::pack(s.get(at..at + n)?),
+        }
+    }
+
     #[inline]
     fn get(&self, key: &[u8]) -> Option<&V> {
-        match Self::pack(key) {
+        self.get_keyed(Self::pack(key), key)
+    }
+
+    /// `get(bytes)` where `key` is `pack(bytes)`.
+    #[inline(always)]
+    fn get_keyed(&self, key: Option<u128>, bytes: &[u8]) -> Option<&V> {
+        match key {
             Some(k) => self.short.get(&k),
-            None => self.long.get(key),
+            None => self.long.get(bytes),
         }
+    }
+
+    /// `insert(bytes, value)` where `key` is `pack(bytes)`.
+    fn insert_keyed(&mut self, key: Option<u128>, bytes: &[u8], value: V) {
+        match key {
+            Some(k) => self.short.insert(k, value),
+            None => self.long.insert(bytes.to_vec(), value),
+        };
     }
 
     fn insert(&mut self, key: &[u8], value: V) {
@@ -844,17 +934,29 @@ impl<V> BytesMap<V> {
     }
 }
 
-/// Ids of pieces that went through BPE, for the length of one encode call: words that are not
-/// tokens themselves recur (names, inflections), and a lookup is much cheaper than BPE.
+/// The ids of pieces seen before, whole tokens and pieces that went through BPE alike: text
+/// repeats its words, and one lookup here costs less than the whole-token table followed by BPE.
+/// `encode` keeps one per thread from call to call (`Encoder::with_thread_cache`); the batch and
+/// file paths one per worker and call.
 #[derive(Default)]
 pub(crate) struct PieceCache {
-    map: BytesMap<(u32, u32)>,
+    map: BytesMap<Cached>,
+    /// The ids of pieces of more than two ids.
     ids: Vec<u32>,
+}
+
+/// A piece's ids: `n` of them, held in `a` and `b` when there are at most two (nearly always,
+/// so the lookup touches no other memory), else from `ids[a]` on.
+#[derive(Clone, Copy, Default)]
+struct Cached {
+    n: u32,
+    a: u32,
+    b: u32,
 }
 
 impl PieceCache {
     /// Entries kept before the cache starts over (bounds its memory on huge inputs, to about
-    /// 8 MB of map): 20 MB of English has about 110,000 distinct pieces that are not tokens,
+    /// 16 MB of map): 20 MB of English has about 110,000 distinct pieces that are not tokens,
     /// and a cache that starts over before holding them redoes their BPE.
     const LIMIT: usize = 1 << 18;
     /// Ids kept before the cache starts over, and the longest piece worth keeping: both bound
@@ -862,15 +964,27 @@ impl PieceCache {
     const MAX_IDS: usize = 1 << 22;
     const MAX_PIECE: usize = 1 << 12;
 
-    #[inline]
-    fn get(&self, piece: &[u8]) -> Option<&[u32]> {
-        self.map
-            .get(piece)
-            .and_then(|&(s, n)| self.ids.get(s as usize..s as usize + n as usize))
+    /// Appends the ids of `piece` to `out` and returns true if the cache has them; `key` is
+    /// `BytesMap::pack(piece)`.
+    #[inline(always)]
+    fn extend(&self, key: Option<u128>, piece: &[u8], out: &mut Vec<u32>) -> bool {
+        let Some(&c) = self.map.get_keyed(key, piece) else {
+            return false;
+        };
+        match c.n {
+            1 => out.push(c.a),
+            2 => out.extend_from_slice(&[c.a, c.b]),
+            n => out.extend_from_slice(
+                self.ids
+                    .get(c.a as usize..c.a as usize + n as usize)
+                    .unwrap_or_default(),
+            ),
+        }
+        true
     }
 
     #[inline]
-    fn insert(&mut self, piece: &[u8], ids: &[u32]) {
+    fn insert(&mut self, key: Option<u128>, piece: &[u8], ids: &[u32]) {
         if piece.len() > Self::MAX_PIECE {
             return;
         }
@@ -879,11 +993,18 @@ impl PieceCache {
             self.ids.clear();
         }
         // Both fit: the cache holds at most MAX_IDS ids.
-        let (Ok(s), Ok(n)) = (u32::try_from(self.ids.len()), u32::try_from(ids.len())) else {
+        let (Ok(at), Ok(n)) = (u32::try_from(self.ids.len()), u32::try_from(ids.len())) else {
             return;
         };
-        self.map.insert(piece, (s, n));
-        self.ids.extend_from_slice(ids);
+        let entry = match *ids {
+            [a] => Cached { n, a, b: 0 },
+            [a, b] => Cached { n, a, b },
+            _ => {
+                self.ids.extend_from_slice(ids);
+                Cached { n, a: at, b: 0 }
+            }
+        };
+        self.map.insert_keyed(key, piece, entry);
     }
 }
 
@@ -1014,6 +1135,23 @@ mod tests {
         assert_eq!(BytesMap::<()>::pack(&data[..16]), None);
     }
 
+    #[test]
+    fn pack_within_equals_pack() {
+        let data: Vec<u8> = (0..40u8)
+            .map(|b| b.wrapping_mul(91).wrapping_add(3))
+            .collect();
+        for at in 0..=data.len() {
+            for n in 0..=(data.len() - at).min(20) {
+                let want = BytesMap::<()>::pack(&data[at..at + n]);
+                assert_eq!(
+                    BytesMap::<()>::pack_within(&data, at, n),
+                    want,
+                    "at {at}, n {n}"
+                );
+            }
+        }
+    }
+
     fn toy() -> Encoder {
         let mut vocab: Vec<(u32, Vec<u8>)> = (0..=255u8).map(|b| (b as u32, vec![b])).collect();
         let merges: Vec<(Vec<u8>, Vec<u8>)> = vec![
@@ -1066,6 +1204,118 @@ mod tests {
                 ids.remove(i + 1);
             }
             ids
+        }
+    }
+
+    /// The same bytes as `toy`, merged in the other order: "aab" is "aa" "b" here, "a" "ab" there.
+    fn toy_reversed() -> Encoder {
+        let mut vocab = bytes_vocab();
+        let merges = vec![
+            (b"a".to_vec(), b"a".to_vec()),
+            (b"a".to_vec(), b"b".to_vec()),
+        ];
+        vocab.push((256, b"aa".to_vec()));
+        vocab.push((257, b"ab".to_vec()));
+        Encoder::from_merges(&vocab, &merges, &[], Pattern::Gpt2).unwrap()
+    }
+
+    #[test]
+    fn each_encoder_has_its_own_thread_cache() {
+        let (a, b) = (toy(), toy_reversed());
+        let text = "aab aab xaab";
+        for _ in 0..3 {
+            assert_eq!(a.encode(text), vec![97, 256, 32, 97, 256, 32, 120, 97, 256]);
+            assert_eq!(b.encode(text), vec![256, 98, 32, 256, 98, 32, 120, 256, 98]);
+        }
+        // ignore_merges changes what a piece encodes to, so its cache starts over.
+        let mut c = toy();
+        assert_eq!(c.encode("abc"), vec![257]);
+        let mut v = bytes_vocab();
+        v.push((300, b"aab".to_vec()));
+        assert_eq!(c.encode("aab"), vec![97, 256]);
+        c.ignore_merges(&v);
+        assert_eq!(c.encode("aab"), vec![300]);
+    }
+
+    #[test]
+    fn an_encode_inside_a_poll_gets_its_own_cache() {
+        let (a, b) = (toy(), toy_reversed());
+        let text = "aab ".repeat(POLL_BYTES / 2);
+        let mut inner = Vec::new();
+        let mut poll = || {
+            inner.push(b.encode("aab"));
+            inner.push(a.encode("aab"));
+            false
+        };
+        let ids = a
+            .encode_with_budget(&text, true, &mut Budget::new(&mut poll))
+            .unwrap();
+        assert_eq!(ids, a.encode(&text));
+        assert!(!inner.is_empty());
+        for pair in inner.chunks(2) {
+            assert_eq!(pair, [vec![256, 98], vec![97, 256]]);
+        }
+    }
+
+    #[test]
+    fn the_cache_returns_what_was_put_in() {
+        let mut cache = PieceCache::default();
+        let key = BytesMap::<()>::pack;
+        let data: Vec<u8> = (0..40u8).map(|b| b.wrapping_mul(37) | 1).collect();
+        let ids_for = |len: usize, k: usize| -> Vec<u32> {
+            (0..k).map(|i| (len * 7 + i) as u32 | 0xF000_0000).collect()
+        };
+        // Pieces of 0 to 40 bytes (15, 16 and 17 among them), with 0 to 5 ids each.
+        for len in 0..=40 {
+            cache.insert(key(&data[..len]), &data[..len], &ids_for(len, len % 6));
+        }
+        for len in 0..=40 {
+            let mut out = vec![9];
+            assert!(
+                cache.extend(key(&data[..len]), &data[..len], &mut out),
+                "length {len}"
+            );
+            assert_eq!(out[1..], ids_for(len, len % 6), "length {len}");
+        }
+        assert!(!cache.extend(key(b"zz"), b"zz", &mut Vec::new()));
+        // Past its limit the cache starts over: what it still holds is right.
+        let piece = |i: usize| format!("p{i}").into_bytes();
+        for i in 0..PieceCache::LIMIT + 10 {
+            cache.insert(key(&piece(i)), &piece(i), &[i as u32, 1, 2][..1 + i % 3]);
+        }
+        assert!(cache.map.len() <= PieceCache::LIMIT);
+        let mut held = 0;
+        for i in 0..PieceCache::LIMIT + 10 {
+            let mut out = Vec::new();
+            if cache.extend(key(&piece(i)), &piece(i), &mut out) {
+                assert_eq!(out, [i as u32, 1, 2][..1 + i % 3]);
+                held += 1;
+            }
+        }
+        assert!(held > 0);
+    }
+
+    #[test]
+    fn a_warm_cache_gives_the_ids_of_a_cold_one() {
+        let e = toy();
+        let mut x = 7u64;
+        let mut text = String::new();
+        for _ in 0..2000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (x >> 59) as usize + 1; // 1 to 32 letters
+            let word: String = (0..len)
+                .map(|i| ['a', 'b', 'c'][(x >> (i % 50)) as usize % 3])
+                .collect();
+            text.push_str(&word);
+            text.push(' ');
+        }
+        let mut want = Vec::new();
+        e.pattern
+            .for_each_piece(&text, |p| want.extend(e.bpe_reference(p.as_bytes())));
+        for _ in 0..3 {
+            assert_eq!(e.encode(&text), want);
         }
     }
 

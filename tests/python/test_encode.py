@@ -1,6 +1,7 @@
 """Encoding: exact against tiktoken and the pure-Python reference; batches, numpy, streaming, files,
 other formats, long repetitive input, and bad input."""
 
+import concurrent.futures
 import gc
 import gzip
 import itertools
@@ -252,6 +253,32 @@ def test_trained_encoder_equals_reference(corpus_text, text, pattern, vocab_size
         assert ids == reference.encode(t, tok.vocab, tok.merges, tok.special_tokens, tok.pattern)
         assert tok.encode_ordinary(t) == reference.encode(t, tok.vocab, tok.merges, [], tok.pattern)
         assert tok.decode(ids) == t
+
+
+@settings(HYP, max_examples=100)
+@given(
+    corpora=st.lists(TRAIN_TEXT, min_size=2, max_size=2),
+    texts=st.lists(st.one_of(TRAIN_TEXT, TEXT), min_size=1, max_size=6),
+    pattern=st.sampled_from(["gpt2", "cl100k", "o200k"]),
+)
+def test_encoders_used_in_turn_keep_their_own_pieces(corpora, texts, pattern):
+    """`encode` keeps the pieces it has encoded from call to call, per thread and encoder: two
+    tokenizers that split the same words differently, called in turn, each give the reference's ids."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        toks = [fastbpe.train(iter([c * 3]), 300, special_tokens=[], pattern=pattern, num_threads=1) for c in corpora]
+    for _ in range(2):
+        for t in texts:
+            for tok in toks:
+                assert tok.encode(t) == reference.encode(t, tok.vocab, tok.merges, [], tok.pattern)
+
+
+def test_threads_encoding_at_once_give_the_ids_of_one(gpt2, tik):
+    texts = [f"word{i % 97} Zürich{i % 13} the cat {i}" * (1 + i % 5) for i in range(400)]
+    want = [tik["gpt2"].encode_ordinary(t) for t in texts]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(gpt2.encode, texts))
+    assert got == want
 
 
 # ---- 3. decode ---------------------------------------------------------------------------------
