@@ -961,6 +961,207 @@ impl CoreEncoder {
     }
 }
 
+/// The memory of one tensor handed to `adamw_step_f32`: its first element's address and length.
+#[derive(Clone, Copy)]
+struct F32Region {
+    addr: usize,
+    len: usize,
+}
+
+impl F32Region {
+    fn overlaps(self, other: F32Region) -> bool {
+        let end = |r: F32Region| r.addr + r.len * std::mem::size_of::<f32>();
+        self.len != 0 && other.len != 0 && self.addr < end(other) && other.addr < end(self)
+    }
+}
+
+/// The memory of `t`, checked to be a contiguous CPU float32 `torch.Tensor`: its elements are
+/// then `len` f32s from `addr` on, inside its storage (torch's invariant for such a tensor).
+fn f32_region(
+    tensor_type: &Bound<'_, PyAny>,
+    float32: &Bound<'_, PyAny>,
+    t: &Bound<'_, PyAny>,
+    what: &str,
+    i: usize,
+) -> PyResult<F32Region> {
+    let py = t.py();
+    let ok = t.is_instance(tensor_type)?
+        && t.getattr(pyo3::intern!(py, "is_cpu"))?.is_truthy()?
+        && t.getattr(pyo3::intern!(py, "dtype"))?.is(float32)
+        && t.call_method0(pyo3::intern!(py, "is_contiguous"))?
+            .is_truthy()?;
+    if !ok {
+        return Err(PyValueError::new_err(format!(
+            "adamw_step_f32: {what}[{i}] must be a contiguous CPU float32 torch.Tensor"
+        )));
+    }
+    let len: usize = t.call_method0(pyo3::intern!(py, "numel"))?.extract()?;
+    let addr: usize = t.call_method0(pyo3::intern!(py, "data_ptr"))?.extract()?;
+    let fits = len
+        .checked_mul(std::mem::size_of::<f32>())
+        .and_then(|bytes| addr.checked_add(bytes))
+        .is_some_and(|end| end <= isize::MAX as usize);
+    if len != 0 && (addr == 0 || !addr.is_multiple_of(std::mem::align_of::<f32>()) || !fits) {
+        return Err(PyValueError::new_err(format!(
+            "adamw_step_f32: {what}[{i}] has an unusable data pointer {addr:#x}"
+        )));
+    }
+    Ok(F32Region { addr, len })
+}
+
+/// A shared slice over `r`, or an empty one for no elements (whose pointer may be null).
+///
+/// # Safety
+/// `r` must come from `f32_region` for a tensor that stays alive, and unresized, while the
+/// slice lives, and no live mutable reference may overlap it.
+unsafe fn region_slice<'a>(r: F32Region) -> &'a [f32] {
+    if r.len == 0 {
+        return &[];
+    }
+    // SAFETY: by the caller's contract and f32_region's checks, `r` is `len` initialised,
+    // aligned f32s inside one live allocation, no more than isize::MAX bytes, not written.
+    unsafe { std::slice::from_raw_parts(r.addr as *const f32, r.len) }
+}
+
+/// A mutable slice over `r`, or an empty one for no elements (whose pointer may be null).
+///
+/// # Safety
+/// `r` must come from `f32_region` for a tensor that stays alive, and unresized, while the
+/// slice lives, and no other live reference may overlap it.
+unsafe fn region_slice_mut<'a>(r: F32Region) -> &'a mut [f32] {
+    if r.len == 0 {
+        return &mut [];
+    }
+    // SAFETY: by the caller's contract and f32_region's checks, `r` is `len` initialised,
+    // aligned f32s inside one live allocation, no more than isize::MAX bytes, aliased by nothing.
+    unsafe { std::slice::from_raw_parts_mut(r.addr as *mut f32, r.len) }
+}
+
+/// One AdamW step in place over lists of contiguous CPU float32 tensors (the fused path of
+/// `fastbpe.lm.optim.AdamW`; see rust/optim.rs for the arithmetic). `scalars` are
+/// (decay, 1 - beta1, beta2, 1 - beta2, sqrt(1 - beta2^step), eps, -lr / (1 - beta1^step)) as
+/// Python floats. Every tensor is checked (type, device, dtype, contiguity, length, overlap) before
+/// anything is written; the update runs with the GIL released.
+#[pyfunction]
+#[pyo3(signature = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars))]
+#[allow(clippy::type_complexity)]
+fn adamw_step_f32(
+    py: Python<'_>,
+    params: Vec<Bound<'_, PyAny>>,
+    grads: Vec<Bound<'_, PyAny>>,
+    exp_avgs: Vec<Bound<'_, PyAny>>,
+    exp_avg_sqs: Vec<Bound<'_, PyAny>>,
+    max_exp_avg_sqs: Option<Vec<Bound<'_, PyAny>>>,
+    scalars: (f64, f64, f64, f64, f64, f64, f64),
+) -> PyResult<()> {
+    let n = params.len();
+    let lists = [
+        ("grads", grads.len()),
+        ("exp_avgs", exp_avgs.len()),
+        ("exp_avg_sqs", exp_avg_sqs.len()),
+    ];
+    let vmax_len = max_exp_avg_sqs.as_ref().map(Vec::len);
+    for (what, len) in lists
+        .into_iter()
+        .chain(vmax_len.map(|l| ("max_exp_avg_sqs", l)))
+    {
+        if len != n {
+            return Err(PyValueError::new_err(format!(
+                "adamw_step_f32: {what} has {len} tensors but params has {n}"
+            )));
+        }
+    }
+    let torch = py.import("torch")?;
+    let (tensor_type, float32) = (torch.getattr("Tensor")?, torch.getattr("float32")?);
+    let region = |list: &[Bound<'_, PyAny>], what: &str, i: usize| -> PyResult<F32Region> {
+        match list.get(i) {
+            Some(t) => f32_region(&tensor_type, &float32, t, what, i),
+            None => Err(PyValueError::new_err(format!(
+                "adamw_step_f32: {what}[{i}] is missing"
+            ))),
+        }
+    };
+    // Per tensor: param, exp_avg, exp_avg_sq, max_exp_avg_sq (written) and grad (read).
+    let mut jobs: Vec<([F32Region; 4], F32Region)> = Vec::with_capacity(n);
+    for i in 0..n {
+        let grad = region(&grads, "grads", i)?;
+        let param = region(&params, "params", i)?;
+        let m = region(&exp_avgs, "exp_avgs", i)?;
+        let v = region(&exp_avg_sqs, "exp_avg_sqs", i)?;
+        let vmax = match &max_exp_avg_sqs {
+            Some(list) => region(list, "max_exp_avg_sqs", i)?,
+            None => F32Region { addr: 0, len: 0 },
+        };
+        let lens = [
+            ("grads", grad.len),
+            ("exp_avgs", m.len),
+            ("exp_avg_sqs", v.len),
+        ];
+        let vmax_len = max_exp_avg_sqs
+            .as_ref()
+            .map(|_| ("max_exp_avg_sqs", vmax.len));
+        if let Some((what, len)) = lens
+            .into_iter()
+            .chain(vmax_len)
+            .find(|&(_, l)| l != param.len)
+        {
+            return Err(PyValueError::new_err(format!(
+                "adamw_step_f32: {what}[{i}] has {len} elements but params[{i}] has {}",
+                param.len
+            )));
+        }
+        let written = [param, m, v, vmax];
+        for (k, a) in written.iter().enumerate() {
+            let others = written.iter().skip(k + 1).chain(std::iter::once(&grad));
+            if others.into_iter().any(|b| a.overlaps(*b)) {
+                return Err(PyValueError::new_err(format!(
+                    "adamw_step_f32: the tensors of params[{i}] share memory; each needs its own"
+                )));
+            }
+        }
+        jobs.push((written, grad));
+    }
+    let (decay, avg_weight, beta2, sq_weight, bias2_sqrt, eps, step_size) = scalars;
+    let s = crate::optim::AdamWScalars {
+        decay: decay as f32,
+        avg_weight: avg_weight as f32,
+        beta2: beta2 as f32,
+        sq_weight: sq_weight as f32,
+        bias2_sqrt: bias2_sqrt as f32,
+        eps: eps as f32,
+        step_size: step_size as f32,
+    };
+    let amsgrad = max_exp_avg_sqs.is_some();
+    let result = py.detach(|| {
+        for ([param, m, v, vmax], grad) in jobs {
+            // SAFETY: every region comes from f32_region on a tensor that the argument lists
+            // keep alive until this function returns; within one job the written regions are
+            // disjoint from each other and from grad (checked above), and jobs run one at a
+            // time, so no two live slices overlap. (Another Python thread resizing these
+            // tensors meanwhile would race with this step as it would with torch's own
+            // kernels, which also run without the GIL.)
+            let t = unsafe {
+                crate::optim::AdamWSlices {
+                    param: region_slice_mut(param),
+                    grad: region_slice(grad),
+                    exp_avg: region_slice_mut(m),
+                    exp_avg_sq: region_slice_mut(v),
+                    max_exp_avg_sq: if amsgrad {
+                        Some(region_slice_mut(vmax))
+                    } else {
+                        None
+                    },
+                }
+            };
+            crate::optim::adamw_step(t, &s)?;
+        }
+        Ok(())
+    });
+    result.map_err(|e: crate::optim::LengthMismatch| {
+        PyValueError::new_err(format!("adamw_step_f32: {e}"))
+    })
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WordCounts>()?;
@@ -978,6 +1179,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_reference, m)?)?;
     m.add_function(wrap_pyfunction!(safe_cuts, m)?)?;
     m.add_function(wrap_pyfunction!(merges_from_ranks, m)?)?;
+    m.add_function(wrap_pyfunction!(adamw_step_f32, m)?)?;
     m.add(
         "UNICODE_TABLES_REGEX_VERSION",
         crate::unicode_tables::REGEX_VERSION,
