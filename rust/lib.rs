@@ -5,6 +5,7 @@
 pub mod count;
 pub mod encode;
 pub mod optim;
+pub mod xent;
 pub mod pretok;
 pub mod regex_encode;
 pub mod regex_split;

@@ -961,80 +961,109 @@ impl CoreEncoder {
     }
 }
 
-/// The memory of one tensor handed to `adamw_step_f32`: its first element's address and length.
+/// The memory of one tensor handed to `adamw_step_f32` or the cross-entropy kernels: its first
+/// element's address, its number of elements and their size in bytes.
 #[derive(Clone, Copy)]
-struct F32Region {
+struct Region {
     addr: usize,
     len: usize,
+    elem: usize,
 }
 
-impl F32Region {
-    fn overlaps(self, other: F32Region) -> bool {
-        let end = |r: F32Region| r.addr + r.len * std::mem::size_of::<f32>();
+impl Region {
+    const EMPTY: Region = Region {
+        addr: 0,
+        len: 0,
+        elem: 1,
+    };
+
+    fn overlaps(self, other: Region) -> bool {
+        let end = |r: Region| r.addr + r.len * r.elem;
         self.len != 0 && other.len != 0 && self.addr < end(other) && other.addr < end(self)
     }
 }
 
-/// The memory of `t`, checked to be a contiguous CPU float32 `torch.Tensor`: its elements are
-/// then `len` f32s from `addr` on, inside its storage (torch's invariant for such a tensor).
-fn f32_region(
-    tensor_type: &Bound<'_, PyAny>,
-    float32: &Bound<'_, PyAny>,
+/// A Rust element type and the torch dtype whose memory it reads (bf16 as its u16 bits).
+trait TorchElem: Copy {
+    const DTYPE: &'static str;
+}
+
+impl TorchElem for f32 {
+    const DTYPE: &'static str = "float32";
+}
+
+impl TorchElem for u16 {
+    const DTYPE: &'static str = "bfloat16";
+}
+
+impl TorchElem for i64 {
+    const DTYPE: &'static str = "int64";
+}
+
+/// The memory of `t`, checked to be a contiguous CPU `torch.Tensor` of `T`'s dtype: its elements
+/// are then `len` `T`s from `addr` on, inside its storage (torch's invariant for such a tensor).
+/// `func` and `what` name the call and the argument in the error.
+fn tensor_region<T: TorchElem>(
+    torch: &Bound<'_, PyModule>,
     t: &Bound<'_, PyAny>,
-    what: &str,
-    i: usize,
-) -> PyResult<F32Region> {
+    func: &str,
+    what: &dyn std::fmt::Display,
+) -> PyResult<Region> {
     let py = t.py();
-    let ok = t.is_instance(tensor_type)?
+    let elem = std::mem::size_of::<T>();
+    let ok = t.is_instance(&torch.getattr(pyo3::intern!(py, "Tensor"))?)?
         && t.getattr(pyo3::intern!(py, "is_cpu"))?.is_truthy()?
-        && t.getattr(pyo3::intern!(py, "dtype"))?.is(float32)
+        && t.getattr(pyo3::intern!(py, "dtype"))?
+            .is(&torch.getattr(T::DTYPE)?)
         && t.call_method0(pyo3::intern!(py, "is_contiguous"))?
             .is_truthy()?;
     if !ok {
         return Err(PyValueError::new_err(format!(
-            "adamw_step_f32: {what}[{i}] must be a contiguous CPU float32 torch.Tensor"
+            "{func}: {what} must be a contiguous CPU {} torch.Tensor",
+            T::DTYPE
         )));
     }
     let len: usize = t.call_method0(pyo3::intern!(py, "numel"))?.extract()?;
     let addr: usize = t.call_method0(pyo3::intern!(py, "data_ptr"))?.extract()?;
     let fits = len
-        .checked_mul(std::mem::size_of::<f32>())
+        .checked_mul(elem)
         .and_then(|bytes| addr.checked_add(bytes))
         .is_some_and(|end| end <= isize::MAX as usize);
-    if len != 0 && (addr == 0 || !addr.is_multiple_of(std::mem::align_of::<f32>()) || !fits) {
+    if len != 0 && (addr == 0 || !addr.is_multiple_of(std::mem::align_of::<T>()) || !fits) {
         return Err(PyValueError::new_err(format!(
-            "adamw_step_f32: {what}[{i}] has an unusable data pointer {addr:#x}"
+            "{func}: {what} has an unusable data pointer {addr:#x}"
         )));
     }
-    Ok(F32Region { addr, len })
+    Ok(Region { addr, len, elem })
 }
 
 /// A shared slice over `r`, or an empty one for no elements (whose pointer may be null).
 ///
 /// # Safety
-/// `r` must come from `f32_region` for a tensor that stays alive, and unresized, while the
-/// slice lives, and no live mutable reference may overlap it.
-unsafe fn region_slice<'a>(r: F32Region) -> &'a [f32] {
+/// `r` must come from `tensor_region::<T>` for a tensor that stays alive, and unresized, while
+/// the slice lives, and no live mutable reference may overlap it.
+unsafe fn region_slice<'a, T: TorchElem>(r: Region) -> &'a [T] {
     if r.len == 0 {
         return &[];
     }
-    // SAFETY: by the caller's contract and f32_region's checks, `r` is `len` initialised,
-    // aligned f32s inside one live allocation, no more than isize::MAX bytes, not written.
-    unsafe { std::slice::from_raw_parts(r.addr as *const f32, r.len) }
+    // SAFETY: by the caller's contract and tensor_region's checks, `r` is `len` initialised,
+    // aligned `T`s (every bit pattern is a valid f32, u16 or i64) inside one live allocation,
+    // no more than isize::MAX bytes, not written while the slice lives.
+    unsafe { std::slice::from_raw_parts(r.addr as *const T, r.len) }
 }
 
 /// A mutable slice over `r`, or an empty one for no elements (whose pointer may be null).
 ///
 /// # Safety
-/// `r` must come from `f32_region` for a tensor that stays alive, and unresized, while the
-/// slice lives, and no other live reference may overlap it.
-unsafe fn region_slice_mut<'a>(r: F32Region) -> &'a mut [f32] {
+/// `r` must come from `tensor_region::<T>` for a tensor that stays alive, and unresized, while
+/// the slice lives, and no other live reference may overlap it.
+unsafe fn region_slice_mut<'a, T: TorchElem>(r: Region) -> &'a mut [T] {
     if r.len == 0 {
         return &mut [];
     }
-    // SAFETY: by the caller's contract and f32_region's checks, `r` is `len` initialised,
-    // aligned f32s inside one live allocation, no more than isize::MAX bytes, aliased by nothing.
-    unsafe { std::slice::from_raw_parts_mut(r.addr as *mut f32, r.len) }
+    // SAFETY: by the caller's contract and tensor_region's checks, `r` is `len` initialised,
+    // aligned `T`s inside one live allocation, no more than isize::MAX bytes, aliased by nothing.
+    unsafe { std::slice::from_raw_parts_mut(r.addr as *mut T, r.len) }
 }
 
 /// One AdamW step in place over lists of contiguous CPU float32 tensors (the fused path of
@@ -1072,17 +1101,16 @@ fn adamw_step_f32(
         }
     }
     let torch = py.import("torch")?;
-    let (tensor_type, float32) = (torch.getattr("Tensor")?, torch.getattr("float32")?);
-    let region = |list: &[Bound<'_, PyAny>], what: &str, i: usize| -> PyResult<F32Region> {
+    let region = |list: &[Bound<'_, PyAny>], what: &str, i: usize| -> PyResult<Region> {
         match list.get(i) {
-            Some(t) => f32_region(&tensor_type, &float32, t, what, i),
+            Some(t) => tensor_region::<f32>(&torch, t, "adamw_step_f32", &format!("{what}[{i}]")),
             None => Err(PyValueError::new_err(format!(
                 "adamw_step_f32: {what}[{i}] is missing"
             ))),
         }
     };
     // Per tensor: param, exp_avg, exp_avg_sq, max_exp_avg_sq (written) and grad (read).
-    let mut jobs: Vec<([F32Region; 4], F32Region)> = Vec::with_capacity(n);
+    let mut jobs: Vec<([Region; 4], Region)> = Vec::with_capacity(n);
     for i in 0..n {
         let grad = region(&grads, "grads", i)?;
         let param = region(&params, "params", i)?;
@@ -1090,7 +1118,7 @@ fn adamw_step_f32(
         let v = region(&exp_avg_sqs, "exp_avg_sqs", i)?;
         let vmax = match &max_exp_avg_sqs {
             Some(list) => region(list, "max_exp_avg_sqs", i)?,
-            None => F32Region { addr: 0, len: 0 },
+            None => Region::EMPTY,
         };
         let lens = [
             ("grads", grad.len),
@@ -1134,7 +1162,7 @@ fn adamw_step_f32(
     let amsgrad = max_exp_avg_sqs.is_some();
     let result = py.detach(|| {
         for ([param, m, v, vmax], grad) in jobs {
-            // SAFETY: every region comes from f32_region on a tensor that the argument lists
+            // SAFETY: every region comes from tensor_region::<f32> on a tensor that the argument lists
             // keep alive until this function returns; within one job the written regions are
             // disjoint from each other and from grad (checked above), and jobs run one at a
             // time, so no two live slices overlap. (Another Python thread resizing these
@@ -1162,6 +1190,92 @@ fn adamw_step_f32(
     })
 }
 
+/// `logits`' last dimension (its vocabulary), 0 for a 0-d tensor.
+fn last_dim(t: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let shape: Vec<usize> = t.getattr(pyo3::intern!(t.py(), "shape"))?.extract()?;
+    Ok(shape.last().copied().unwrap_or(0))
+}
+
+fn xent_error(func: &str, e: crate::xent::XentError) -> PyErr {
+    PyValueError::new_err(format!("{func}: {e}"))
+}
+
+/// Fills `lse` (contiguous CPU float32, one per row) with the log-sum-exp of each row of
+/// `logits` (contiguous CPU bfloat16, rows along the last dimension), in float32, on up to
+/// `threads` threads with the GIL released (rust/xent.rs).
+#[pyfunction]
+#[pyo3(signature = (logits, lse, threads))]
+fn cross_entropy_bf16_lse(
+    py: Python<'_>,
+    logits: Bound<'_, PyAny>,
+    lse: Bound<'_, PyAny>,
+    threads: usize,
+) -> PyResult<()> {
+    const FUNC: &str = "cross_entropy_bf16_lse";
+    let torch = py.import("torch")?;
+    let x = tensor_region::<u16>(&torch, &logits, FUNC, &"logits")?;
+    let out = tensor_region::<f32>(&torch, &lse, FUNC, &"lse")?;
+    let vocab = last_dim(&logits)?;
+    if out.overlaps(x) {
+        return Err(PyValueError::new_err(format!(
+            "{FUNC}: lse shares memory with logits"
+        )));
+    }
+    py.detach(|| {
+        // SAFETY: both regions come from tensor_region on tensors that the arguments keep alive
+        // until this function returns, and the written one overlaps nothing (checked above).
+        let (x, out) = unsafe { (region_slice::<u16>(x), region_slice_mut::<f32>(out)) };
+        crate::xent::logsumexp_rows(x, vocab, out, threads)
+    })
+    .map_err(|e| xent_error(FUNC, e))
+}
+
+/// Fills `grad` (contiguous CPU bfloat16, the shape of `logits`) with
+/// `(softmax(logits) - onehot(targets)) * grad_loss` per row, computed in float32 from each
+/// row's log-sum-exp `lse` (float32); `targets` int64, `grad_loss` float32, one per row. On up to
+/// `threads` threads with the GIL released (rust/xent.rs).
+#[pyfunction]
+#[pyo3(signature = (logits, targets, lse, grad_loss, grad, threads))]
+fn cross_entropy_bf16_grad(
+    py: Python<'_>,
+    logits: Bound<'_, PyAny>,
+    targets: Bound<'_, PyAny>,
+    lse: Bound<'_, PyAny>,
+    grad_loss: Bound<'_, PyAny>,
+    grad: Bound<'_, PyAny>,
+    threads: usize,
+) -> PyResult<()> {
+    const FUNC: &str = "cross_entropy_bf16_grad";
+    let torch = py.import("torch")?;
+    let x = tensor_region::<u16>(&torch, &logits, FUNC, &"logits")?;
+    let t = tensor_region::<i64>(&torch, &targets, FUNC, &"targets")?;
+    let l = tensor_region::<f32>(&torch, &lse, FUNC, &"lse")?;
+    let s = tensor_region::<f32>(&torch, &grad_loss, FUNC, &"grad_loss")?;
+    let out = tensor_region::<u16>(&torch, &grad, FUNC, &"grad")?;
+    let vocab = last_dim(&logits)?;
+    if [x, t, l, s].iter().any(|r| out.overlaps(*r)) {
+        return Err(PyValueError::new_err(format!(
+            "{FUNC}: grad shares memory with an input"
+        )));
+    }
+    py.detach(|| {
+        // SAFETY: every region comes from tensor_region on a tensor that the arguments keep
+        // alive until this function returns; the written one overlaps none of the others
+        // (checked above).
+        let (x, t, l, s, out) = unsafe {
+            (
+                region_slice::<u16>(x),
+                region_slice::<i64>(t),
+                region_slice::<f32>(l),
+                region_slice::<f32>(s),
+                region_slice_mut::<u16>(out),
+            )
+        };
+        crate::xent::grad_rows(x, vocab, t, l, s, out, threads)
+    })
+    .map_err(|e| xent_error(FUNC, e))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WordCounts>()?;
@@ -1180,6 +1294,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(safe_cuts, m)?)?;
     m.add_function(wrap_pyfunction!(merges_from_ranks, m)?)?;
     m.add_function(wrap_pyfunction!(adamw_step_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(cross_entropy_bf16_lse, m)?)?;
+    m.add_function(wrap_pyfunction!(cross_entropy_bf16_grad, m)?)?;
     m.add(
         "UNICODE_TABLES_REGEX_VERSION",
         crate::unicode_tables::REGEX_VERSION,
