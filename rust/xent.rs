@@ -55,6 +55,12 @@ const LANES: usize = 16;
 pub fn logsumexp_row(row: &[u16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
+            // SAFETY: the CPU has the features the function was compiled for (checked above).
+            return unsafe { logsumexp_row_avx512(row) };
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has both features the function was compiled for (checked above).
@@ -69,6 +75,12 @@ pub fn logsumexp_row(row: &[u16]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn logsumexp_row_avx2(row: &[u16]) -> f32 {
+    logsumexp_row_body(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn logsumexp_row_avx512(row: &[u16]) -> f32 {
     logsumexp_row_body(row)
 }
 
@@ -110,6 +122,12 @@ fn logsumexp_row_body(row: &[u16]) -> f32 {
 pub fn grad_row(row: &[u16], target: usize, lse: f32, scale: f32, out: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+        {
+            // SAFETY: the CPU has the features the function was compiled for (checked above).
+            return unsafe { grad_row_avx512(row, target, lse, scale, out) };
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has both features the function was compiled for (checked above).
@@ -122,6 +140,12 @@ pub fn grad_row(row: &[u16], target: usize, lse: f32, scale: f32, out: &mut [u16
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn grad_row_avx2(row: &[u16], target: usize, lse: f32, scale: f32, out: &mut [u16]) {
+    grad_row_body(row, target, lse, scale, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn grad_row_avx512(row: &[u16], target: usize, lse: f32, scale: f32, out: &mut [u16]) {
     grad_row_body(row, target, lse, scale, out)
 }
 
