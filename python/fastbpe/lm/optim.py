@@ -4,7 +4,8 @@ Each optimizer reproduces its ``torch.optim`` namesake: the same defaults, the s
 checks and the same arithmetic in the same order, so the two agree to float rounding over long
 runs. The update is written with ``torch._foreach_*`` ops over lists of tensors: on CUDA the
 lists hold all of a param group's tensors (a few fused kernel launches per op); on CPU, where that
-is slower, one large tensor or a run of small ones (see ``_ForeachOptimizer``).
+is slower, one large tensor or a run of small ones (see ``_ForeachOptimizer``). AdamW on CPU
+float32 runs those ops' arithmetic in one Rust pass instead (``AdamW(fused=...)``).
 
 Conventions, and where they differ from torch.optim:
 
@@ -14,8 +15,8 @@ Conventions, and where they differ from torch.optim:
   State dicts stay interchangeable: torch.optim turns int steps into tensors on load, and ours
   turns tensor steps into ints (see ``__setstate__``).
 * Hyperparameters are Python numbers (no tensor ``lr``); there are no ``maximize``, ``foreach``,
-  ``fused``, ``capturable`` or ``differentiable`` options; complex params and sparse grads are
-  refused.
+  ``capturable`` or ``differentiable`` options, and ``fused`` only on AdamW (an attribute, not a
+  param-group entry); complex params and sparse grads are refused.
 * ``p.grad`` is never modified (torch's foreach SGD with nesterov writes into it).
 """
 
@@ -303,8 +304,9 @@ class AdamW(Adam):
     element in Rust (``fastbpe._core.adamw_step_f32``, rust/optim.rs) for every param whose
     param, grad and states are contiguous CPU float32 tensors, the ``_foreach_*`` ops of
     ``Adam`` for the rest (CUDA, bf16, non-contiguous). The Rust pass does the foreach ops'
-    arithmetic in their order and rounding, so the numbers are bit for bit the same, 3-4x
-    faster. ``True``: the Rust pass or a ValueError saying which tensor it cannot take.
+    arithmetic in their order and rounding, about 4x faster: the moments are bit for bit the
+    same, the params equal to float rounding (torch's CPU sqrt is an ulp off now and then, the
+    Rust one exact, as in torch's own fused AdamW). ``True``: the Rust pass or a ValueError saying which tensor it cannot take.
     ``False``: the foreach ops everywhere. It is not saved in the state dict, so checkpoints
     load into either."""
 
