@@ -1016,10 +1016,12 @@ fn tensor_region<T: TorchElem>(
         && t.getattr(pyo3::intern!(py, "dtype"))?
             .is(&torch.getattr(T::DTYPE)?)
         && t.call_method0(pyo3::intern!(py, "is_contiguous"))?
-            .is_truthy()?;
+            .is_truthy()?
+        // A negated view's memory holds the values before the negation.
+        && !t.call_method0(pyo3::intern!(py, "is_neg"))?.is_truthy()?;
     if !ok {
         return Err(PyValueError::new_err(format!(
-            "{func}: {what} must be a contiguous CPU {} torch.Tensor",
+            "{func}: {what} must be a contiguous CPU {} torch.Tensor (not a negated view)",
             T::DTYPE
         )));
     }

@@ -138,6 +138,12 @@ def test_fused_true_refuses_what_it_cannot_take():
         opt.step()
     assert torch.equal(p, torch.ones(4, 3))
     assert not opt.state[p]["exp_avg"].any()
+    # A negated view (torch._neg_view) reads as its negation but holds the values before it.
+    p = torch.ones(3)
+    opt = AdamW([p], fused=True)
+    p.grad = torch.ones(3)._neg_view()
+    with pytest.raises(ValueError, match="the grad is a negated view"):
+        opt.step()
     # A param whose data moved to another dtype after construction.
     q = torch.nn.Parameter(torch.ones(3))
     opt = AdamW([q], fused=True)
@@ -232,6 +238,7 @@ SCALARS = (1.0, 0.1, 0.999, 0.001, 0.5, 1e-8, -1e-3)
     ({"v": torch.zeros(8)[::2]}, r"exp_avg_sqs\[0\] must be a contiguous"),
     ({"g": torch.zeros(4).expand(3, 4)[0]}, None),  # a contiguous row of an expanded tensor: fine
     ({"p": [0.0] * 4}, r"params\[0\] must be a contiguous CPU float32 torch.Tensor"),
+    ({"g": torch.zeros(4)._neg_view()}, r"grads\[0\] must be .* \(not a negated view\)"),
 ])
 def test_the_binding_checks_every_tensor_before_writing(over, message):
     args = rust_args(**over)

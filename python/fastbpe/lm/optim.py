@@ -379,6 +379,8 @@ def _fused_refusal(t: Tensor, what: str) -> str | None:
         return f"the {what} is {t.dtype}, not torch.float32"
     if t.layout != torch.strided or not t.is_contiguous():
         return f"the {what} is not contiguous"
+    if t.is_neg():  # its memory holds the values before the negation
+        return f"the {what} is a negated view"
     return None
 
 
