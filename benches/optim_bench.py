@@ -13,8 +13,11 @@ waits for a descheduled thread, which hurts implementations that run many small 
 (try `--threads 1`). torch's
 implementations are foreach=False (a Python loop over tensors), foreach=True (torch._foreach_*
 ops, as ours) and fused=True (one kernel per tensor doing the whole update), where the device
-supports it. "ours" is what fastbpe.lm.optim does on that device (one tensor at a time on CPU,
-all of a group's tensors per foreach op elsewhere); "ours all-at-once" forces the latter.
+supports it. "ours" is what fastbpe.lm.optim does by default on that device (for AdamW on CPU
+the Rust pass of rust/optim.rs); "ours unfused" is AdamW(fused=False), its foreach ops one tensor
+at a time on CPU, all of a group's tensors per op elsewhere; "ours all-at-once" forces the
+latter. After each table section one line gives ours over torch fused and ours unfused over
+torch's best unfused (below 1: ours is faster).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ HYPER = {  # what a language-model run would use
     "SGD": dict(lr=1e-2, momentum=0.9),
 }
 TORCH = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD}
+FUSED_OPTION = {"AdamW": ("fused",)}  # ours with a fused= option (a Rust pass on CPU)
 IMPLS = {"torch for-loop": dict(foreach=False), "torch foreach": dict(foreach=True),
          "torch fused": dict(fused=True)}
 
@@ -71,6 +75,16 @@ def interleaved_medians(opts, steps, warmup, device):
     return {name: (statistics.median(t) * 1e3, min(t) * 1e3) for name, t in times.items()}
 
 
+def ratio_line(device, case, name, ms):
+    """Ours over torch fused, and ours unfused over torch's faster unfused implementation."""
+    unfused_ours = ms.get("ours unfused", ms["ours"])[0]
+    unfused_torch = min(ms[i][0] for i in ("torch for-loop", "torch foreach") if i in ms)
+    fused = (f"ours / torch fused {ms['ours'][0] / ms['torch fused'][0]:.2f}x"
+             if "torch fused" in ms else "no torch fused")
+    return (f"{device} {case} {name}: {fused}; ours unfused / best torch unfused "
+            f"{unfused_ours / unfused_torch:.2f}x")
+
+
 def machine():
     cpu = platform.processor() or platform.machine()
     try:
@@ -100,7 +114,7 @@ def main():
     print(f"`{shlex.join(['python'] + sys.argv)}`\n\n{machine()}\n")
     print("| device | case | params | optimizer | implementation | ms/step | vs ours | min ms |")
     print("|---|---|---|---|---|---:|---:|---:|")
-    notes = []
+    notes, ratios = [], []
     for device in args.devices.split(","):
         for case in args.cases.split(","):
             shapes = CASES[case]()
@@ -112,8 +126,11 @@ def main():
             for name in args.optimizers.split(","):
                 ours_cls = getattr(optim, name)
                 all_at_once = type(name, (ours_cls,), {"single_tensor_devices": frozenset()})
-                opts = {"ours": ours_cls(params, **HYPER[name]),
-                        "ours all-at-once": all_at_once(params, **HYPER[name])}
+                unfused = {"fused": False} if "fused" in FUSED_OPTION.get(name, ()) else {}
+                opts = {"ours": ours_cls(params, **HYPER[name])}
+                if unfused:
+                    opts["ours unfused"] = ours_cls(params, **HYPER[name], **unfused)
+                opts["ours all-at-once"] = all_at_once(params, **HYPER[name], **unfused)
                 for impl, flags in IMPLS.items():
                     try:
                         opts[impl] = TORCH[name](params, **HYPER[name], **flags)
@@ -124,10 +141,16 @@ def main():
                 ms = interleaved_medians(opts, args.steps, args.warmup, device)
                 del opts  # free the states before the next optimizer
                 ours_ms = ms["ours"][0]
-                for impl in ["ours", "ours all-at-once", *IMPLS]:
+                for impl in ["ours", "ours unfused", "ours all-at-once", *IMPLS]:
+                    if impl == "ours unfused" and not unfused:
+                        continue
                     med, low = ms.get(impl, (None, None))
                     cells = f"{med:.2f} | {med / ours_ms:.2f}x | {low:.2f}" if med else "n/a | | "
                     print(f"| {device} | {case} | {size} | {name} | {impl} | {cells} |", flush=True)
+                ratios.append(ratio_line(device, case, name, ms))
+    print()
+    for line in ratios:
+        print(f"- {line}")
     for note in notes:
         print(f"\n- {note}")
 

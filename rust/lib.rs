@@ -5,6 +5,7 @@
 pub mod count;
 pub mod encode;
 pub mod input;
+pub mod optim;
 pub mod pipeline;
 pub mod pretok;
 pub mod regex_encode;
@@ -15,6 +16,7 @@ mod regex_classes;
 pub mod ranks;
 pub mod specials;
 pub mod train;
+pub mod xent;
 #[rustfmt::skip]
 #[allow(dead_code)] // generated: not every class is used by every pattern
 mod unicode_tables;

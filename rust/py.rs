@@ -980,6 +980,323 @@ impl CoreEncoder {
     }
 }
 
+/// The memory of one tensor handed to `adamw_step_f32` or the cross-entropy kernels: its first
+/// element's address, its number of elements and their size in bytes.
+#[derive(Clone, Copy)]
+struct Region {
+    addr: usize,
+    len: usize,
+    elem: usize,
+}
+
+impl Region {
+    const EMPTY: Region = Region {
+        addr: 0,
+        len: 0,
+        elem: 1,
+    };
+
+    fn overlaps(self, other: Region) -> bool {
+        let end = |r: Region| r.addr + r.len * r.elem;
+        self.len != 0 && other.len != 0 && self.addr < end(other) && other.addr < end(self)
+    }
+}
+
+/// A Rust element type and the torch dtype whose memory it reads (bf16 as its u16 bits).
+trait TorchElem: Copy {
+    const DTYPE: &'static str;
+}
+
+impl TorchElem for f32 {
+    const DTYPE: &'static str = "float32";
+}
+
+impl TorchElem for u16 {
+    const DTYPE: &'static str = "bfloat16";
+}
+
+impl TorchElem for i64 {
+    const DTYPE: &'static str = "int64";
+}
+
+/// The memory of `t`, checked to be a contiguous CPU `torch.Tensor` of `T`'s dtype: its elements
+/// are then `len` `T`s from `addr` on, inside its storage (torch's invariant for such a tensor).
+/// `func` and `what` name the call and the argument in the error.
+fn tensor_region<T: TorchElem>(
+    torch: &Bound<'_, PyModule>,
+    t: &Bound<'_, PyAny>,
+    func: &str,
+    what: &dyn std::fmt::Display,
+) -> PyResult<Region> {
+    let py = t.py();
+    let elem = std::mem::size_of::<T>();
+    let ok = t.is_instance(&torch.getattr(pyo3::intern!(py, "Tensor"))?)?
+        && t.getattr(pyo3::intern!(py, "is_cpu"))?.is_truthy()?
+        && t.getattr(pyo3::intern!(py, "dtype"))?
+            .is(&torch.getattr(T::DTYPE)?)
+        && t.call_method0(pyo3::intern!(py, "is_contiguous"))?
+            .is_truthy()?
+        // A negated view's memory holds the values before the negation.
+        && !t.call_method0(pyo3::intern!(py, "is_neg"))?.is_truthy()?;
+    if !ok {
+        return Err(PyValueError::new_err(format!(
+            "{func}: {what} must be a contiguous CPU {} torch.Tensor (not a negated view)",
+            T::DTYPE
+        )));
+    }
+    let len: usize = t.call_method0(pyo3::intern!(py, "numel"))?.extract()?;
+    let addr: usize = t.call_method0(pyo3::intern!(py, "data_ptr"))?.extract()?;
+    let fits = len
+        .checked_mul(elem)
+        .and_then(|bytes| addr.checked_add(bytes))
+        .is_some_and(|end| end <= isize::MAX as usize);
+    if len != 0 && (addr == 0 || !addr.is_multiple_of(std::mem::align_of::<T>()) || !fits) {
+        return Err(PyValueError::new_err(format!(
+            "{func}: {what} has an unusable data pointer {addr:#x}"
+        )));
+    }
+    Ok(Region { addr, len, elem })
+}
+
+/// A shared slice over `r`, or an empty one for no elements (whose pointer may be null).
+///
+/// # Safety
+/// `r` must come from `tensor_region::<T>` for a tensor that stays alive, and unresized, while
+/// the slice lives, and no live mutable reference may overlap it.
+unsafe fn region_slice<'a, T: TorchElem>(r: Region) -> &'a [T] {
+    if r.len == 0 {
+        return &[];
+    }
+    // SAFETY: by the caller's contract and tensor_region's checks, `r` is `len` initialised,
+    // aligned `T`s (every bit pattern is a valid f32, u16 or i64) inside one live allocation,
+    // no more than isize::MAX bytes, not written while the slice lives.
+    unsafe { std::slice::from_raw_parts(r.addr as *const T, r.len) }
+}
+
+/// A mutable slice over `r`, or an empty one for no elements (whose pointer may be null).
+///
+/// # Safety
+/// `r` must come from `tensor_region::<T>` for a tensor that stays alive, and unresized, while
+/// the slice lives, and no other live reference may overlap it.
+unsafe fn region_slice_mut<'a, T: TorchElem>(r: Region) -> &'a mut [T] {
+    if r.len == 0 {
+        return &mut [];
+    }
+    // SAFETY: by the caller's contract and tensor_region's checks, `r` is `len` initialised,
+    // aligned `T`s inside one live allocation, no more than isize::MAX bytes, aliased by nothing.
+    unsafe { std::slice::from_raw_parts_mut(r.addr as *mut T, r.len) }
+}
+
+/// One AdamW step in place over lists of contiguous CPU float32 tensors (the fused path of
+/// `fastbpe.lm.optim.AdamW`; see rust/optim.rs for the arithmetic). `scalars` are
+/// (decay, 1 - beta1, beta2, 1 - beta2, sqrt(1 - beta2^step), eps, -lr / (1 - beta1^step)) as
+/// Python floats. Every tensor is checked (type, device, dtype, contiguity, length, overlap) before
+/// anything is written; the update runs with the GIL released.
+#[pyfunction]
+#[pyo3(signature = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scalars))]
+#[allow(clippy::type_complexity)]
+fn adamw_step_f32(
+    py: Python<'_>,
+    params: Vec<Bound<'_, PyAny>>,
+    grads: Vec<Bound<'_, PyAny>>,
+    exp_avgs: Vec<Bound<'_, PyAny>>,
+    exp_avg_sqs: Vec<Bound<'_, PyAny>>,
+    max_exp_avg_sqs: Option<Vec<Bound<'_, PyAny>>>,
+    scalars: (f64, f64, f64, f64, f64, f64, f64),
+) -> PyResult<()> {
+    let n = params.len();
+    let lists = [
+        ("grads", grads.len()),
+        ("exp_avgs", exp_avgs.len()),
+        ("exp_avg_sqs", exp_avg_sqs.len()),
+    ];
+    let vmax_len = max_exp_avg_sqs.as_ref().map(Vec::len);
+    for (what, len) in lists
+        .into_iter()
+        .chain(vmax_len.map(|l| ("max_exp_avg_sqs", l)))
+    {
+        if len != n {
+            return Err(PyValueError::new_err(format!(
+                "adamw_step_f32: {what} has {len} tensors but params has {n}"
+            )));
+        }
+    }
+    let torch = py.import("torch")?;
+    let region = |list: &[Bound<'_, PyAny>], what: &str, i: usize| -> PyResult<Region> {
+        match list.get(i) {
+            Some(t) => tensor_region::<f32>(&torch, t, "adamw_step_f32", &format!("{what}[{i}]")),
+            None => Err(PyValueError::new_err(format!(
+                "adamw_step_f32: {what}[{i}] is missing"
+            ))),
+        }
+    };
+    // Per tensor: param, exp_avg, exp_avg_sq, max_exp_avg_sq (written) and grad (read).
+    let mut jobs: Vec<([Region; 4], Region)> = Vec::with_capacity(n);
+    for i in 0..n {
+        let grad = region(&grads, "grads", i)?;
+        let param = region(&params, "params", i)?;
+        let m = region(&exp_avgs, "exp_avgs", i)?;
+        let v = region(&exp_avg_sqs, "exp_avg_sqs", i)?;
+        let vmax = match &max_exp_avg_sqs {
+            Some(list) => region(list, "max_exp_avg_sqs", i)?,
+            None => Region::EMPTY,
+        };
+        let lens = [
+            ("grads", grad.len),
+            ("exp_avgs", m.len),
+            ("exp_avg_sqs", v.len),
+        ];
+        let vmax_len = max_exp_avg_sqs
+            .as_ref()
+            .map(|_| ("max_exp_avg_sqs", vmax.len));
+        if let Some((what, len)) = lens
+            .into_iter()
+            .chain(vmax_len)
+            .find(|&(_, l)| l != param.len)
+        {
+            return Err(PyValueError::new_err(format!(
+                "adamw_step_f32: {what}[{i}] has {len} elements but params[{i}] has {}",
+                param.len
+            )));
+        }
+        let written = [param, m, v, vmax];
+        for (k, a) in written.iter().enumerate() {
+            let others = written.iter().skip(k + 1).chain(std::iter::once(&grad));
+            if others.into_iter().any(|b| a.overlaps(*b)) {
+                return Err(PyValueError::new_err(format!(
+                    "adamw_step_f32: the tensors of params[{i}] share memory; each needs its own"
+                )));
+            }
+        }
+        jobs.push((written, grad));
+    }
+    let (decay, avg_weight, beta2, sq_weight, bias2_sqrt, eps, step_size) = scalars;
+    let s = crate::optim::AdamWScalars {
+        decay: decay as f32,
+        avg_weight: avg_weight as f32,
+        beta2: beta2 as f32,
+        sq_weight: sq_weight as f32,
+        bias2_sqrt: bias2_sqrt as f32,
+        eps: eps as f32,
+        step_size: step_size as f32,
+    };
+    let amsgrad = max_exp_avg_sqs.is_some();
+    let result = py.detach(|| {
+        for ([param, m, v, vmax], grad) in jobs {
+            // SAFETY: every region comes from tensor_region::<f32> on a tensor that the argument lists
+            // keep alive until this function returns; within one job the written regions are
+            // disjoint from each other and from grad (checked above), and jobs run one at a
+            // time, so no two live slices overlap. (Another Python thread resizing these
+            // tensors meanwhile would race with this step as it would with torch's own
+            // kernels, which also run without the GIL.)
+            let t = unsafe {
+                crate::optim::AdamWSlices {
+                    param: region_slice_mut(param),
+                    grad: region_slice(grad),
+                    exp_avg: region_slice_mut(m),
+                    exp_avg_sq: region_slice_mut(v),
+                    max_exp_avg_sq: if amsgrad {
+                        Some(region_slice_mut(vmax))
+                    } else {
+                        None
+                    },
+                }
+            };
+            crate::optim::adamw_step(t, &s)?;
+        }
+        Ok(())
+    });
+    result.map_err(|e: crate::optim::LengthMismatch| {
+        PyValueError::new_err(format!("adamw_step_f32: {e}"))
+    })
+}
+
+/// `logits`' last dimension (its vocabulary), 0 for a 0-d tensor.
+fn last_dim(t: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let shape: Vec<usize> = t.getattr(pyo3::intern!(t.py(), "shape"))?.extract()?;
+    Ok(shape.last().copied().unwrap_or(0))
+}
+
+fn xent_error(func: &str, e: crate::xent::XentError) -> PyErr {
+    PyValueError::new_err(format!("{func}: {e}"))
+}
+
+/// Fills `lse` (contiguous CPU float32, one per row) with the log-sum-exp of each row of
+/// `logits` (contiguous CPU bfloat16, rows along the last dimension), in float32, on up to
+/// `threads` threads with the GIL released (rust/xent.rs).
+#[pyfunction]
+#[pyo3(signature = (logits, lse, threads))]
+fn cross_entropy_bf16_lse(
+    py: Python<'_>,
+    logits: Bound<'_, PyAny>,
+    lse: Bound<'_, PyAny>,
+    threads: usize,
+) -> PyResult<()> {
+    const FUNC: &str = "cross_entropy_bf16_lse";
+    let torch = py.import("torch")?;
+    let x = tensor_region::<u16>(&torch, &logits, FUNC, &"logits")?;
+    let out = tensor_region::<f32>(&torch, &lse, FUNC, &"lse")?;
+    let vocab = last_dim(&logits)?;
+    if out.overlaps(x) {
+        return Err(PyValueError::new_err(format!(
+            "{FUNC}: lse shares memory with logits"
+        )));
+    }
+    py.detach(|| {
+        // SAFETY: both regions come from tensor_region on tensors that the arguments keep alive
+        // until this function returns, and the written one overlaps nothing (checked above).
+        let (x, out) = unsafe { (region_slice::<u16>(x), region_slice_mut::<f32>(out)) };
+        crate::xent::logsumexp_rows(x, vocab, out, threads)
+    })
+    .map_err(|e| xent_error(FUNC, e))
+}
+
+/// Fills `grad` (contiguous CPU bfloat16, the shape of `logits`) with
+/// `(softmax(logits) - onehot(targets)) * grad_loss` per row, computed in float32 from each
+/// row's log-sum-exp `lse` (float32); `targets` int64, `grad_loss` float32, one per row. On up to
+/// `threads` threads with the GIL released (rust/xent.rs).
+#[pyfunction]
+#[pyo3(signature = (logits, targets, lse, grad_loss, grad, threads))]
+fn cross_entropy_bf16_grad(
+    py: Python<'_>,
+    logits: Bound<'_, PyAny>,
+    targets: Bound<'_, PyAny>,
+    lse: Bound<'_, PyAny>,
+    grad_loss: Bound<'_, PyAny>,
+    grad: Bound<'_, PyAny>,
+    threads: usize,
+) -> PyResult<()> {
+    const FUNC: &str = "cross_entropy_bf16_grad";
+    let torch = py.import("torch")?;
+    let x = tensor_region::<u16>(&torch, &logits, FUNC, &"logits")?;
+    let t = tensor_region::<i64>(&torch, &targets, FUNC, &"targets")?;
+    let l = tensor_region::<f32>(&torch, &lse, FUNC, &"lse")?;
+    let s = tensor_region::<f32>(&torch, &grad_loss, FUNC, &"grad_loss")?;
+    let out = tensor_region::<u16>(&torch, &grad, FUNC, &"grad")?;
+    let vocab = last_dim(&logits)?;
+    if [x, t, l, s].iter().any(|r| out.overlaps(*r)) {
+        return Err(PyValueError::new_err(format!(
+            "{FUNC}: grad shares memory with an input"
+        )));
+    }
+    py.detach(|| {
+        // SAFETY: every region comes from tensor_region on a tensor that the arguments keep
+        // alive until this function returns; the written one overlaps none of the others
+        // (checked above).
+        let (x, t, l, s, out) = unsafe {
+            (
+                region_slice::<u16>(x),
+                region_slice::<i64>(t),
+                region_slice::<f32>(l),
+                region_slice::<f32>(s),
+                region_slice_mut::<u16>(out),
+            )
+        };
+        crate::xent::grad_rows(x, vocab, t, l, s, out, threads)
+    })
+    .map_err(|e| xent_error(FUNC, e))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WordCounts>()?;
@@ -997,6 +1314,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_reference, m)?)?;
     m.add_function(wrap_pyfunction!(safe_cuts, m)?)?;
     m.add_function(wrap_pyfunction!(merges_from_ranks, m)?)?;
+    m.add_function(wrap_pyfunction!(adamw_step_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(cross_entropy_bf16_lse, m)?)?;
+    m.add_function(wrap_pyfunction!(cross_entropy_bf16_grad, m)?)?;
     m.add(
         "UNICODE_TABLES_REGEX_VERSION",
         crate::unicode_tables::REGEX_VERSION,

@@ -3,6 +3,8 @@
 from collections.abc import Callable
 from os import PathLike
 
+from torch import Tensor
+
 UNICODE_TABLES_REGEX_VERSION: str
 REGEX_CLASSES_REGEX_VERSION: str
 PATTERNS: dict[str, str]
@@ -90,3 +92,15 @@ def split_reference(pattern: str | None, text: str) -> list[str]: ...
 def count_pieces(pattern: str | None, text: str) -> int: ...
 def safe_cuts(pattern: str | None, special_tokens: list[str], text: str) -> tuple[list[int], int | None, int | None]: ...
 def merges_from_ranks(tokens: list[bytes]) -> list[tuple[bytes, bytes]]: ...
+def adamw_step_f32(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor] | None,
+    scalars: tuple[float, float, float, float, float, float, float],
+) -> None: ...
+def cross_entropy_bf16_lse(logits: Tensor, lse: Tensor, threads: int) -> None: ...
+def cross_entropy_bf16_grad(
+    logits: Tensor, targets: Tensor, lse: Tensor, grad_loss: Tensor, grad: Tensor, threads: int
+) -> None: ...

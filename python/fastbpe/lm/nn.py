@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from fastbpe import _core
+
 
 def _check_last_dim(x: Tensor, size: int, what: str) -> None:
     if x.shape[-1] != size:
@@ -330,23 +332,45 @@ class _TokenCrossEntropy(torch.autograd.Function):
     """Per-token cross-entropy with a hand-written backward. Autograd on the readable version
     keeps the float32 copy, the shifted logits and their exp alive for backward (three
     vocabulary-sized tensors per token); this keeps only the logits and one log-sum-exp per
-    token, and backward is softmax - onehot in one buffer."""
+    token, and backward is softmax - onehot in one buffer.
+
+    bf16 logits on CPU go to Rust (rust/xent.rs), which computes the same in float32 one row at
+    a time (a vectorised exp within 2 ulp, sums in float64) and writes the gradient straight in
+    bf16: no float32 copy of all the logits, nor of their gradient, goes through memory."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
-        x = logits.float()  # no copy for float32 logits
-        lse = torch.logsumexp(x, dim=-1)
+        if _in_rust(logits):
+            lse = logits.new_empty(logits.shape[:-1], dtype=torch.float32)
+            _core.cross_entropy_bf16_lse(logits.contiguous(), lse, torch.get_num_threads())
+            picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+        else:
+            x = logits.float()  # no copy for float32 logits
+            lse = torch.logsumexp(x, dim=-1)
+            picked = x.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         ctx.save_for_backward(logits, targets, lse)
-        return lse - x.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return lse - picked
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
         logits, targets, lse = ctx.saved_tensors
+        if _in_rust(logits):
+            grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+            _core.cross_entropy_bf16_grad(
+                logits.contiguous(), targets.to(torch.int64).contiguous(), lse.contiguous(),
+                grad_loss.to(torch.float32).contiguous(), grad, torch.get_num_threads())
+            return grad, None
         # d loss_i / d logits_ij = softmax_ij - [j == target_i], scaled by the incoming grad.
         grad = logits.float().sub(lse.unsqueeze(-1)).exp_()
         grad.scatter_add_(-1, targets.unsqueeze(-1), grad.new_full((*targets.shape, 1), -1.0))
         grad.mul_(grad_loss.unsqueeze(-1))
         return grad.to(logits.dtype), None
+
+
+def _in_rust(logits: Tensor) -> bool:
+    """bf16 logits on CPU with rows to reduce (elsewhere torch's kernels over the whole tensor)."""
+    return (logits.dtype == torch.bfloat16 and logits.device.type == "cpu" and logits.dim() > 0
+            and logits.numel() > 0)
 
 
 def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:

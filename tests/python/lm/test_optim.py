@@ -159,7 +159,11 @@ def test_mlp_with_closure_matches_torch(name):
             return loss
         return closure
 
-    ours, ref = ours_cls(model.parameters(), lr=lr), torch_cls(twin.parameters(), lr=lr)
+    # AdamW's default Rust pass on CPU rounds sqrt exactly where torch's (MKL) is off by an ulp
+    # now and then, and the closure feeds that back: its foreach ops (fused=False) are the ones
+    # that match torch's to TIGHT here (test_optim_fused.py checks the Rust pass).
+    unfused = {"fused": False} if name == "AdamW" else {}
+    ours, ref = ours_cls(model.parameters(), lr=lr, **unfused), torch_cls(twin.parameters(), lr=lr)
     first = None
     for _ in range(300):
         loss_a = ours.step(closure_for(model, ours))
