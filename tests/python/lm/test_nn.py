@@ -4,7 +4,7 @@ and shapes, initialization, the numbers each module computes, errors and end-to-
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
@@ -523,6 +523,8 @@ def _ce_grads(fn, logits, targets, weights=None):
 @given(lead=st.lists(st.integers(1, 5), min_size=1, max_size=3), vocab=st.integers(1, 70),
        scale=st.sampled_from([0.1, 3.0, 30.0]), dtype=st.sampled_from(["float32", "bfloat16"]),
        seed=st.integers(0, 2**16))
+# Logits of 30 in fp32: a gradient from exp(x - lse) carried the rounding of lse (1.5e-6 off).
+@example(lead=[2, 2, 2], vocab=6, scale=30.0, dtype="float32", seed=135)
 def test_fast_cross_entropy_equals_readable_and_torch(lead, vocab, scale, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(*lead, vocab, generator=g) * scale).to(getattr(torch, dtype))
