@@ -355,11 +355,6 @@ impl Encoder {
         Ok(())
     }
 
-    /// Longest special token, in bytes (0 without special tokens).
-    pub fn special_max_len(&self) -> usize {
-        self.specials.max_len()
-    }
-
     /// The largest id (None for an empty vocabulary, which `from_*` never build).
     pub fn max_id(&self) -> Option<u32> {
         self.tokens.max_id
@@ -654,14 +649,6 @@ impl Encoder {
     /// Encodes text without special-token handling.
     pub fn encode_ordinary(&self, text: &str) -> Vec<u32> {
         self.encode_with(text, false)
-    }
-
-    /// Special-token matches in `text` as (start, end, id).
-    pub fn special_matches(&self, text: &str) -> Vec<(usize, usize, u32)> {
-        self.specials
-            .matches(text)
-            .map(|(s, e, k)| (s, e, self.special_ids[k]))
-            .collect()
     }
 
     /// Encodes many texts on `num_threads` threads (results in input order).

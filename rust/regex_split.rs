@@ -40,8 +40,6 @@ const MAX_REPEAT: u32 = 1000;
 /// A custom pattern compiled for the Rust engine.
 pub struct RegexSplitter {
     regex: Regex,
-    /// The pattern as fancy-regex reads it (classes written out).
-    translated: String,
 }
 
 /// Why a search failed: fancy-regex gave up (backtrack limit, stack). The caller splits the
@@ -60,15 +58,10 @@ impl RegexSplitter {
                 .build()
         };
         match std::panic::catch_unwind(build) {
-            Ok(Ok(regex)) => Ok(RegexSplitter { regex, translated }),
+            Ok(Ok(regex)) => Ok(RegexSplitter { regex }),
             Ok(Err(e)) => Err(format!("fancy-regex refused it: {e}")),
             Err(_) => Err("fancy-regex failed on it".to_string()),
         }
-    }
-
-    /// The pattern as handed to fancy-regex.
-    pub fn translated(&self) -> &str {
-        &self.translated
     }
 
     /// The first match in `text` at or after byte `at`, as (start, end); the whole `text` is
