@@ -124,6 +124,10 @@ impl Pattern {
                 out.push(p);
                 Ok(())
             }),
+            Pattern::O200k => pieces(text, o200k_piece_end_general, |p| {
+                out.push(p);
+                Ok(())
+            }),
             _ => {
                 out = self.split(text);
                 Ok(())
@@ -255,7 +259,7 @@ fn run_end(s: &[u8], mut i: usize, k: Coarse) -> usize {
 fn ascii_letters_end(s: &[u8], i: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
-        ascii_letters_end_sse2(s, i)
+        ascii_run_end_sse2::<0x20>(s, i)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -271,11 +275,34 @@ fn ascii_letters_end_scalar(s: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// A byte `b` is an ASCII letter when `(b | 0x20) - b'a'` (wrapping) is at most 25: setting
-/// bit 5 lowers upper case and maps no other byte into `a..=z`.
+/// Index of the first byte at or after `i` that is not an ASCII lower case letter, as
+/// `ascii_letters_end` (checked against `ascii_lower_end_scalar`).
+#[inline(always)]
+fn ascii_lower_end(s: &[u8], i: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        ascii_run_end_sse2::<0>(s, i)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        ascii_lower_end_scalar(s, i)
+    }
+}
+
+#[inline(always)]
+fn ascii_lower_end_scalar(s: &[u8], mut i: usize) -> usize {
+    while s.get(i).is_some_and(|b| b.is_ascii_lowercase()) {
+        i += 1;
+    }
+    i
+}
+
+/// The run of ASCII letters (`FOLD` = 0x20) or lower case letters (`FOLD` = 0) from `i`. A
+/// byte `b` is in it when `(b | FOLD) - b'a'` (wrapping) is at most 25: setting bit 5 lowers
+/// upper case and maps no other byte into `a..=z`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn ascii_letters_end_sse2(s: &[u8], mut i: usize) -> usize {
+fn ascii_run_end_sse2<const FOLD: i8>(s: &[u8], mut i: usize) -> usize {
     use std::arch::x86_64::{
         _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
         _mm_set1_epi8, _mm_sub_epi8,
@@ -286,7 +313,7 @@ fn ascii_letters_end_sse2(s: &[u8], mut i: usize) -> usize {
         let letters = unsafe {
             let v = _mm_loadu_si128(chunk.as_ptr().cast());
             let x = _mm_sub_epi8(
-                _mm_or_si128(v, _mm_set1_epi8(0x20)),
+                _mm_or_si128(v, _mm_set1_epi8(FOLD)),
                 _mm_set1_epi8(b'a' as i8),
             );
             _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(25)), x))
@@ -296,7 +323,11 @@ fn ascii_letters_end_sse2(s: &[u8], mut i: usize) -> usize {
         }
         i += 16;
     }
-    ascii_letters_end_scalar(s, i)
+    if FOLD == 0 {
+        ascii_lower_end_scalar(s, i)
+    } else {
+        ascii_letters_end_scalar(s, i)
+    }
 }
 
 /// `gpt2_piece_end_general` with ASCII fast paths for the commonest pieces: a run of
@@ -710,24 +741,51 @@ fn o200k_contraction_end(s: &[u8], i: usize) -> usize {
 /// 3. `\p{N}{1,3}`  4. ` ?[^\s\p{L}\p{N}]+[\r\n/]*`  5. `\s*[\r\n]+`  6. `\s+(?!\S)`  7. `\s+`
 #[inline]
 fn o200k_piece_end(s: &[u8], pos: usize) -> usize {
+    o200k_ascii_word_end(s, pos).unwrap_or_else(|| o200k_piece_end_general(s, pos))
+}
+
+/// Fast path of `o200k_piece_end` for the commonest pieces: an ASCII word, with or without one
+/// ASCII character of `[^\r\n\p{L}\p{N}]` (a space, `(`, `'`...) before it. With `U` the run
+/// of ASCII capitals from the word's start and `l` the run of ASCII lower case letters after
+/// it: if `l` is not empty, the word is alternative 1 with `U` as its upper run (an `Ll`
+/// follows `U`, so no backtracking), going on through any non-ASCII lower run. If `l` is empty
+/// and the byte after `U` is ASCII (or the end), it is neither a letter nor a mark, and no
+/// capital is in both sets, so 1 fails and 2 takes exactly `U`. Then the optional contraction.
+/// None (the general code decides) when `U` is followed by a non-ASCII character, which may
+/// go on the upper run.
+#[inline(always)]
+fn o200k_ascii_word_end(s: &[u8], pos: usize) -> Option<usize> {
     let b = s[pos];
-    // Fast path for the commonest pieces, ASCII words `[A-Z]?[a-z]+` with or without a space
-    // before them (alternative 1, the upper run being the capital, if any); the general code
-    // below gives the same.
-    let i = pos + (b == b' ') as usize;
-    if i < s.len() {
-        let mut j = i + s[i].is_ascii_uppercase() as usize;
-        if j < s.len() && s[j].is_ascii_lowercase() {
-            j += 1;
-            while j < s.len() && s[j].is_ascii_lowercase() {
-                j += 1;
-            }
-            if j < s.len() && s[j] >= 0x80 {
-                j = run_end_in(s, j, LOWER);
-            }
-            return o200k_contraction_end(s, j);
-        }
+    let i = if b.is_ascii_alphabetic() {
+        pos
+    } else if b < 0x80 && !b.is_ascii_digit() && b != b'\r' && b != b'\n' {
+        pos + 1
+    } else {
+        return None;
+    };
+    if !s.get(i)?.is_ascii_alphabetic() {
+        return None;
     }
+    let mut u = i;
+    while s.get(u).is_some_and(|b| b.is_ascii_uppercase()) {
+        u += 1;
+    }
+    let mut end = ascii_lower_end(s, u);
+    if end > u {
+        if s.get(end).is_some_and(|&b| b >= 0x80) {
+            end = run_end_in(s, end, LOWER);
+        }
+    } else if s.get(end).is_some_and(|&b| b >= 0x80) {
+        return None;
+    }
+    Some(o200k_contraction_end(s, end))
+}
+
+/// End of the o200k_base piece that starts at byte `pos` of `s`, as `o200k_piece_end` without
+/// its fast path.
+#[inline]
+fn o200k_piece_end_general(s: &[u8], pos: usize) -> usize {
+    let b = s[pos];
     let (k, n) = class_at(s, pos);
     let next = pos + n;
     if is_in(k, UPPER | LOWER) {
@@ -1023,27 +1081,34 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn sse2_letter_runs_equal_scalar() {
-        // Runs around the 16-byte blocks, ended by each byte value, at several offsets.
+        // Runs around the 16-byte blocks, ended by each byte value, at several offsets; mixed
+        // case (every third letter a capital) or lower case only.
         let mut checked = 0;
         for run in 0..70 {
             for stop in 0..=255u8 {
                 for lead in 0..3 {
-                    let mut s: Vec<u8> = b"!? ".iter().take(lead).copied().collect();
-                    s.extend((0..run).map(|k| {
-                        if k % 3 == 0 {
-                            b'A' + (k % 26) as u8
-                        } else {
-                            b'z' - (k % 26) as u8
+                    for capitals in [true, false] {
+                        let mut s: Vec<u8> = b"!? ".iter().take(lead).copied().collect();
+                        s.extend((0..run).map(|k| {
+                            if capitals && k % 3 == 0 {
+                                b'A' + (k % 26) as u8
+                            } else {
+                                b'z' - (k % 26) as u8
+                            }
+                        }));
+                        s.push(stop);
+                        s.extend_from_slice(b"abc");
+                        for i in 0..=lead {
+                            assert_eq!(
+                                ascii_run_end_sse2::<0x20>(&s, i),
+                                ascii_letters_end_scalar(&s, i)
+                            );
+                            assert_eq!(
+                                ascii_run_end_sse2::<0>(&s, i),
+                                ascii_lower_end_scalar(&s, i)
+                            );
+                            checked += 1;
                         }
-                    }));
-                    s.push(stop);
-                    s.extend_from_slice(b"abc");
-                    for i in 0..=lead {
-                        assert_eq!(
-                            ascii_letters_end_sse2(&s, i),
-                            ascii_letters_end_scalar(&s, i)
-                        );
-                        checked += 1;
                     }
                 }
             }
@@ -1054,7 +1119,7 @@ mod tests {
     #[test]
     fn fast_paths_equal_the_general_code() {
         let text = "The quick  brown fox's 12345 jumps!!  Über naïve café \u{1c}x \t\n\n Ünï 'll x'LL ١٢٣ \u{301}a ";
-        for p in [Pattern::Gpt2, Pattern::Cl100k] {
+        for p in [Pattern::Gpt2, Pattern::Cl100k, Pattern::O200k] {
             assert_eq!(p.split(text), p.split_reference(text), "{p:?}");
         }
     }

@@ -182,6 +182,37 @@ def test_fast_paths_equal_general_splitters(text):
     assert _core.split("cl100k", text) == regex.findall(patterns.CL100K, text)
 
 
+# ASCII-heavy text for o200k's fast path, which splits words on case: words in every mix of
+# case (capitals then lower case, all capitals, camelCase, lower then capitals), around the
+# 16-byte blocks, before every kind of character that can end or continue them: contractions in
+# both cases, digits, punctuation, spaces, newlines, and non-ASCII letters of each case class (é
+# lower, Σ upper, ǅ titlecase, ʰ modifier, 中 other), a combining mark.
+O200K_WORD = st.builds(
+    lambda caps, low, n: (caps * 20)[:n[0]] + (low * 40)[:n[1]],
+    st.sampled_from(["A", "QZ", "Hello", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]),
+    st.sampled_from(["a", "z", "hello", "abcdefghijklmnopqrstuvwxyz"]),
+    st.tuples(st.sampled_from([0, 1, 2, 5, 15, 16, 17]), st.sampled_from([0, 1, 3, 15, 16, 17, 33])),
+)
+O200K_AROUND = st.sampled_from(
+    list(" .,'!?-(\"/\n\t\r0123éÉΣσǅʰ中́ ſ")
+    + ["'s", "'S", "'ll", "'LL", "'Re", "'ve", "'d", "'x", "  ", "\r\n", " \n", "🎉", "12345"]
+)
+O200K_FAST_TEXT = st.one_of(
+    st.lists(st.one_of(O200K_WORD, O200K_AROUND), max_size=40).map("".join),
+    st.lists(st.one_of(O200K_WORD, O200K_WORD, O200K_AROUND, TRICKY), max_size=40).map("".join),
+    st.text(alphabet=st.characters(max_codepoint=0x7F)),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(O200K_FAST_TEXT)
+@example("Hello WORLD's camelCase HTTPServer don'T ABCé ABCΣx Abcé́ xǅy 'LL " + "Q" * 17 + "x" * 33)
+@example("(Ab\tCD/ \x1cab7ABC'reé" + "a" * 16 + "É" + "b" * 16 + "Σ")
+def test_o200k_fast_path_equals_general_splitter_and_regex(text):
+    assert _core.split("o200k", text) == _core.split_reference("o200k", text)
+    assert _core.split("o200k", text) == regex.findall(patterns.O200K, text)
+
+
 def test_count_pieces_counts_the_pieces():
     text = "Hello world's 12345 !! \n\n  ünï 中文 "
     for name in ("gpt2", "cl100k", "o200k", None):
