@@ -23,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 
 import torch
 
@@ -230,7 +231,9 @@ def _replace_folder(tmp: str, out_dir: str) -> None:
     if not os.path.isdir(out_dir) or not os.listdir(out_dir):
         os.replace(tmp, out_dir)  # onto nothing, or onto an empty folder
         return
-    old = _io.temporary_folder(out_dir)
+    # Not named as a fastbpe temporary: killed between the two renames, the earlier export must
+    # stay for the user to find, not be removed by the next write as a dead process's leftover.
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
     os.replace(out_dir, old)
     try:
         os.replace(tmp, out_dir)
