@@ -44,112 +44,119 @@ CL100K_FILE = os.path.join(SHARED, "tiktoken_cache", "9b5ad71b2ce5302211f9c61530
 CACHE = os.path.join(tempfile.gettempdir(), "fastbpe-bench")
 EOT = "<|endoftext|>"
 
-# The child: builds one encoder, times one operation, prints JSON.
+# The child: times one operation of one library on the text, cold and warm, prints JSON.
 CHILD = r"""
 import hashlib, json, os, sys, time
 import numpy as np
-vocab, lib, mode, path, repeat, hf_json = sys.argv[1:7]
-repeat = int(repeat)
+vocab, lib, mode, path, warm_path, hf_json = sys.argv[1:7]
 if mode in ("one", "numpy", "split"):
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one CPU, whatever threads a library starts
-text = open(path, encoding="utf-8", newline="").read()
-lines = text.splitlines(keepends=True)
 SHARED = os.environ["FASTBPE_SHARED"]
 EOT = "<|endoftext|>"
 EOT_ID = {"gpt2": 50256, "cl100k": 100257}[vocab]
+CL100K = f"{SHARED}/tiktoken_cache/9b5ad71b2ce5302211f9c61530b329a4922fc6a4"
+read = lambda p: open(p, encoding="utf-8", newline="").read()
+text, warm_text = read(path), read(warm_path)
+# Each mode's input for the timed text and for the warm-up text.
+inputs = {"text": (text, warm_text), "lines": (text.splitlines(keepends=True), warm_text.splitlines(keepends=True)),
+          "path": (path, warm_path)}
+out = os.path.join(os.path.dirname(path), f"bench_tokens_{os.getpid()}.bin")
 def fast():
     import fastbpe
     if vocab == "gpt2":
         return fastbpe.Tokenizer.from_files(f"{SHARED}/gpt2/vocab.json", f"{SHARED}/gpt2/merges.txt", [EOT])
-    return fastbpe.Tokenizer.from_tiktoken(f"{SHARED}/tiktoken_cache/9b5ad71b2ce5302211f9c61530b329a4922fc6a4",
-                                           "cl100k", {EOT: EOT_ID})
-out = os.path.join(os.path.dirname(path), f"bench_tokens_{os.getpid()}.bin")
+    return fastbpe.Tokenizer.from_tiktoken(CL100K, "cl100k", {EOT: EOT_ID})
 if mode == "scaling":
-    # One process alternates the three ways, so a slow spell of the machine hits all alike.
-    tok = fast(); tok.encode("warm up")
-    ways = {"one": lambda: tok.encode(text), "batch": lambda: tok.encode_batch(lines),
-            "file": lambda: tok.encode_file(path, out, progress=False)}
+    # One process alternates the three ways, each on a new tokenizer warmed on the other text, so a
+    # slow spell of the machine hits all alike.
+    ways = {"one": ("text", lambda t, x: t.encode(x)), "batch": ("lines", lambda t, x: t.encode_batch(x)),
+            "file": ("path", lambda t, x: t.encode_file(x, out, progress=False))}
     best = dict.fromkeys(ways, float("inf"))
-    result = None
-    for _ in range(repeat):
-        for name, run in ways.items():
-            result = None
-            tok = fast(); tok.encode("warm up")  # no pieces cached from an earlier run
-            t = time.perf_counter(); result = run(); best[name] = min(best[name], time.perf_counter() - t)
+    for _ in range(int(os.environ.get("BENCH_ROUNDS", "3"))):
+        for name, (kind, run) in ways.items():
+            tok = fast(); run(tok, inputs[kind][1])
+            t = time.perf_counter(); run(tok, inputs[kind][0]); best[name] = min(best[name], time.perf_counter() - t)
     os.remove(out); os.remove(out + ".json")
     print(json.dumps(best))
     sys.exit(0)
 flat = lambda r: np.asarray(r, dtype=np.uint32)
-reset = lambda: None  # called before each timed run, off the clock
+flat_lists = lambda r: np.fromiter((i for ids in r for i in ids), dtype=np.uint32)
 if lib == "fastbpe":
-    tok = fast(); tok.encode("warm up")
     import fastbpe._core
-    pattern = {"gpt2": "gpt2", "cl100k": "cl100k"}[vocab]
-    if mode in ("one", "numpy"):
-        # A thread keeps the pieces it has encoded from call to call: a new tokenizer each run
-        # starts with none, so no run is timed on pieces cached from the same text before.
-        def reset():
-            global tok
-            tok = fast(); tok.encode("warm up")
-    run = {"one": lambda: tok.encode(text), "numpy": lambda: tok.encode_to_numpy(text),
-           "all": lambda: tok.encode_batch(lines), "split": lambda: fastbpe._core.count_pieces(pattern, text),
-           "file": lambda: tok.encode_file(path, out, progress=False)}[mode]
+    make = fast
+    kind, run = {"one": ("text", lambda t, x: t.encode(x)), "numpy": ("text", lambda t, x: t.encode_to_numpy(x)),
+                 "all": ("lines", lambda t, x: t.encode_batch(x)),
+                 "split": ("text", lambda t, x: fastbpe._core.count_pieces(vocab, x)),
+                 "file": ("path", lambda t, x: t.encode_file(x, out, progress=False))}[mode]
     if mode == "all":
-        flat = lambda r: np.fromiter((i for ids in r for i in ids), dtype=np.uint32)
+        flat = flat_lists
     if mode == "file":  # the file's ids, less the separators (gigatoken's are compared with them)
-        flat = lambda r: (lambda a: a[a != EOT_ID])(np.fromfile(out, dtype=tok.dtype).astype(np.uint32))
+        flat = lambda r: (lambda a: a[a != EOT_ID])(np.fromfile(out, dtype=np.uint16 if vocab == "gpt2" else np.uint32).astype(np.uint32))
 elif lib == "tiktoken":
     import tiktoken
-    enc = tiktoken.get_encoding({"gpt2": "gpt2", "cl100k": "cl100k_base"}[vocab])
-    run = {"one": lambda: enc.encode(text, allowed_special="all"),
-           "numpy": lambda: enc.encode_to_numpy(text, allowed_special="all"),
-           "all": lambda: enc.encode_batch(lines, num_threads=os.cpu_count(), allowed_special="all")}[mode]
+    # tiktoken keeps no cache between calls, so its one (registry-cached) encoder serves both runs.
+    make = lambda: tiktoken.get_encoding({"gpt2": "gpt2", "cl100k": "cl100k_base"}[vocab])
+    kind, run = {"one": ("text", lambda e, x: e.encode(x, allowed_special="all")),
+                 "numpy": ("text", lambda e, x: e.encode_to_numpy(x, allowed_special="all")),
+                 "all": ("lines", lambda e, x: e.encode_batch(x, num_threads=os.cpu_count(), allowed_special="all"))}[mode]
     if mode == "all":
-        flat = lambda r: np.fromiter((i for ids in r for i in ids), dtype=np.uint32)
+        flat = flat_lists
 elif lib == "gigatoken":
     import gigatoken
-    if vocab == "gpt2":
-        g = gigatoken.Tokenizer(os.environ["GIGATOKEN_GPT2"])
-    else:  # gigatoken has no fast pre-tokenizer for the pattern as a tokenizer.json writes it
-        g = gigatoken.Tokenizer.from_tiktoken(f"{SHARED}/tiktoken_cache/9b5ad71b2ce5302211f9c61530b329a4922fc6a4",
-                                              pretokenizer="cl100k", special_tokens={EOT: EOT_ID})
-    g.encode("warm up")
-    source = lambda: gigatoken.TextFileSource([path], separator=EOT.encode())
-    run = {"numpy": lambda: g.encode(text), "all": lambda: g.encode_batch_list(lines),
-           "file": lambda: g.encode_files(source())}[mode]
+    def make():
+        if vocab == "gpt2":
+            return gigatoken.Tokenizer(os.environ["GIGATOKEN_GPT2"])
+        # gigatoken has no fast pre-tokenizer for the pattern as a tokenizer.json writes it
+        return gigatoken.Tokenizer.from_tiktoken(CL100K, pretokenizer="cl100k", special_tokens={EOT: EOT_ID})
+    kind, run = {"numpy": ("text", lambda g, x: g.encode(x)), "all": ("lines", lambda g, x: g.encode_batch_list(x)),
+                 "file": ("path", lambda g, x: g.encode_files(gigatoken.TextFileSource([x], separator=EOT.encode())))}[mode]
     if mode == "all":
-        flat = lambda r: np.fromiter((i for ids in r for i in ids), dtype=np.uint32)
+        flat = flat_lists
     if mode == "file":
         import awkward as ak
         flat = lambda r: np.asarray(ak.flatten(r), dtype=np.uint32)
 elif lib == "fastokens":
     import fastokens
-    if vocab == "gpt2":
-        ft = fastokens.Tokenizer.from_file(hf_json)
-    else:  # fastokens reads no model of the tokenizer.json fastbpe writes for cl100k
-        ft = fastokens.Tokenizer.from_tiktoken(f"{SHARED}/tiktoken_cache/9b5ad71b2ce5302211f9c61530b329a4922fc6a4",
-                                               encoding="cl100k_base", special_tokens={EOT: EOT_ID})
-    run = {"one": lambda: ft.encode(text).ids, "all": lambda: [e.ids for e in ft.encode_batch(lines)]}[mode]
+    def make():
+        if vocab == "gpt2":
+            return fastokens.Tokenizer.from_file(hf_json)
+        # fastokens reads no model of the tokenizer.json fastbpe writes for cl100k
+        return fastokens.Tokenizer.from_tiktoken(CL100K, encoding="cl100k_base", special_tokens={EOT: EOT_ID})
+    kind, run = {"one": ("text", lambda f, x: f.encode(x).ids), "all": ("lines", lambda f, x: [e.ids for e in f.encode_batch(x)])}[mode]
     if mode == "all":
-        flat = lambda r: np.fromiter((i for ids in r for i in ids), dtype=np.uint32)
+        flat = flat_lists
 else:
     import tokenizers
-    hf = tokenizers.Tokenizer.from_file(hf_json)
-    run = lambda: [e.ids for e in hf.encode_batch(lines, add_special_tokens=False)]
-    flat = lambda r: np.fromiter((i for ids in r for i in ids), dtype=np.uint32)
-best = float("inf")
-result = None
-for _ in range(repeat):
-    result = None  # the last run's result is freed before the clock starts, not inside the timing
-    reset()
-    t = time.perf_counter(); result = run(); best = min(best, time.perf_counter() - t)
+    make = lambda: tokenizers.Tokenizer.from_file(hf_json)
+    kind, run = "lines", lambda h, x: [e.ids for e in h.encode_batch(x, add_special_tokens=False)]
+    flat = flat_lists
+timed, warm_up = inputs[kind]
+def clock(encoder):
+    t = time.perf_counter(); r = run(encoder, timed); return time.perf_counter() - t, r
+# cold: a new encoder's first text (after one tiny call, so lazy set-up is not timed).
+# warm: a new encoder that has first encoded the other text of the same corpus: the steady state of
+# encoding a corpus, with no piece cached from this text. Libraries that cache keep their caches
+# between calls, so no run times a text the same encoder has seen.
+encoder = make()
+tiny = os.path.join(os.path.dirname(path), "warm_up.txt")
+with open(tiny, "w", encoding="utf-8") as f:
+    f.write("warm up")
+run(encoder, {"text": "warm up", "lines": ["warm up"], "path": tiny}[kind])
+cold, r_cold = clock(encoder)
+digest = lambda r: None if mode == "split" else hashlib.sha256(flat(r).tobytes()).hexdigest()
+d_cold = digest(r_cold); r_cold = None
+encoder = make(); run(encoder, warm_up)
+warm, r_warm = clock(encoder)
 if mode == "split":
-    print(json.dumps({"seconds": best, "tokens": result, "digest": None}))
+    print(json.dumps({"cold": cold, "warm": warm, "tokens": r_warm, "digest": None}))
     sys.exit(0)
-ids = flat(result)
+ids = flat(r_warm)
+d_warm = hashlib.sha256(ids.tobytes()).hexdigest()
 if mode == "file" and lib == "fastbpe":
     os.remove(out); os.remove(out + ".json")
-print(json.dumps({"seconds": best, "tokens": len(ids), "digest": hashlib.sha256(ids.tobytes()).hexdigest()}))
+if d_warm != d_cold:
+    sys.exit(f"{lib} {mode}: the warm run's ids differ from the cold run's")
+print(json.dumps({"cold": cold, "warm": warm, "tokens": len(ids), "digest": d_warm}))
 """
 
 # (label, library, child mode, one thread): the rows of each vocabulary, in print order.
@@ -168,18 +175,24 @@ ROWS = [
 ONE_THREAD_ENV = {"RAYON_NUM_THREADS": "1", "RAYON_RS_NUM_CPUS": "1"}
 
 
-def prepare(corpus: str, mb: float) -> str:
+def prepare(corpus: str, mb: float) -> tuple[str, str]:
+    """The first `mb` MB of the corpus (the timed text) and the `mb` MB after it (the text encoders
+    warm up on), each cut at whole characters."""
     os.makedirs(CACHE, exist_ok=True)
-    out = os.path.join(CACHE, f"encode_{int(mb * 1e6)}.txt")
-    if not os.path.exists(out):
+    paths = [os.path.join(CACHE, f"encode_{int(mb * 1e6)}.txt"), os.path.join(CACHE, f"encode_{int(mb * 1e6)}_warm.txt")]
+    if not all(os.path.exists(p) for p in paths):
         opener = gzip.open if corpus.endswith(".gz") else open
         with opener(corpus, "rb") as f:
-            data = f.read(int(mb * 1e6))
-        data = data[: len(data.decode("utf-8", errors="ignore").encode("utf-8"))]
-        with open(out + ".tmp", "wb") as f:
-            f.write(data)
-        os.replace(out + ".tmp", out)
-    return out
+            data = f.read(2 * int(mb * 1e6))
+        cut = int(mb * 1e6)
+        while cut < len(data) and data[cut] & 0xC0 == 0x80:  # not inside a character
+            cut += 1
+        for p, part in zip(paths, (data[:cut], data[cut:])):
+            part = part[: len(part.decode("utf-8", errors="ignore").encode("utf-8"))]
+            with open(p + ".tmp", "wb") as f:
+                f.write(part)
+            os.replace(p + ".tmp", p)
+    return paths[0], paths[1]
 
 
 def hf_files() -> dict[str, str]:
@@ -208,12 +221,12 @@ def gigatoken_gpt2_file() -> str:
     return path
 
 
-def run_child(vocab, lib, mode, path, repeat, hf_json, threads_env=None) -> dict:
+def run_child(vocab, lib, mode, path, warm_path, hf_json, threads_env=None, rounds=1) -> dict:
     env = {**os.environ, "FASTBPE_SHARED": SHARED, "TIKTOKEN_CACHE_DIR": os.path.join(SHARED, "tiktoken_cache"),
-           "GIGATOKEN_GPT2": os.path.join(CACHE, "gigatoken_gpt2.json")}
+           "GIGATOKEN_GPT2": os.path.join(CACHE, "gigatoken_gpt2.json"), "BENCH_ROUNDS": str(rounds)}
     if threads_env:
         env.update(threads_env)
-    done = subprocess.run([sys.executable, "-c", CHILD, vocab, lib, mode, path, str(repeat), hf_json],
+    done = subprocess.run([sys.executable, "-c", CHILD, vocab, lib, mode, path, warm_path, hf_json],
                           capture_output=True, text=True, env=env)
     if done.returncode:
         return {"error": (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]}
@@ -244,45 +257,57 @@ def main() -> None:
     args = ap.parse_args()
     if not os.path.exists(args.corpus):
         sys.exit(f"corpus not found: {args.corpus} (pass --corpus PATH)")
-    path = prepare(args.corpus, args.mb)
+    path, warm_path = prepare(args.corpus, args.mb)
     size = os.path.getsize(path) / 1e6
     hf = hf_files()
     gigatoken_gpt2_file()
     rows = [r for r in ROWS if not args.only or r[1] == "fastbpe" or r[1] in args.only.split(",")]
     print(f"command: python benches/{os.path.basename(__file__)} {' '.join(sys.argv[1:])}")
-    print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
-    print(f"text: the first {size:.1f} MB of {os.path.basename(args.corpus)}; best of {2 * args.repeat} runs "
-          f"in {args.repeat} interleaved rounds; every encoder's ids equal fastbpe's\n")
-    print("| vocabulary | mode | encoder | MB/s | tokens | vs fastbpe |")
-    print("|---|---|---|---:|---:|---|")
+    print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"text: the first {size:.1f} MB of {os.path.basename(args.corpus)}; warm: a new encoder that first encoded "
+          f"the {os.path.getsize(warm_path) / 1e6:.1f} MB after it; cold: a new encoder's first text; best of "
+          f"{args.repeat} interleaved rounds; every encoder's ids equal fastbpe's\n")
+    print("| vocabulary | mode | encoder | warm MB/s | vs fastbpe | cold MB/s | vs fastbpe | tokens |")
+    print("|---|---|---|---:|---|---:|---|---:|")
     for vocab in args.vocab.split(","):
         results: dict = {}
         for _ in range(args.repeat):
             for label, lib, mode, one in rows:
-                r = run_child(vocab, lib, mode, path, 2, hf[vocab], ONE_THREAD_ENV if one else None)
-                best = results.get((label, lib))
-                if best is None or "error" in r or ("error" not in best and r["seconds"] < best["seconds"]):
+                r = run_child(vocab, lib, mode, path, warm_path, hf[vocab], ONE_THREAD_ENV if one else None)
+                best = results.setdefault((label, lib), r)
+                if "error" in r:
                     results[(label, lib)] = r
+                elif "error" not in best:
+                    best["cold"], best["warm"] = min(best["cold"], r["cold"]), min(best["warm"], r["warm"])
         check_ids(vocab, rows, results)
         for label, lib, mode, one in rows:
             r = results[(label, lib)]
             if "error" in r:
-                print(f"| {vocab} | {label} | {lib} | - | - | {r['error'][:60]} |")
+                print(f"| {vocab} | {label} | {lib} | - | {r['error'][:60]} | - | | |")
                 continue
-            ratio = r["seconds"] / results[(label, "fastbpe")]["seconds"]
-            vs = "1.00x" if lib == "fastbpe" else f"{ratio:.1f}x slower" if ratio >= 1 else f"{1 / ratio:.1f}x faster"
+            base = results[(label, "fastbpe")]
             unit = "pieces" if mode == "split" else "tokens"
-            print(f"| {vocab} | {label} | {lib} | {size / r['seconds']:.1f} | {r['tokens']:,} {unit} | {vs} |")
-        paired = run_child(vocab, "fastbpe", "scaling", path, 3 * args.repeat, hf[vocab])
+            cells = [f"{size / r[k]:.1f} | {versus(r[k], base.get(k), lib)}" for k in ("warm", "cold")]
+            print(f"| {vocab} | {label} | {lib} | {' | '.join(cells)} | {r['tokens']:,} {unit} |")
+        rounds = 3 * args.repeat
+        paired = run_child(vocab, "fastbpe", "scaling", path, warm_path, hf[vocab], rounds=rounds)
         if "error" in paired:
-            print(f"| {vocab} | scaling | fastbpe | {paired['error'][:60]} | | |")
+            print(f"| {vocab} | scaling | fastbpe | {paired['error'][:60]} | | | | |")
         else:
             one = paired["one"]
             print(f"| {vocab} | scaling | fastbpe | batch {one / paired['batch']:.2f}x, file {one / paired['file']:.2f}x "
-                  f"the one-thread speed (best of {3 * args.repeat}, alternating in one process) | | |")
+                  f"the one-thread speed (warm, best of {rounds}, alternating in one process) | | | | |")
     print("\nQuadratic corners (GPT-2, fastbpe encode):")
     for name, seconds in corners():
         print(f"  {name}: {seconds:.3f} s")
+
+
+def versus(seconds: float, base: float | None, lib: str) -> str:
+    if lib == "fastbpe" or base is None:
+        return "1.00x" if lib == "fastbpe" else "-"
+    ratio = seconds / base
+    return f"{ratio:.1f}x slower" if ratio >= 1 else f"{1 / ratio:.1f}x faster"
 
 
 def check_ids(vocab: str, rows: list, results: dict) -> None:
