@@ -22,6 +22,7 @@ use std::collections::BinaryHeap;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use rustc_hash::FxHashMap;
 
@@ -136,6 +137,10 @@ pub struct Encoder {
     /// Names this encoder's pieces in a thread's `PieceCache` (`with_thread_cache`); no two
     /// encoders, nor one before and after `ignore_merges`, share it.
     cache_owner: u64,
+    /// The piece caches of the batch and file paths' workers once a call is over, for the next
+    /// call's workers (`lend_cache`): a tokenizer that encodes file after file, or batch after
+    /// batch, keeps the pieces it has seen, as `encode` does with its thread's cache.
+    spare_caches: Mutex<Vec<PieceCache>>,
 }
 
 /// The source of `Encoder::cache_owner`.
@@ -214,6 +219,7 @@ impl Encoder {
             special_ids: Vec::new(),
             pattern,
             cache_owner: new_cache_owner(),
+            spare_caches: Mutex::default(),
         };
         // Whole-piece lookup only for tokens that BPE rebuilds as themselves.
         let mut whole = BytesMap::default();
@@ -242,6 +248,9 @@ impl Encoder {
             }
         }
         self.cache_owner = new_cache_owner();
+        if let Ok(spare) = self.spare_caches.get_mut() {
+            spare.clear();
+        }
     }
 
     /// From tiktoken-style ranks (token bytes -> rank, the rank also being the id).
@@ -276,6 +285,7 @@ impl Encoder {
             special_ids: Vec::new(),
             pattern,
             cache_owner: new_cache_owner(),
+            spare_caches: Mutex::default(),
         };
         enc.set_specials(specials)?;
         Ok(enc)
@@ -634,6 +644,16 @@ impl Encoder {
         }
     }
 
+    /// A piece cache for one worker of a batch or file call: one an earlier call's worker gave
+    /// back, else a new one. It goes back when the worker is done with it (`LentCache`'s drop).
+    pub(crate) fn lend_cache(&self) -> LentCache<'_> {
+        let spare = self.spare_caches.lock().ok().and_then(|mut s| s.pop());
+        LentCache {
+            cache: spare.unwrap_or_default(),
+            home: &self.spare_caches,
+        }
+    }
+
     /// `encode` with special tokens, `encode_ordinary` without.
     pub fn encode_with(&self, text: &str, with_specials: bool) -> Vec<u32> {
         // A budget without a poll never stops the work, so this is always Ok.
@@ -695,7 +715,7 @@ impl Encoder {
             ENCODE_BATCH,
             texts,
             num_threads,
-            PieceCache::default,
+            || self.lend_cache(),
             |cache, part: &[S], poll| {
                 let mut budget = Budget::new(poll);
                 let bytes: usize = part.iter().map(|t| t.as_ref().len()).sum();
@@ -773,7 +793,7 @@ impl Encoder {
                 reader: &mut reader,
                 hook,
             },
-            PieceCache::default,
+            || self.lend_cache(),
             |cache, (offset, chunk), stop| {
                 let text = chunk_text(offset, &chunk)?;
                 let mut ids = Vec::with_capacity(text.len() / 4 + 1);
@@ -924,12 +944,46 @@ impl<V> BytesMap<V> {
 /// The ids of pieces seen before, whole tokens and pieces that went through BPE alike: text
 /// repeats its words, and one lookup here costs less than the whole-token table followed by BPE.
 /// `encode` keeps one per thread from call to call (`Encoder::with_thread_cache`); the batch and
-/// file paths one per worker and call.
+/// file paths one per worker, kept by the encoder from call to call (`Encoder::lend_cache`).
 #[derive(Default)]
 pub(crate) struct PieceCache {
     map: BytesMap<Cached>,
     /// The ids of pieces of more than two ids.
     ids: Vec<u32>,
+}
+
+/// A piece cache lent to a worker by `Encoder::lend_cache`; dropped, it goes back to the
+/// encoder's spares, of which at most `MAX_SPARE_CACHES` are kept (each holds up to about 16 MB).
+pub(crate) struct LentCache<'a> {
+    cache: PieceCache,
+    home: &'a Mutex<Vec<PieceCache>>,
+}
+
+/// Spare caches an encoder keeps between calls: enough for the workers of a machine of this
+/// size without holding hundreds of megabytes on one with many cores.
+const MAX_SPARE_CACHES: usize = 8;
+
+impl std::ops::Deref for LentCache<'_> {
+    type Target = PieceCache;
+    fn deref(&self) -> &PieceCache {
+        &self.cache
+    }
+}
+
+impl std::ops::DerefMut for LentCache<'_> {
+    fn deref_mut(&mut self) -> &mut PieceCache {
+        &mut self.cache
+    }
+}
+
+impl Drop for LentCache<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut spare) = self.home.lock() {
+            if spare.len() < MAX_SPARE_CACHES {
+                spare.push(std::mem::take(&mut self.cache));
+            }
+        }
+    }
 }
 
 /// A piece's ids: `n` of them, held in `a` and `b` when there are at most two (nearly always,
@@ -1351,6 +1405,51 @@ mod tests {
         let ordinary: Vec<Vec<u32>> = texts.iter().map(|t| e.encode_ordinary(t)).collect();
         assert_eq!(e.encode_batch(&texts, 2, false).unwrap(), ordinary);
         assert!(e.encode_batch::<&str>(&[], 2, true).unwrap().is_empty());
+    }
+
+    fn spare_entries(e: &Encoder) -> Vec<usize> {
+        let spare = e.spare_caches.lock().unwrap();
+        spare.iter().map(|c| c.map.len()).collect()
+    }
+
+    #[test]
+    fn batch_workers_keep_their_caches_from_call_to_call() {
+        let e = toy();
+        let texts: Vec<String> = (0..200).map(|i| format!("ab{i} aab abc{i}")).collect();
+        let first = e.encode_batch(&texts, 3, true).unwrap();
+        let held = spare_entries(&e);
+        assert!(!held.is_empty() && held.len() <= 3, "{held:?}");
+        assert!(
+            held.iter().sum::<usize>() > 0,
+            "the workers' pieces were kept"
+        );
+        // The next call's workers start from those caches, and the ids do not change.
+        assert_eq!(e.encode_batch(&texts, 3, true).unwrap(), first);
+        // (How many workers took a cache depends on timing: the calling thread takes one
+        // only if it found work.)
+        let again = spare_entries(&e);
+        assert!(!again.is_empty() && again.len() <= 3, "{again:?}");
+        // No more than MAX_SPARE_CACHES are kept, however many workers ran.
+        e.encode_batch(&texts, 2 * MAX_SPARE_CACHES, true).unwrap();
+        assert!(spare_entries(&e).len() <= MAX_SPARE_CACHES);
+    }
+
+    #[test]
+    fn ignore_merges_forgets_the_pieces_batch_calls_kept() {
+        let mut v = bytes_vocab();
+        v.push((256, b"ab".to_vec()));
+        v.push((257, b"abc".to_vec()));
+        let merges = vec![(b"a".to_vec(), b"b".to_vec())];
+        let mut e = Encoder::from_merges(&v, &merges, &[], Pattern::Whole).unwrap();
+        let texts = vec!["abc"; 64];
+        let before = e.encode_batch(&texts, 2, true).unwrap();
+        assert_eq!(before[0], vec![256, u32::from(b'c')]);
+        e.ignore_merges(&v);
+        assert!(e
+            .encode_batch(&texts, 2, true)
+            .unwrap()
+            .iter()
+            .all(|ids| ids == &[257]));
     }
 
     fn bytes_vocab() -> Vec<(u32, Vec<u8>)> {
