@@ -66,9 +66,9 @@ impl Pattern {
         f: impl FnMut(&'a str) -> Result<(), E>,
     ) -> Result<(), E> {
         match self {
-            Pattern::Gpt2 => window_pieces(text, gpt2_starts, gpt2_piece_end, f),
-            Pattern::Cl100k => window_pieces(text, cl100k_starts, cl100k_piece_end, f),
-            Pattern::O200k => window_pieces(text, o200k_starts, o200k_piece_end, f),
+            Pattern::Gpt2 => window_pieces::<Gpt2Windows, E>(text, f),
+            Pattern::Cl100k => window_pieces::<Cl100kWindows, E>(text, f),
+            Pattern::O200k => window_pieces::<O200kWindows, E>(text, f),
             Pattern::Whole if text.is_empty() => Ok(()),
             Pattern::Whole => {
                 let mut f = f;
@@ -918,17 +918,112 @@ fn classify_scalar(w: &[u8; WIN]) -> Classes {
     c
 }
 
-/// Classes of a window: 16 bytes at a time with SSE2 (part of the x86_64 baseline), else
-/// `classify_scalar`.
+/// Which SIMD instructions classify the windows (`classify`): `SSE2` (part of the x86_64
+/// baseline, else `classify_scalar`), `AVX2` or `AVX512` (when the CPU has them).
+const SSE2: u8 = 0;
+const AVX2: u8 = 1;
+const AVX512: u8 = 2;
+
+/// The best level this CPU runs (detected once; `is_x86_feature_detected!` caches it).
 #[inline(always)]
-fn classify(w: &[u8; WIN]) -> Classes {
+fn simd_level() -> u8 {
     #[cfg(target_arch = "x86_64")]
     {
-        classify_sse2(w)
+        if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("bmi1") {
+            return AVX512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("bmi1") {
+            return AVX2;
+        }
+    }
+    SSE2
+}
+
+/// Classes of a window with the instructions of `LEVEL`, which the caller makes sure the CPU
+/// has (`window_pieces`).
+#[inline(always)]
+fn classify<const LEVEL: u8>(w: &[u8; WIN]) -> Classes {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `window_pieces` only runs this with a level `simd_level` found.
+        match LEVEL {
+            AVX512 => unsafe { classify_avx512(w) },
+            AVX2 => unsafe { classify_avx2(w) },
+            _ => classify_sse2(w),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         classify_scalar(w)
+    }
+}
+
+/// As `classify_sse2`, 32 bytes at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn classify_avx2(w: &[u8; WIN]) -> Classes {
+    use std::arch::x86_64::{
+        __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_min_epu8, _mm256_movemask_epi8,
+        _mm256_or_si256, _mm256_set1_epi8, _mm256_sub_epi8,
+    };
+    #[inline(always)]
+    fn set1(b: u8) -> __m256i {
+        // SAFETY: only reached from `classify_avx2`, with AVX2.
+        unsafe { _mm256_set1_epi8(b as i8) }
+    }
+    let mut c = Classes::default();
+    for (k, chunk) in w.chunks_exact(32).enumerate() {
+        let v = _mm256_loadu_si256(chunk.as_ptr().cast());
+        let within = |x: __m256i, lo: u8, n: u8| {
+            let d = _mm256_sub_epi8(x, set1(lo));
+            _mm256_cmpeq_epi8(_mm256_min_epu8(d, set1(n)), d)
+        };
+        let eq = |b: u8| _mm256_cmpeq_epi8(v, set1(b));
+        let blank = eq(b' ');
+        let bits = |m: __m256i| (_mm256_movemask_epi8(m) as u32 as u64) << (32 * k);
+        c.nonascii |= bits(v);
+        c.letter |= bits(within(_mm256_or_si256(v, set1(0x20)), b'a', 25));
+        c.upper |= bits(within(v, b'A', 25));
+        c.digit |= bits(within(v, b'0', 9));
+        c.space |= bits(_mm256_or_si256(within(v, b'\t', 4), blank));
+        c.newline |= bits(_mm256_or_si256(eq(b'\n'), eq(b'\r')));
+        c.blank |= bits(blank);
+        c.apostrophe |= bits(eq(b'\''));
+        c.slash |= bits(eq(b'/'));
+    }
+    c
+}
+
+/// As `classify_sse2`, 64 bytes at a time, comparisons giving the masks directly.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn classify_avx512(w: &[u8; WIN]) -> Classes {
+    use std::arch::x86_64::{
+        __m512i, _mm512_cmpeq_epi8_mask, _mm512_cmple_epu8_mask, _mm512_loadu_si512,
+        _mm512_movepi8_mask, _mm512_or_si512, _mm512_set1_epi8, _mm512_sub_epi8,
+    };
+    #[inline(always)]
+    fn set1(b: u8) -> __m512i {
+        // SAFETY: only reached from `classify_avx512`, with AVX-512.
+        unsafe { _mm512_set1_epi8(b as i8) }
+    }
+    let v = _mm512_loadu_si512(w.as_ptr().cast());
+    let within =
+        |x: __m512i, lo: u8, n: u8| _mm512_cmple_epu8_mask(_mm512_sub_epi8(x, set1(lo)), set1(n));
+    let eq = |b: u8| _mm512_cmpeq_epi8_mask(v, set1(b));
+    let blank = eq(b' ');
+    Classes {
+        nonascii: _mm512_movepi8_mask(v),
+        letter: within(_mm512_or_si512(v, set1(0x20)), b'a', 25),
+        upper: within(v, b'A', 25),
+        digit: within(v, b'0', 9),
+        space: within(v, b'\t', 4) | blank,
+        newline: eq(b'\n') | eq(b'\r'),
+        blank,
+        apostrophe: eq(b'\''),
+        slash: eq(b'/'),
     }
 }
 
@@ -1204,18 +1299,98 @@ fn trusted_end(c: &Classes, v: u32, end: bool) -> u32 {
 /// to the per-piece splitter.
 const MIN_ASCII: u32 = 16;
 
-/// Calls `f` with each piece of `text`, 64 bytes at a time where they are ASCII (`starts`),
-/// else piece by piece (`piece_end`, which gives the same), until `f` fails.
+/// A pattern's window splitter: the piece starts in a window (`gpt2_starts`...) and the
+/// per-piece splitter for the rest (`gpt2_piece_end`...), both inlined into the window loop.
+trait Windows {
+    fn starts(c: &Classes, w: &[u8; WIN], v: u32, end: bool) -> u64;
+    fn piece_end(s: &[u8], pos: usize) -> usize;
+}
+
+struct Gpt2Windows;
+struct Cl100kWindows;
+struct O200kWindows;
+
+impl Windows for Gpt2Windows {
+    #[inline(always)]
+    fn starts(c: &Classes, w: &[u8; WIN], v: u32, end: bool) -> u64 {
+        gpt2_starts(c, w, v, end)
+    }
+    #[inline(always)]
+    fn piece_end(s: &[u8], pos: usize) -> usize {
+        gpt2_piece_end(s, pos)
+    }
+}
+
+impl Windows for Cl100kWindows {
+    #[inline(always)]
+    fn starts(c: &Classes, w: &[u8; WIN], v: u32, end: bool) -> u64 {
+        cl100k_starts(c, w, v, end)
+    }
+    #[inline(always)]
+    fn piece_end(s: &[u8], pos: usize) -> usize {
+        cl100k_piece_end(s, pos)
+    }
+}
+
+impl Windows for O200kWindows {
+    #[inline(always)]
+    fn starts(c: &Classes, w: &[u8; WIN], v: u32, end: bool) -> u64 {
+        o200k_starts(c, w, v, end)
+    }
+    #[inline(always)]
+    fn piece_end(s: &[u8], pos: usize) -> usize {
+        o200k_piece_end(s, pos)
+    }
+}
+
+/// Calls `f` with each piece of `text`, 64 bytes at a time where they are ASCII (`W::starts`),
+/// else piece by piece (`W::piece_end`, which gives the same), until `f` fails; the windows
+/// classified with the best instructions the CPU has.
 #[inline(always)]
-fn window_pieces<'a, E>(
+fn window_pieces<'a, W: Windows, E>(
     text: &'a str,
-    starts: impl Fn(&Classes, &[u8; WIN], u32, bool) -> u64,
-    piece_end: impl Fn(&[u8], usize) -> usize,
+    f: impl FnMut(&'a str) -> Result<(), E>,
+) -> Result<(), E> {
+    #[cfg(target_arch = "x86_64")]
+    match simd_level() {
+        // SAFETY: the CPU has the instructions each of these enables (`simd_level`).
+        AVX512 => return unsafe { window_pieces_avx512::<W, E>(text, f) },
+        AVX2 => return unsafe { window_pieces_avx2::<W, E>(text, f) },
+        _ => {}
+    }
+    window_pieces_at::<W, SSE2, E>(text, f)
+}
+
+/// `window_pieces_at` compiled for AVX2 (with BMI1 for counting trailing zeros).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
+unsafe fn window_pieces_avx2<'a, W: Windows, E>(
+    text: &'a str,
+    f: impl FnMut(&'a str) -> Result<(), E>,
+) -> Result<(), E> {
+    window_pieces_at::<W, AVX2, E>(text, f)
+}
+
+/// `window_pieces_at` compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,bmi1,bmi2,lzcnt,popcnt")]
+unsafe fn window_pieces_avx512<'a, W: Windows, E>(
+    text: &'a str,
+    f: impl FnMut(&'a str) -> Result<(), E>,
+) -> Result<(), E> {
+    window_pieces_at::<W, AVX512, E>(text, f)
+}
+
+/// `window_pieces` with the windows classified at `LEVEL`, which the CPU must have.
+#[inline(always)]
+fn window_pieces_at<'a, W: Windows, const LEVEL: u8, E>(
+    text: &'a str,
     mut f: impl FnMut(&'a str) -> Result<(), E>,
 ) -> Result<(), E> {
     let s = text.as_bytes();
     let mut pos = 0;
     let mut tail;
+    let mut backoff = 0;
     while pos < s.len() {
         let rest = &s[pos..];
         let (w, in_text) = match rest.first_chunk::<WIN>() {
@@ -1226,19 +1401,21 @@ fn window_pieces<'a, E>(
                 (&tail, rest.len() as u32)
             }
         };
-        let c = classify(w);
+        let c = classify::<LEVEL>(w);
         let v = c.nonascii.trailing_zeros().min(in_text);
         let end = v == in_text && (in_text as usize) == rest.len();
         if end || v >= MIN_ASCII {
             let c = c.masked(low_bits(v));
             let t = trusted_end(&c, v, end);
-            let mut cuts = starts(&c, w, v, end) & low_bits(t) & !1;
+            let mut cuts = W::starts(&c, w, v, end) & low_bits(t) & !1;
             if cuts != 0 || end {
                 let mut start = pos;
                 while cuts != 0 {
                     let e = pos + cuts.trailing_zeros() as usize;
                     cuts &= cuts - 1;
-                    f(&text[start..e])?;
+                    // SAFETY: `pos <= start < e < pos + v <= text.len()`, and the bytes from
+                    // `pos` to `pos + v` are ASCII, so each of these is a character boundary.
+                    f(unsafe { text.get_unchecked(start..e) })?;
                     start = e;
                 }
                 if end {
@@ -1246,13 +1423,22 @@ fn window_pieces<'a, E>(
                     start = s.len();
                 }
                 pos = start;
+                backoff = 0;
                 continue;
             }
         }
-        // Piece by piece past the window's last non-ASCII byte (or one piece, a long one).
-        let stop = pos + (64 - c.nonascii.leading_zeros()).max(1) as usize;
+        // Piece by piece past the window's last non-ASCII byte (or one piece, a long one), and
+        // further after windows mostly not ASCII (Cyrillic, CJK...), more so after several in
+        // a row, so that the windows of such text cost little.
+        backoff = if c.nonascii.count_ones() >= 16 {
+            (backoff + 1).min(4)
+        } else {
+            0
+        };
+        let past = (64 - c.nonascii.leading_zeros()) as usize;
+        let stop = pos + past.max(1).max((32 << backoff) & !32);
         while pos < stop && pos < s.len() {
-            let e = piece_end(s, pos);
+            let e = W::piece_end(s, pos);
             f(&text[pos..e])?;
             pos = e;
         }
@@ -1551,7 +1737,14 @@ mod tests {
                 for (i, x) in w.iter_mut().enumerate() {
                     *x = b.wrapping_add(((i + shift) * 37) as u8);
                 }
-                assert_eq!(classify(&w), classify_scalar(&w));
+                let want = classify_scalar(&w);
+                assert_eq!(classify::<SSE2>(&w), want);
+                if simd_level() >= AVX2 {
+                    assert_eq!(classify::<AVX2>(&w), want);
+                }
+                if simd_level() >= AVX512 {
+                    assert_eq!(classify::<AVX512>(&w), want);
+                }
             }
         }
         // The tables' ASCII whitespace is what the window code assumes.
@@ -1651,11 +1844,32 @@ mod tests {
             .collect()
     }
 
+    /// The pieces of `text` split with the windows classified at `LEVEL`.
+    fn split_at<const LEVEL: u8>(p: Pattern, text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let push = |piece| {
+            out.push(piece);
+            Ok::<(), ()>(())
+        };
+        let _ = match p {
+            Pattern::Gpt2 => window_pieces_at::<Gpt2Windows, LEVEL, ()>(text, push),
+            Pattern::Cl100k => window_pieces_at::<Cl100kWindows, LEVEL, ()>(text, push),
+            Pattern::O200k => window_pieces_at::<O200kWindows, LEVEL, ()>(text, push),
+            Pattern::Whole => unreachable!(),
+        };
+        out
+    }
+
     #[test]
     fn windows_equal_the_general_code() {
         for text in window_texts(20_000) {
             for p in [Pattern::Gpt2, Pattern::Cl100k, Pattern::O200k] {
-                assert_eq!(p.split(&text), p.split_reference(&text), "{p:?} {text:?}");
+                let want = p.split_reference(&text);
+                assert_eq!(p.split(&text), want, "{p:?} {text:?}");
+                assert_eq!(split_at::<SSE2>(p, &text), want, "{p:?} {text:?}");
+                if simd_level() >= AVX2 {
+                    assert_eq!(split_at::<AVX2>(p, &text), want, "{p:?} {text:?}");
+                }
             }
         }
     }
