@@ -1659,6 +1659,41 @@ mod tests {
             let mb = text.len() as f64 / 1e6;
             println!("{p:?}: {:.0} MB/s ({mb:.1} MB, {n})", mb / best);
         }
+        // Each level of SIMD instructions the CPU has, as `window_pieces` runs them.
+        fn count<W: Windows>(level: u8, text: &str) -> usize {
+            let mut n = 0usize;
+            let f = |piece: &str| {
+                n += std::hint::black_box(piece).len() & 1;
+                Ok::<(), ()>(())
+            };
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: only levels `simd_level` found.
+            let _ = match level {
+                AVX512 => unsafe { window_pieces_avx512::<W, ()>(text, f) },
+                AVX2 => unsafe { window_pieces_avx2::<W, ()>(text, f) },
+                _ => window_pieces_at::<W, SSE2, ()>(text, f),
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = window_pieces_at::<W, SSE2, ()>(text, f);
+            n
+        }
+        for level in (SSE2..=simd_level()).rev() {
+            for p in [Pattern::Gpt2, Pattern::Cl100k, Pattern::O200k] {
+                let mut best = f64::INFINITY;
+                for _ in 0..3 {
+                    let t = std::time::Instant::now();
+                    let text = std::hint::black_box(&text);
+                    std::hint::black_box(match p {
+                        Pattern::Gpt2 => count::<Gpt2Windows>(level, text),
+                        Pattern::Cl100k => count::<Cl100kWindows>(level, text),
+                        _ => count::<O200kWindows>(level, text),
+                    });
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                let mb = text.len() as f64 / 1e6;
+                println!("  level {level} {p:?}: {:.0} MB/s", mb / best);
+            }
+        }
     }
 
     #[test]
