@@ -921,18 +921,26 @@ fn classify_scalar(w: &[u8; WIN]) -> Classes {
 /// Which SIMD instructions classify the windows (`classify`): `SSE2` (part of the x86_64
 /// baseline, else `classify_scalar`), `AVX2` or `AVX512` (when the CPU has them).
 const SSE2: u8 = 0;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const AVX2: u8 = 1;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const AVX512: u8 = 2;
 
-/// The best level this CPU runs (detected once; `is_x86_feature_detected!` caches it).
+/// The best level this CPU runs: one with every feature `window_pieces_avx2` or
+/// `window_pieces_avx512` enables (`is_x86_feature_detected!` caches what it finds).
 #[inline(always)]
 fn simd_level() -> u8 {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("bmi1") {
+        let avx2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("bmi1")
+            && is_x86_feature_detected!("bmi2")
+            && is_x86_feature_detected!("lzcnt")
+            && is_x86_feature_detected!("popcnt");
+        if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
             return AVX512;
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("bmi1") {
+        if avx2 {
             return AVX2;
         }
     }
@@ -974,6 +982,7 @@ unsafe fn classify_avx2(w: &[u8; WIN]) -> Classes {
     }
     let mut c = Classes::default();
     for (k, chunk) in w.chunks_exact(32).enumerate() {
+        // SAFETY: `chunk` is 32 readable bytes (an unaligned load is allowed).
         let v = _mm256_loadu_si256(chunk.as_ptr().cast());
         let within = |x: __m256i, lo: u8, n: u8| {
             let d = _mm256_sub_epi8(x, set1(lo));
