@@ -1018,6 +1018,7 @@ unsafe fn classify_avx512(w: &[u8; WIN]) -> Classes {
         // SAFETY: only reached from `classify_avx512`, with AVX-512.
         unsafe { _mm512_set1_epi8(b as i8) }
     }
+    // SAFETY: `w` is 64 readable bytes (an unaligned load is allowed).
     let v = _mm512_loadu_si512(w.as_ptr().cast());
     let within =
         |x: __m512i, lo: u8, n: u8| _mm512_cmple_epu8_mask(_mm512_sub_epi8(x, set1(lo)), set1(n));
