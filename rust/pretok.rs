@@ -1292,17 +1292,10 @@ fn trusted_end(c: &Classes, v: u32, end: bool) -> u32 {
     if end {
         return v;
     }
-    let mut t = v.saturating_sub(3);
-    if v > 0 && (c.space >> (v - 1)) & 1 != 0 {
-        let before = !c.space & low_bits(v - 1);
-        let first = if before == 0 {
-            0
-        } else {
-            64 - before.leading_zeros()
-        };
-        t = t.min(first + 1);
-    }
-    t
+    // One past the last byte that is not whitespace (0 if none), without branching: where the
+    // run of whitespace that reaches the end of the window starts, or the end.
+    let run = 64 - (!c.space & low_bits(v)).leading_zeros();
+    v.saturating_sub(3).min(run + 1)
 }
 
 /// A window needs this many ASCII bytes at its start to be split by bit masks; shorter ones go
