@@ -919,15 +919,14 @@ fn classify_scalar(w: &[u8; WIN]) -> Classes {
 }
 
 /// Which SIMD instructions classify the windows (`classify`): `SSE2` (part of the x86_64
-/// baseline, else `classify_scalar`), `AVX2` or `AVX512` (when the CPU has them).
+/// baseline, else `classify_scalar`) or `AVX2` (when the CPU has it; AVX-512 measured no
+/// faster).
 const SSE2: u8 = 0;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const AVX2: u8 = 1;
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-const AVX512: u8 = 2;
 
-/// The best level this CPU runs: one with every feature `window_pieces_avx2` or
-/// `window_pieces_avx512` enables (`is_x86_feature_detected!` caches what it finds).
+/// The best level this CPU runs: AVX2 with every feature `window_pieces_avx2` enables
+/// (`is_x86_feature_detected!` caches what it finds).
 #[inline(always)]
 fn simd_level() -> u8 {
     #[cfg(target_arch = "x86_64")]
@@ -937,9 +936,6 @@ fn simd_level() -> u8 {
             && is_x86_feature_detected!("bmi2")
             && is_x86_feature_detected!("lzcnt")
             && is_x86_feature_detected!("popcnt");
-        if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-            return AVX512;
-        }
         if avx2 {
             return AVX2;
         }
@@ -955,7 +951,6 @@ fn classify<const LEVEL: u8>(w: &[u8; WIN]) -> Classes {
     {
         // SAFETY: `window_pieces` only runs this with a level `simd_level` found.
         match LEVEL {
-            AVX512 => unsafe { classify_avx512(w) },
             AVX2 => unsafe { classify_avx2(w) },
             _ => classify_sse2(w),
         }
@@ -1002,39 +997,6 @@ unsafe fn classify_avx2(w: &[u8; WIN]) -> Classes {
         c.slash |= bits(eq(b'/'));
     }
     c
-}
-
-/// As `classify_sse2`, 64 bytes at a time, comparisons giving the masks directly.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-#[inline]
-unsafe fn classify_avx512(w: &[u8; WIN]) -> Classes {
-    use std::arch::x86_64::{
-        __m512i, _mm512_cmpeq_epi8_mask, _mm512_cmple_epu8_mask, _mm512_loadu_si512,
-        _mm512_movepi8_mask, _mm512_or_si512, _mm512_set1_epi8, _mm512_sub_epi8,
-    };
-    #[inline(always)]
-    fn set1(b: u8) -> __m512i {
-        // SAFETY: only reached from `classify_avx512`, with AVX-512.
-        unsafe { _mm512_set1_epi8(b as i8) }
-    }
-    // SAFETY: `w` is 64 readable bytes (an unaligned load is allowed).
-    let v = _mm512_loadu_si512(w.as_ptr().cast());
-    let within =
-        |x: __m512i, lo: u8, n: u8| _mm512_cmple_epu8_mask(_mm512_sub_epi8(x, set1(lo)), set1(n));
-    let eq = |b: u8| _mm512_cmpeq_epi8_mask(v, set1(b));
-    let blank = eq(b' ');
-    Classes {
-        nonascii: _mm512_movepi8_mask(v),
-        letter: within(_mm512_or_si512(v, set1(0x20)), b'a', 25),
-        upper: within(v, b'A', 25),
-        digit: within(v, b'0', 9),
-        space: within(v, b'\t', 4) | blank,
-        newline: eq(b'\n') | eq(b'\r'),
-        blank,
-        apostrophe: eq(b'\''),
-        slash: eq(b'/'),
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1357,7 +1319,6 @@ fn window_pieces<'a, W: Windows, E>(
     #[cfg(target_arch = "x86_64")]
     match simd_level() {
         // SAFETY: the CPU has the instructions each of these enables (`simd_level`).
-        AVX512 => return unsafe { window_pieces_avx512::<W, E>(text, f) },
         AVX2 => return unsafe { window_pieces_avx2::<W, E>(text, f) },
         _ => {}
     }
@@ -1372,16 +1333,6 @@ unsafe fn window_pieces_avx2<'a, W: Windows, E>(
     f: impl FnMut(&'a str) -> Result<(), E>,
 ) -> Result<(), E> {
     window_pieces_at::<W, AVX2, E>(text, f)
-}
-
-/// `window_pieces_at` compiled for AVX-512.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx2,bmi1,bmi2,lzcnt,popcnt")]
-unsafe fn window_pieces_avx512<'a, W: Windows, E>(
-    text: &'a str,
-    f: impl FnMut(&'a str) -> Result<(), E>,
-) -> Result<(), E> {
-    window_pieces_at::<W, AVX512, E>(text, f)
 }
 
 /// `window_pieces` with the windows classified at `LEVEL`, which the CPU must have.
@@ -1672,7 +1623,6 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: only levels `simd_level` found.
             let _ = match level {
-                AVX512 => unsafe { window_pieces_avx512::<W, ()>(text, f) },
                 AVX2 => unsafe { window_pieces_avx2::<W, ()>(text, f) },
                 _ => window_pieces_at::<W, SSE2, ()>(text, f),
             };
@@ -1779,9 +1729,6 @@ mod tests {
                 assert_eq!(classify::<SSE2>(&w), want);
                 if simd_level() >= AVX2 {
                     assert_eq!(classify::<AVX2>(&w), want);
-                }
-                if simd_level() >= AVX512 {
-                    assert_eq!(classify::<AVX512>(&w), want);
                 }
             }
         }
