@@ -66,9 +66,9 @@ impl Pattern {
         f: impl FnMut(&'a str) -> Result<(), E>,
     ) -> Result<(), E> {
         match self {
-            Pattern::Gpt2 => pieces(text, gpt2_piece_end, f),
-            Pattern::Cl100k => pieces(text, cl100k_piece_end, f),
-            Pattern::O200k => pieces(text, o200k_piece_end, f),
+            Pattern::Gpt2 => window_pieces::<Gpt2Windows, E>(text, f),
+            Pattern::Cl100k => window_pieces::<Cl100kWindows, E>(text, f),
+            Pattern::O200k => window_pieces::<O200kWindows, E>(text, f),
             Pattern::Whole if text.is_empty() => Ok(()),
             Pattern::Whole => {
                 let mut f = f;
@@ -835,6 +835,572 @@ fn o200k_piece_end_general(s: &[u8], pos: usize) -> usize {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Splitting ASCII text 64 bytes at a time.
+//
+// A window of 64 bytes starting at a piece start is classified into one bit mask per class
+// (bit i: byte i), and the piece starts in it are computed for the whole window with bit
+// operations (`gpt2_starts`, `cl100k_starts`, `o200k_starts`), following the alternatives of
+// each pattern on ASCII text. Since no pattern looks behind, the pieces from a piece start on
+// are those of the text from there: the window is split as if the text began at its first
+// byte. Each start depends on the bytes before it and on at most two bytes after it, except
+// inside a run of whitespace (which may end in a piece holding a newline further on), so the
+// starts are trusted up to `trusted_end`; the pieces between trusted starts are emitted and the
+// next window starts at the last of them. Windows whose ASCII prefix is short go to the
+// per-piece splitters (`*_piece_end`) until past their last non-ASCII byte.
+
+/// Bytes per window.
+const WIN: usize = 64;
+
+/// A window's bytes by class, one bit per byte. `letter`, `upper`, `digit`, `space`, ...
+/// are ASCII only (a non-ASCII byte is in none of them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Classes {
+    /// Bytes >= 0x80.
+    nonascii: u64,
+    /// `[A-Za-z]`.
+    letter: u64,
+    /// `[A-Z]`.
+    upper: u64,
+    /// `[0-9]`.
+    digit: u64,
+    /// `\s` in ASCII: `\t`, `\n`, `\v`, `\f`, `\r` and ` ` (not U+001C-U+001F).
+    space: u64,
+    /// `\r`, `\n`.
+    newline: u64,
+    /// ` `.
+    blank: u64,
+    /// `'`.
+    apostrophe: u64,
+    /// `/`.
+    slash: u64,
+}
+
+impl Classes {
+    /// The classes of the bytes below `valid` only (bit i of `valid` set: byte i kept).
+    #[inline(always)]
+    fn masked(self, valid: u64) -> Classes {
+        Classes {
+            nonascii: self.nonascii & valid,
+            letter: self.letter & valid,
+            upper: self.upper & valid,
+            digit: self.digit & valid,
+            space: self.space & valid,
+            newline: self.newline & valid,
+            blank: self.blank & valid,
+            apostrophe: self.apostrophe & valid,
+            slash: self.slash & valid,
+        }
+    }
+}
+
+/// Classes of a window, a byte at a time from the generated tables (the reference for
+/// `classify`, and what it is on other CPUs).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn classify_scalar(w: &[u8; WIN]) -> Classes {
+    let mut c = Classes::default();
+    for (i, &b) in w.iter().enumerate() {
+        let bit = 1u64 << i;
+        let set = |m: &mut u64, yes: bool| *m |= if yes { bit } else { 0 };
+        if b >= 0x80 {
+            c.nonascii |= bit;
+            continue;
+        }
+        let k = ASCII_COARSE[b as usize];
+        set(&mut c.letter, k == Coarse::Letter);
+        set(&mut c.upper, ASCII_CLASS[b as usize] == LU);
+        set(&mut c.digit, k == Coarse::Number);
+        set(&mut c.space, k == Coarse::Space);
+        set(&mut c.newline, b == b'\r' || b == b'\n');
+        set(&mut c.blank, b == b' ');
+        set(&mut c.apostrophe, b == b'\'');
+        set(&mut c.slash, b == b'/');
+    }
+    c
+}
+
+/// Which SIMD instructions classify the windows (`classify`): `SSE2` (part of the x86_64
+/// baseline, else `classify_scalar`) or `AVX2` (when the CPU has it; AVX-512 measured no
+/// faster).
+const SSE2: u8 = 0;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const AVX2: u8 = 1;
+
+/// The best level this CPU runs: AVX2 with every feature `window_pieces_avx2` enables
+/// (`is_x86_feature_detected!` caches what it finds).
+#[inline(always)]
+fn simd_level() -> u8 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("bmi1")
+            && is_x86_feature_detected!("bmi2")
+            && is_x86_feature_detected!("lzcnt")
+            && is_x86_feature_detected!("popcnt");
+        if avx2 {
+            return AVX2;
+        }
+    }
+    SSE2
+}
+
+/// Classes of a window with the instructions of `LEVEL`, which the caller makes sure the CPU
+/// has (`window_pieces`).
+#[inline(always)]
+fn classify<const LEVEL: u8>(w: &[u8; WIN]) -> Classes {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `window_pieces` only runs this with a level `simd_level` found.
+        match LEVEL {
+            AVX2 => unsafe { classify_avx2(w) },
+            _ => classify_sse2(w),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        classify_scalar(w)
+    }
+}
+
+/// As `classify_sse2`, 32 bytes at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn classify_avx2(w: &[u8; WIN]) -> Classes {
+    use std::arch::x86_64::{
+        __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_min_epu8, _mm256_movemask_epi8,
+        _mm256_or_si256, _mm256_set1_epi8, _mm256_sub_epi8,
+    };
+    #[inline(always)]
+    fn set1(b: u8) -> __m256i {
+        // SAFETY: only reached from `classify_avx2`, with AVX2.
+        unsafe { _mm256_set1_epi8(b as i8) }
+    }
+    let mut c = Classes::default();
+    for (k, chunk) in w.chunks_exact(32).enumerate() {
+        // SAFETY: `chunk` is 32 readable bytes (an unaligned load is allowed).
+        let v = _mm256_loadu_si256(chunk.as_ptr().cast());
+        let within = |x: __m256i, lo: u8, n: u8| {
+            let d = _mm256_sub_epi8(x, set1(lo));
+            _mm256_cmpeq_epi8(_mm256_min_epu8(d, set1(n)), d)
+        };
+        let eq = |b: u8| _mm256_cmpeq_epi8(v, set1(b));
+        let blank = eq(b' ');
+        let bits = |m: __m256i| (_mm256_movemask_epi8(m) as u32 as u64) << (32 * k);
+        c.nonascii |= bits(v);
+        c.letter |= bits(within(_mm256_or_si256(v, set1(0x20)), b'a', 25));
+        c.upper |= bits(within(v, b'A', 25));
+        c.digit |= bits(within(v, b'0', 9));
+        c.space |= bits(_mm256_or_si256(within(v, b'\t', 4), blank));
+        c.newline |= bits(_mm256_or_si256(eq(b'\n'), eq(b'\r')));
+        c.blank |= bits(blank);
+        c.apostrophe |= bits(eq(b'\''));
+        c.slash |= bits(eq(b'/'));
+    }
+    c
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn classify_sse2(w: &[u8; WIN]) -> Classes {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8, _mm_sub_epi8,
+    };
+    let mut c = Classes::default();
+    for (k, chunk) in w.chunks_exact(16).enumerate() {
+        // SAFETY: `chunk` is 16 readable bytes (an unaligned load is allowed); SSE2 is part of
+        // the x86_64 baseline.
+        unsafe {
+            let v = _mm_loadu_si128(chunk.as_ptr().cast());
+            let set1 = |b: u8| _mm_set1_epi8(b as i8);
+            // Bytes in `lo..=lo + n`: `x - lo` (wrapping) is at most `n`.
+            let within = |x: __m128i, lo: u8, n: u8| {
+                let d = _mm_sub_epi8(x, set1(lo));
+                _mm_cmpeq_epi8(_mm_min_epu8(d, set1(n)), d)
+            };
+            let eq = |b: u8| _mm_cmpeq_epi8(v, set1(b));
+            let blank = eq(b' ');
+            let bits = |m: __m128i| (_mm_movemask_epi8(m) as u16 as u64) << (16 * k);
+            c.nonascii |= bits(v);
+            c.letter |= bits(within(_mm_or_si128(v, set1(0x20)), b'a', 25));
+            c.upper |= bits(within(v, b'A', 25));
+            c.digit |= bits(within(v, b'0', 9));
+            c.space |= bits(_mm_or_si128(within(v, b'\t', 4), blank));
+            c.newline |= bits(_mm_or_si128(eq(b'\n'), eq(b'\r')));
+            c.blank |= bits(blank);
+            c.apostrophe |= bits(eq(b'\''));
+            c.slash |= bits(eq(b'/'));
+        }
+    }
+    c
+}
+
+/// Bits `0..n` (`n <= 64`).
+#[inline(always)]
+fn low_bits(n: u32) -> u64 {
+    if n >= 64 {
+        !0
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// The first byte of each run of `x`.
+#[inline(always)]
+fn run_starts(x: u64) -> u64 {
+    x & !(x << 1)
+}
+
+/// The bits of `m` from which a run of `m` leads, without a gap, to a bit of `seed` (at or
+/// after them): filling each run of `m` backwards from its seeds, in six doubling steps.
+#[inline(always)]
+fn fill_back(seed: u64, m: u64) -> u64 {
+    let (mut x, mut m) = (seed & m, m);
+    for step in [1, 2, 4, 8, 16, 32] {
+        x |= (x >> step) & m;
+        m &= m >> step;
+    }
+    x
+}
+
+/// `\p{N}{1,3}`: the starts of the groups of three digits (and the last, shorter one) that
+/// cut each run of digits, counted from its first digit.
+#[inline(always)]
+fn digit_groups(digit: u64) -> u64 {
+    let three = digit & (digit << 1) & (digit << 2); // a digit after two digits
+    let mut x = run_starts(digit);
+    let mut groups = x;
+    loop {
+        x = (x << 3) & three;
+        if x == 0 {
+            return groups;
+        }
+        groups |= x;
+    }
+}
+
+/// Length of `'(?:[sdmt]|ll|ve|re)` at byte `e` of the window (which holds `'`) within its
+/// first `v` bytes, in any case when `fold`, or 0. ASCII only: `ſ` (cl100k, o200k) is not
+/// ASCII, so never in a window's trusted part.
+#[inline(always)]
+fn window_contraction_len(w: &[u8; WIN], v: usize, e: usize, fold: bool) -> usize {
+    let lower = |i: usize| {
+        let b = if i < v {
+            w.get(i).copied().unwrap_or(0)
+        } else {
+            0
+        };
+        if fold && b.is_ascii_uppercase() {
+            b | 0x20
+        } else {
+            b
+        }
+    };
+    match (lower(e + 1), lower(e + 2)) {
+        (b's' | b'd' | b'm' | b't', _) => 2,
+        (b'l', b'l') | (b'v', b'e') | (b'r', b'e') => 3,
+        _ => 0,
+    }
+}
+
+/// The contractions starting at a bit of `cand` (an apostrophe), by
+/// `window_contraction_len`: (their apostrophes, their other bytes, the bits after them).
+/// `fold`: in any case. `after_word`: the candidates are apostrophes after a letter (o200k's
+/// contractions end a word), so one right after another contraction is none (that letter
+/// ends no word).
+#[inline(always)]
+fn contractions(
+    w: &[u8; WIN],
+    v: u32,
+    mut cand: u64,
+    fold: bool,
+    after_word: bool,
+) -> (u64, u64, u64) {
+    let (mut hit, mut inside, mut after) = (0u64, 0u64, 0u64);
+    while cand != 0 {
+        let e = cand.trailing_zeros();
+        cand &= cand - 1;
+        if after_word && (after >> e) & 1 != 0 {
+            continue;
+        }
+        let n = window_contraction_len(w, v as usize, e as usize, fold) as u32;
+        if n > 0 {
+            hit |= 1 << e;
+            inside |= low_bits(n - 1) << (e + 1);
+            after |= 1u64.checked_shl(e + n).unwrap_or(0);
+        }
+    }
+    (hit, inside, after)
+}
+
+/// The piece starts of GPT-2's pattern in a window whose first `v` bytes are ASCII (the bits
+/// of `c`), besides bit 0. `end`: the text ends after them.
+///
+/// A run of letters, numbers or punctuation starts a piece, or the space before it does
+/// (` ?\p{L}+`, ` ?\p{N}+`, ` ?[^\s\p{L}\p{N}]+`). A run of whitespace starts one, and so
+/// does its last character when something other than whitespace follows (`\s+(?!\S)` gives
+/// it back; `\s` takes it when the run is that character only). An apostrophe that starts a
+/// piece and a contraction after it make one piece, and the letters after it start the next.
+#[inline(always)]
+fn gpt2_starts(c: &Classes, w: &[u8; WIN], v: u32, _end: bool) -> u64 {
+    let valid = low_bits(v);
+    let punct = valid & !(c.letter | c.digit | c.space);
+    let runs = (run_starts(c.letter) | run_starts(c.digit) | run_starts(punct)) & !(c.blank << 1);
+    let space_last = c.space & !(c.space >> 1) & (valid >> 1);
+    let (_, inside, after) =
+        contractions(w, v, c.apostrophe & runs & (c.letter >> 1), false, false);
+    ((runs | run_starts(c.space) | space_last) & !inside) | after
+}
+
+/// What cl100k and o200k do with whitespace: a run of whitespace starts a piece, except the
+/// `\r`, `\n` (and `/`) that the punctuation before it takes (`consumed`). In a run holding
+/// `\r` or `\n`, a piece ends after the last of them (`\s*[\r\n]`, `\s*[\r\n]+`), and when
+/// something other than whitespace follows, the last character of the run starts a piece
+/// (`\s+(?!\S)` gives it back, then `\s` takes it, or it leads a word, or a space leads
+/// punctuation). With `end` and `keep_final` (cl100k's `\s++$`), a run that ends the text is
+/// one piece.
+#[inline(always)]
+fn whitespace_starts(c: &Classes, v: u32, consumed: u64, end: bool, keep_final: bool) -> u64 {
+    let valid = low_bits(v);
+    let space = c.space & !consumed;
+    let other = c.space & !c.newline;
+    let mut starts = run_starts(space) | (other & !(c.space >> 1) & (valid >> 1));
+    let newlines = c.newline & space;
+    if newlines != 0 {
+        let upto_newline = fill_back(newlines, space);
+        starts |= space & !upto_newline & (upto_newline << 1);
+    }
+    if end && keep_final && v > 0 && (space >> (v - 1)) & 1 != 0 {
+        // The run of whitespace that ends the text is one piece from its first character.
+        let before = !space & low_bits(v - 1);
+        let first = if before == 0 {
+            0
+        } else {
+            64 - before.leading_zeros()
+        };
+        starts &= low_bits(first + 1);
+    }
+    starts
+}
+
+/// The piece starts of cl100k's pattern in a window, as `gpt2_starts`.
+///
+/// A run of letters starts a piece unless the character before it does: any one character
+/// but `\r`, `\n`, a letter or a number (`[^\r\n\p{L}\p{N}]?+\p{L}++`) that starts a piece:
+/// whitespace other than `\r`, `\n` always does there (see `whitespace_starts`), punctuation
+/// when it is a run of one that starts a piece. A run of punctuation starts a piece unless a
+/// space before it does (` ?[^\s\p{L}\p{N}]++`), and takes the `\r`, `\n` after it
+/// (`[\r\n]*+`). Numbers start a piece every three digits. An apostrophe that starts a piece
+/// and a contraction after it, in any case, make one piece.
+#[inline(always)]
+fn cl100k_starts(c: &Classes, w: &[u8; WIN], v: u32, end: bool) -> u64 {
+    let valid = low_bits(v);
+    let punct = valid & !(c.letter | c.digit | c.space);
+    // The run of \r, \n right after punctuation: it starts there, so adding its first bit
+    // clears it.
+    let consumed = c.newline & !c.newline.wrapping_add(c.newline & (punct << 1));
+    let punct_piece = run_starts(punct) & !(c.blank << 1);
+    let lead = punct_piece & !(punct >> 1) & (c.letter >> 1);
+    let other_space = c.space & !c.newline;
+    let letters = run_starts(c.letter) & !((other_space | lead) << 1);
+    let (_, inside, after) = contractions(w, v, lead & c.apostrophe, true, false);
+    let starts = letters
+        | punct_piece
+        | digit_groups(c.digit)
+        | whitespace_starts(c, v, consumed, end, true);
+    (starts & !inside) | after
+}
+
+/// The piece starts of o200k's pattern in a window, as `gpt2_starts`.
+///
+/// As cl100k's, except: a word also starts at a capital after a lower case letter (capitals
+/// then lower case letters, `[\p{Lu}...]*[\p{Ll}...]+`, or capitals only); a contraction, in
+/// any case, goes with the word before it (an apostrophe after a letter), and an apostrophe
+/// that starts a piece leads a word like any punctuation; punctuation takes `\r`, `\n` and `/`
+/// after it (`[\r\n/]*`); a run of whitespace that ends the text is cut after its last newline
+/// like any other.
+#[inline(always)]
+fn o200k_starts(c: &Classes, w: &[u8; WIN], v: u32, end: bool) -> u64 {
+    let valid = low_bits(v);
+    let raw_punct = valid & !(c.letter | c.digit | c.space);
+    // The runs of \r, \n, / from a \r or \n right after punctuation, one at a time from the
+    // first (a / taken is punctuation, and the \r, \n after it are in the same run).
+    let takes = c.newline | c.slash;
+    let mut seeds = c.newline & (raw_punct << 1);
+    let mut consumed = 0u64;
+    while seeds != 0 {
+        let run = takes & !takes.wrapping_add(seeds & seeds.wrapping_neg());
+        consumed |= run;
+        seeds &= !run;
+    }
+    let punct = raw_punct & !consumed;
+    let punct_piece = run_starts(punct) & !(c.blank << 1);
+    let lead = punct_piece & !(punct >> 1) & (c.letter >> 1);
+    let other_space = c.space & !c.newline;
+    let lower = c.letter & !c.upper;
+    let words = (run_starts(c.letter) & !((other_space | lead) << 1)) | (c.upper & (lower << 1));
+    let (hit, inside, after) = contractions(w, v, c.apostrophe & (c.letter << 1), true, true);
+    let starts =
+        words | punct_piece | digit_groups(c.digit) | whitespace_starts(c, v, consumed, end, false);
+    (starts & !(hit | inside)) | after
+}
+
+/// Where the starts found in a window of `v` ASCII bytes are trusted (`trusted_end`): all of
+/// them when the text ends there (`end`), else those at least three bytes before the first
+/// unknown byte (none depends on more than two bytes after it) and not inside the run of
+/// whitespace that reaches it (its pieces depend on whether a newline follows).
+#[inline(always)]
+fn trusted_end(c: &Classes, v: u32, end: bool) -> u32 {
+    if end {
+        return v;
+    }
+    // One past the last byte that is not whitespace (0 if none), without branching: where the
+    // run of whitespace that reaches the end of the window starts, or the end.
+    let run = 64 - (!c.space & low_bits(v)).leading_zeros();
+    v.saturating_sub(3).min(run + 1)
+}
+
+/// A window needs this many ASCII bytes at its start to be split by bit masks; shorter ones go
+/// to the per-piece splitter.
+const MIN_ASCII: u32 = 16;
+
+/// A pattern's window splitter: the piece starts in a window (`gpt2_starts`...) and the
+/// per-piece splitter for the rest (`gpt2_piece_end`...), both inlined into the window loop.
+trait Windows {
+    fn starts(c: &Classes, w: &[u8; WIN], v: u32, end: bool) -> u64;
+    fn piece_end(s: &[u8], pos: usize) -> usize;
+}
+
+struct Gpt2Windows;
+struct Cl100kWindows;
+struct O200kWindows;
+
+impl Windows for Gpt2Windows {
+    #[inline(always)]
+    fn starts(c: &Classes, w: &[u8; WIN], v: u32, end: bool) -> u64 {
+        gpt2_starts(c, w, v, end)
+    }
+    #[inline(always)]
+    fn piece_end(s: &[u8], pos: usize) -> usize {
+        gpt2_piece_end(s, pos)
+    }
+}
+
+impl Windows for Cl100kWindows {
+    #[inline(always)]
+    fn starts(c: &Classes, w: &[u8; WIN], v: u32, end: bool) -> u64 {
+        cl100k_starts(c, w, v, end)
+    }
+    #[inline(always)]
+    fn piece_end(s: &[u8], pos: usize) -> usize {
+        cl100k_piece_end(s, pos)
+    }
+}
+
+impl Windows for O200kWindows {
+    #[inline(always)]
+    fn starts(c: &Classes, w: &[u8; WIN], v: u32, end: bool) -> u64 {
+        o200k_starts(c, w, v, end)
+    }
+    #[inline(always)]
+    fn piece_end(s: &[u8], pos: usize) -> usize {
+        o200k_piece_end(s, pos)
+    }
+}
+
+/// Calls `f` with each piece of `text`, 64 bytes at a time where they are ASCII (`W::starts`),
+/// else piece by piece (`W::piece_end`, which gives the same), until `f` fails; the windows
+/// classified with the best instructions the CPU has.
+#[inline(always)]
+fn window_pieces<'a, W: Windows, E>(
+    text: &'a str,
+    f: impl FnMut(&'a str) -> Result<(), E>,
+) -> Result<(), E> {
+    #[cfg(target_arch = "x86_64")]
+    match simd_level() {
+        // SAFETY: the CPU has the instructions each of these enables (`simd_level`).
+        AVX2 => return unsafe { window_pieces_avx2::<W, E>(text, f) },
+        _ => {}
+    }
+    window_pieces_at::<W, SSE2, E>(text, f)
+}
+
+/// `window_pieces_at` compiled for AVX2 (with BMI1 for counting trailing zeros).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
+unsafe fn window_pieces_avx2<'a, W: Windows, E>(
+    text: &'a str,
+    f: impl FnMut(&'a str) -> Result<(), E>,
+) -> Result<(), E> {
+    window_pieces_at::<W, AVX2, E>(text, f)
+}
+
+/// `window_pieces` with the windows classified at `LEVEL`, which the CPU must have.
+#[inline(always)]
+fn window_pieces_at<'a, W: Windows, const LEVEL: u8, E>(
+    text: &'a str,
+    mut f: impl FnMut(&'a str) -> Result<(), E>,
+) -> Result<(), E> {
+    let s = text.as_bytes();
+    let mut pos = 0;
+    let mut tail;
+    let mut backoff = 0;
+    while pos < s.len() {
+        let rest = &s[pos..];
+        let (w, in_text) = match rest.first_chunk::<WIN>() {
+            Some(w) => (w, WIN as u32),
+            None => {
+                tail = [0u8; WIN];
+                tail[..rest.len()].copy_from_slice(rest);
+                (&tail, rest.len() as u32)
+            }
+        };
+        let c = classify::<LEVEL>(w);
+        let v = c.nonascii.trailing_zeros().min(in_text);
+        let end = v == in_text && (in_text as usize) == rest.len();
+        if end || v >= MIN_ASCII {
+            let c = c.masked(low_bits(v));
+            let t = trusted_end(&c, v, end);
+            let mut cuts = W::starts(&c, w, v, end) & low_bits(t) & !1;
+            if cuts != 0 || end {
+                let mut start = pos;
+                while cuts != 0 {
+                    let e = pos + cuts.trailing_zeros() as usize;
+                    cuts &= cuts - 1;
+                    // SAFETY: `pos <= start < e < pos + v <= text.len()`, and the bytes from
+                    // `pos` to `pos + v` are ASCII, so each of these is a character boundary.
+                    f(unsafe { text.get_unchecked(start..e) })?;
+                    start = e;
+                }
+                if end {
+                    f(&text[start..])?;
+                    start = s.len();
+                }
+                pos = start;
+                backoff = 0;
+                continue;
+            }
+        }
+        // Piece by piece past the window's last non-ASCII byte (or one piece, a long one), and
+        // further after windows mostly not ASCII (Cyrillic, CJK...), more so after several in
+        // a row, so that the windows of such text cost little.
+        backoff = if c.nonascii.count_ones() >= 16 {
+            (backoff + 1).min(4)
+        } else {
+            0
+        };
+        let past = (64 - c.nonascii.leading_zeros()) as usize;
+        let stop = pos + past.max(1).max((32 << backoff) & !32);
+        while pos < stop && pos < s.len() {
+            let e = W::piece_end(s, pos);
+            f(&text[pos..e])?;
+            pos = e;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Safe cuts: places where a text can be cut so that splitting the two parts separately gives
 // exactly the pieces of the whole, whatever text follows. Files are read, and streams
 // encoded, in parts cut at such places, so memory does not grow with the input.
@@ -1047,6 +1613,40 @@ mod tests {
             let mb = text.len() as f64 / 1e6;
             println!("{p:?}: {:.0} MB/s ({mb:.1} MB, {n})", mb / best);
         }
+        // Each level of SIMD instructions the CPU has, as `window_pieces` runs them.
+        fn count<W: Windows>(level: u8, text: &str) -> usize {
+            let mut n = 0usize;
+            let f = |piece: &str| {
+                n += std::hint::black_box(piece).len() & 1;
+                Ok::<(), ()>(())
+            };
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: only levels `simd_level` found.
+            let _ = match level {
+                AVX2 => unsafe { window_pieces_avx2::<W, ()>(text, f) },
+                _ => window_pieces_at::<W, SSE2, ()>(text, f),
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = window_pieces_at::<W, SSE2, ()>(text, f);
+            n
+        }
+        for level in (SSE2..=simd_level()).rev() {
+            for p in [Pattern::Gpt2, Pattern::Cl100k, Pattern::O200k] {
+                let mut best = f64::INFINITY;
+                for _ in 0..3 {
+                    let t = std::time::Instant::now();
+                    let text = std::hint::black_box(&text);
+                    std::hint::black_box(match p {
+                        Pattern::Gpt2 => count::<Gpt2Windows>(level, text),
+                        Pattern::Cl100k => count::<Cl100kWindows>(level, text),
+                        _ => count::<O200kWindows>(level, text),
+                    });
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                let mb = text.len() as f64 / 1e6;
+                println!("  level {level} {p:?}: {:.0} MB/s", mb / best);
+            }
+        }
     }
 
     #[test]
@@ -1114,6 +1714,149 @@ mod tests {
             }
         }
         assert!(checked > 100_000);
+    }
+
+    #[test]
+    fn window_classes_equal_the_tables() {
+        // Every byte value at every position of a window (the SIMD code works on 16 bytes).
+        for shift in 0..WIN {
+            let mut w = [0u8; WIN];
+            for b in 0..=255u8 {
+                for (i, x) in w.iter_mut().enumerate() {
+                    *x = b.wrapping_add(((i + shift) * 37) as u8);
+                }
+                let want = classify_scalar(&w);
+                assert_eq!(classify::<SSE2>(&w), want);
+                if simd_level() >= AVX2 {
+                    assert_eq!(classify::<AVX2>(&w), want);
+                }
+            }
+        }
+        // The tables' ASCII whitespace is what the window code assumes.
+        let w: [u8; WIN] = std::array::from_fn(|i| i as u8);
+        let c = classify_scalar(&w);
+        assert_eq!(c.space, (0b11111 << 9) | (1 << 32));
+        assert_eq!(
+            c.letter | c.digit | c.space | c.nonascii,
+            c.letter ^ c.digit ^ c.space
+        );
+    }
+
+    /// Texts built from the pieces the windows find hardest, cut by a xorshift generator.
+    fn window_texts(n: usize) -> Vec<String> {
+        const PARTS: &[&str] = &[
+            " ",
+            "  ",
+            "   ",
+            "\t",
+            " \t",
+            "\n",
+            " \n",
+            "\n ",
+            " \n  ",
+            "\r\n",
+            "\n\n",
+            "\r",
+            "\x0b",
+            "'",
+            "''",
+            "'s",
+            "'S",
+            "'t",
+            "'ll",
+            "'LL",
+            "'lL",
+            "'l",
+            "'re",
+            "'Ve",
+            "'d",
+            "'M",
+            "'x",
+            ".",
+            ",",
+            "!",
+            "(",
+            "-",
+            "/",
+            "!\n/",
+            ".\n",
+            "!\r\n/\n",
+            "\x1c",
+            "a",
+            "Z",
+            "the",
+            "The",
+            "THE",
+            "camelCase",
+            "HTTPServer",
+            "don't",
+            "I'M",
+            "x'sy",
+            "A'S'SA",
+            "1",
+            "12",
+            "123",
+            "1234",
+            "12345",
+            "1234567",
+            "é",
+            "中",
+            "\u{a0}",
+            "\u{85}",
+            "ſ",
+            "\u{301}",
+            "١",
+        ];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        (0..n)
+            .map(|_| {
+                let mut t = "x".repeat((next() % 70) as usize);
+                let ascii_only = next() % 2 == 0;
+                for _ in 0..next() % 120 {
+                    let part = PARTS[(next() % PARTS.len() as u64) as usize];
+                    if !(ascii_only && !part.is_ascii()) {
+                        t.push_str(part);
+                    }
+                }
+                t
+            })
+            .collect()
+    }
+
+    /// The pieces of `text` split with the windows classified at `LEVEL`.
+    fn split_at<const LEVEL: u8>(p: Pattern, text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let push = |piece| {
+            out.push(piece);
+            Ok::<(), ()>(())
+        };
+        let _ = match p {
+            Pattern::Gpt2 => window_pieces_at::<Gpt2Windows, LEVEL, ()>(text, push),
+            Pattern::Cl100k => window_pieces_at::<Cl100kWindows, LEVEL, ()>(text, push),
+            Pattern::O200k => window_pieces_at::<O200kWindows, LEVEL, ()>(text, push),
+            Pattern::Whole => unreachable!(),
+        };
+        out
+    }
+
+    #[test]
+    fn windows_equal_the_general_code() {
+        for text in window_texts(20_000) {
+            for p in [Pattern::Gpt2, Pattern::Cl100k, Pattern::O200k] {
+                let want = p.split_reference(&text);
+                assert_eq!(p.split(&text), want, "{p:?} {text:?}");
+                assert_eq!(split_at::<SSE2>(p, &text), want, "{p:?} {text:?}");
+                if simd_level() >= AVX2 {
+                    assert_eq!(split_at::<AVX2>(p, &text), want, "{p:?} {text:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -217,3 +217,40 @@ def test_count_pieces_counts_the_pieces():
     text = "Hello world's 12345 !! \n\n  ünï 中文 "
     for name in ("gpt2", "cl100k", "o200k", None):
         assert _core.count_pieces(name, text) == len(_core.split(name, text))
+
+
+# ASCII-heavy text for the splitters' 64-byte windows, which find piece starts with bit masks:
+# the tricky cases of each pattern (spaces before words, numbers and punctuation; tabs, \r and
+# \n mixed with spaces; contractions in both cases and apostrophes that are none; digits of
+# every run length; punctuation before \r, \n and /; capitals after lower case letters) in
+# long texts, after a prefix of every length so that each falls on the windows' edges, with a
+# few non-ASCII characters (which send part of a window to the per-piece code) and texts that
+# end in whitespace.
+WINDOW_PARTS = st.one_of(
+    st.sampled_from(
+        [" ", "  ", "   ", "\t", " \t", "\t ", "\n", " \n", "\n ", " \n  ", "\r\n", "\n\n", "\r", "\x0b", "\x0c"]
+        + ["'", "''", "'s", "'S", "'t", "'ll", "'LL", "'lL", "'l", "'re", "'Re", "'ve", "'vE", "'v", "'d", "'m", "'x"]
+        + [".", ",", "!", "?!", "(", ")", "-", "/", "//", "!\n/", ".\n", "!\r\n/\n", "\x1c", "\x00", "@[`{"]
+        + ["a", "Z", "the", "The", "THE", "camelCase", "HTTPServer", "don't", "I'M", "x'sy", "A'S'SA"]
+        + ["é", "中", "\u00a0", "\u0085", "\u2028", "ſ", "\u0301", "ǅ", "١"]
+    ),
+    st.integers(1, 70).map(lambda n: ("1234567890" * 7)[:n]),
+    st.text(alphabet="aZ09 '\t\n\r.!/", min_size=1, max_size=8),
+)
+WINDOW_TEXT = st.builds(
+    lambda k, parts, tail: "x" * k + "".join(parts) + tail,
+    st.integers(0, 70),
+    st.lists(WINDOW_PARTS, max_size=80),
+    st.sampled_from(["", " ", "  ", "\n", " \n", "\n  ", "\t", "'", "'s", "1234", "a"]),
+)
+
+
+@settings(max_examples=4000, deadline=None)
+@given(WINDOW_TEXT)
+@example("x" * 61 + "  \n  abc" + " " * 70 + "'s 1234567 don't")
+@example(("word " * 12)[:63] + "'ll" + "a" * 64 + " \n\n " * 20)
+def test_windows_equal_general_splitters_and_regex(text):
+    for name in ("gpt2", "cl100k", "o200k"):
+        pieces = _core.split(name, text)
+        assert pieces == _core.split_reference(name, text), name
+        assert pieces == regex.findall(patterns.NAMED[name], text), name
