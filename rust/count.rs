@@ -3,11 +3,14 @@
 //! Files are read in chunks cut only where cutting cannot change the pieces, and the chunks are
 //! counted in parallel, each worker in its own map; the maps are merged once at the end.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::path::Path;
 
 use rustc_hash::FxHashMap;
 
 use crate::input::{chunk_text, ChunkReader, HookedReader, InputError, Interrupted};
+use crate::packed;
 use crate::pipeline::{self, thread_count, Batches, Stages};
 use crate::pretok::Pattern;
 use crate::specials::SpecialSplitter;
@@ -17,17 +20,158 @@ use crate::specials::SpecialSplitter;
 const COUNT_BLOCK: usize = 4 << 20;
 
 /// A map from piece bytes to the number of times the piece occurs.
-pub type Counts = FxHashMap<Vec<u8>, u64>;
+///
+/// Pieces of at most 15 bytes (nearly all) are keyed by their packed bytes (`packed::pack`),
+/// stored in the table itself: counting a piece then hashes and compares one integer and
+/// allocates nothing, where a `Vec<u8>` key costs a pointer to follow, a memory compare and an
+/// allocation per distinct piece. Longer pieces are keyed by their bytes.
+#[derive(Default, Clone)]
+pub struct Counts {
+    short: HashMap<Short, u64, BuildHasherDefault<ShortHasher>>,
+    long: FxHashMap<Vec<u8>, u64>,
+}
+
+/// A packed piece (`packed::pack`) as bytes: 8-byte aligned table entries of 24 bytes (a u128
+/// would align them to 16, making them 32), and the piece's bytes can be lent out as a slice.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Short([u8; 16]);
+
+impl Short {
+    #[inline(always)]
+    fn new(key: u128) -> Self {
+        Short(key.to_le_bytes())
+    }
+
+    #[inline(always)]
+    fn bytes(&self) -> &[u8] {
+        let n = usize::from(self.0[15]).min(packed::MAX_PACKED);
+        &self.0[..n]
+    }
+}
+
+impl Hash for Short {
+    /// Both halves multiplied together (128-bit product, halves folded): every input bit
+    /// reaches the low bits that pick the bucket and the top bits the table's tags come from,
+    /// in one multiplication. Neither factor can be zero: the high half's top byte is the
+    /// length (at most 15), and the low half would have to be the bytes d3 08 a3 85 88 6a 3f
+    /// 24, which are not UTF-8.
+    #[inline(always)]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let k = u128::from_le_bytes(self.0);
+        let lo = (k as u64) ^ 0x243f_6a88_85a3_08d3;
+        let hi = ((k >> 64) as u64) ^ 0xff51_afd7_ed55_8ccd;
+        let m = u128::from(lo) * u128::from(hi);
+        state.write_u64((m as u64) ^ ((m >> 64) as u64));
+    }
+}
+
+/// Hands on the one `u64` that `Short::hash` writes: the hash is already mixed.
+#[derive(Default)]
+struct ShortHasher(u64);
+
+impl Hasher for ShortHasher {
+    #[inline(always)]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    #[inline(always)]
+    fn write_u64(&mut self, h: u64) {
+        self.0 = h;
+    }
+
+    /// Never called (`Short` writes one u64); any bytes still hash.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7cc1_b727_220a_95);
+        }
+    }
+}
+
+impl Counts {
+    /// Distinct pieces.
+    pub fn len(&self) -> usize {
+        self.short.len() + self.long.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The count of `piece`, if it was counted.
+    pub fn get(&self, piece: &[u8]) -> Option<u64> {
+        match packed::pack(piece) {
+            Some(k) => self.short.get(&Short::new(k)).copied(),
+            None => self.long.get(piece).copied(),
+        }
+    }
+
+    /// Sets the count of `piece`.
+    pub fn insert(&mut self, piece: &[u8], count: u64) {
+        match packed::pack(piece) {
+            Some(k) => self.short.insert(Short::new(k), count),
+            None => self.long.insert(piece.to_vec(), count),
+        };
+    }
+
+    /// Adds `n` to the count of `piece`, whose key is `key` (`packed::pack(piece)`).
+    #[inline(always)]
+    fn add_keyed(&mut self, key: Option<u128>, piece: &[u8], n: u64) {
+        match key {
+            Some(k) => *self.short.entry(Short::new(k)).or_insert(0) += n,
+            None => {
+                if let Some(c) = self.long.get_mut(piece) {
+                    *c += n;
+                } else {
+                    self.long.insert(piece.to_vec(), n);
+                }
+            }
+        }
+    }
+
+    /// Counts once the piece `text[at..end]` (nothing if that is not within `text`); the
+    /// bytes after it make the key one load.
+    #[inline(always)]
+    pub fn add_within(&mut self, text: &[u8], at: usize, end: usize) {
+        if let Some(piece) = text.get(at..end) {
+            self.add_keyed(packed::pack_within(text, at, piece.len()), piece, 1);
+        }
+    }
+
+    /// Adds `n` to the count of `piece`.
+    pub fn add(&mut self, piece: &[u8], n: u64) {
+        self.add_keyed(packed::pack(piece), piece, n);
+    }
+
+    /// Every piece and its count, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], u64)> + '_ {
+        let short = self.short.iter().map(|(k, &c)| (k.bytes(), c));
+        short.chain(self.long.iter().map(|(k, &c)| (&k[..], c)))
+    }
+}
+
+impl PartialEq for Counts {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(k, c)| other.get(k) == Some(c))
+    }
+}
+
+impl std::fmt::Debug for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|(k, c)| (String::from_utf8_lossy(k), c)))
+            .finish()
+    }
+}
 
 /// Counts the pieces of `text` into `counts`.
 pub fn count_text(text: &str, pattern: Pattern, specials: &SpecialSplitter, counts: &mut Counts) {
+    let bytes = text.as_bytes();
     specials.for_each_segment(text, |segment| {
         pattern.for_each_piece(segment, |piece| {
-            if let Some(c) = counts.get_mut(piece.as_bytes()) {
-                *c += 1;
-            } else {
-                counts.insert(piece.as_bytes().to_vec(), 1);
-            }
+            // The piece lies in `text`: pack it from there with one load.
+            let at = piece.as_ptr() as usize - bytes.as_ptr() as usize;
+            counts.add_within(bytes, at, at + piece.len());
         })
     });
 }
@@ -37,8 +181,11 @@ pub fn merge_counts(dst: &mut Counts, mut src: Counts) {
     if src.len() > dst.len() {
         std::mem::swap(dst, &mut src);
     }
-    for (k, v) in src {
-        *dst.entry(k).or_insert(0) += v;
+    for (k, v) in src.short {
+        *dst.short.entry(k).or_insert(0) += v;
+    }
+    for (k, v) in src.long {
+        *dst.long.entry(k).or_insert(0) += v;
     }
 }
 
@@ -134,10 +281,63 @@ mod tests {
     #[test]
     fn counts_pieces() {
         let c = count_str("the cat the<|endoftext|> cat", &["<|endoftext|>"]);
-        assert_eq!(c[b"the".as_slice()], 1);
-        assert_eq!(c[b" the".as_slice()], 1);
-        assert_eq!(c[b" cat".as_slice()], 2);
-        assert!(!c.keys().any(|k| k.windows(2).any(|w| w == b"<|")));
+        assert_eq!(c.get(b"the"), Some(1));
+        assert_eq!(c.get(b" the"), Some(1));
+        assert_eq!(c.get(b" cat"), Some(2));
+        assert!(!c.iter().any(|(k, _)| k.windows(2).any(|w| w == b"<|")));
+    }
+
+    /// Random pieces around the packed keys' limit (15 bytes), ASCII and not, empty ones too.
+    fn random_pieces(seed: u64, n: usize) -> Vec<Vec<u8>> {
+        let mut x = seed | 1;
+        let mut next = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let alphabet: [&[u8]; 6] = [b"a", b"b", b" ", b"\xc3\xa9", b"\xe2\x82\xac", b"\0"];
+        (0..n)
+            .map(|_| {
+                let len = [0, 1, 2, 7, 8, 14, 15, 16, 17, 30][next(10) as usize];
+                let mut p = Vec::new();
+                while p.len() < len {
+                    p.extend_from_slice(alphabet[next(6) as usize]);
+                }
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn counts_equal_a_plain_map() {
+        for seed in 1..40u64 {
+            let pieces = random_pieces(seed * 0x9E37_79B9, 600);
+            let mut plain: std::collections::HashMap<Vec<u8>, u64> = Default::default();
+            let (mut a, mut b) = (Counts::default(), Counts::default());
+            // Each piece also lies inside a text, as the counting loop sees it: followed by
+            // other bytes (which the one-load key masks off) or at the very end.
+            let text: Vec<u8> = pieces.concat();
+            let mut at = 0;
+            for (i, p) in pieces.iter().enumerate() {
+                *plain.entry(p.clone()).or_insert(0) += 1 + i as u64 % 3;
+                let half = if i % 2 == 0 { &mut a } else { &mut b };
+                half.add_within(&text, at, at + p.len());
+                half.add(p, i as u64 % 3);
+                at += p.len();
+            }
+            merge_counts(&mut a, b);
+            assert_eq!(a.len(), plain.len());
+            for (k, v) in &plain {
+                assert_eq!(a.get(k), Some(*v), "{k:?}");
+            }
+            let mut listed: Vec<(Vec<u8>, u64)> = a.iter().map(|(k, v)| (k.to_vec(), v)).collect();
+            let mut want: Vec<(Vec<u8>, u64)> = plain.into_iter().collect();
+            listed.sort();
+            want.sort();
+            assert_eq!(listed, want);
+            assert_eq!(a.get(b"not counted"), None);
+        }
     }
 
     #[test]
