@@ -13,6 +13,8 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::rc::Rc;
 
+use std::collections::hash_map::Entry as MapEntry;
+
 use rustc_hash::FxHashMap;
 
 use crate::input::Interrupted;
@@ -136,9 +138,11 @@ where
         }
     }
 
-    // Pair -> total count, and pair -> words that (may) contain it.
-    let mut pair_counts: FxHashMap<Pair, i64> = FxHashMap::default();
-    let mut where_: FxHashMap<Pair, Vec<u32>> = FxHashMap::default();
+    // Pair -> total count, and pair -> words that (may) contain it. Every word is still bytes,
+    // so these start as tables indexed by the two bytes (no hashing per pair), moved into the
+    // maps once.
+    let mut byte_pair_counts = vec![0i64; 1 << 16];
+    let mut byte_pair_words: Vec<Vec<u32>> = vec![Vec::new(); 1 << 16];
     let mut work = 0usize;
     for (wi, word) in (0u32..).zip(&words_at) {
         let w = &syms[word.start..word.start + word.len as usize];
@@ -151,11 +155,15 @@ where
             // The pairs that start in this part (the last one ends in the next).
             let end = (k * HOOK_EVERY + part.len() + 1).min(w.len());
             for p in w[k * HOOK_EVERY..end].windows(2) {
-                let pair = (p[0], p[1]);
-                *pair_counts.entry(pair).or_insert(0) += c;
-                let list = where_.entry(pair).or_default();
-                if list.last() != Some(&wi) {
-                    list.push(wi);
+                // Symbols are bytes here: the index is below 2^16.
+                let i = (p[0] as usize) << 8 | (p[1] as usize & 0xff);
+                if let (Some(count), Some(list)) =
+                    (byte_pair_counts.get_mut(i), byte_pair_words.get_mut(i))
+                {
+                    *count += c;
+                    if list.last() != Some(&wi) {
+                        list.push(wi);
+                    }
                 }
             }
         }
@@ -163,6 +171,14 @@ where
         if work >= HOOK_EVERY {
             work = 0;
             hook(0)?;
+        }
+    }
+    let mut pair_counts: FxHashMap<Pair, i64> = FxHashMap::default();
+    let mut where_: FxHashMap<Pair, Vec<u32>> = FxHashMap::default();
+    for (i, (count, list)) in (0u32..).zip(byte_pair_counts.into_iter().zip(byte_pair_words)) {
+        if count > 0 {
+            pair_counts.insert((i >> 8, i & 0xff), count);
+            where_.insert((i >> 8, i & 0xff), list);
         }
     }
     let entry = |tokens: &Vec<Rc<[u8]>>, pair: Pair, count: i64| Entry {
@@ -179,9 +195,9 @@ where
 
     // Not sized by `num_merges`, which may be far more than the words allow.
     let mut merges = Vec::new();
-    // Count changes made by one merge, applied after all its words are rewritten.
+    // What one merge changes, gathered while its words are rewritten and applied after.
+    let mut changes = Changes::default();
     let mut deltas: FxHashMap<Pair, i64> = FxHashMap::default();
-    let mut new_where: FxHashMap<Pair, Vec<u32>> = FxHashMap::default();
     while merges.len() < num_merges {
         let Some(top) = heap.pop() else { break };
         let current = pair_counts.get(&top.pair).copied().unwrap_or(0);
@@ -234,9 +250,9 @@ where
             let w = &mut syms[word.start..word.start + word.len as usize];
             work += w.len();
             let merged = if w.len() <= HOOK_EVERY {
-                merge_word(w, (a, b), new_id, count, &mut deltas, || Ok(()))
+                merge_word(w, (a, b), new_id, count, &mut changes, || Ok(()))
             } else {
-                merge_word(w, (a, b), new_id, count, &mut deltas, || hook(done))
+                merge_word(w, (a, b), new_id, count, &mut changes, || hook(done))
             };
             let Some(new_len) = merged? else {
                 continue;
@@ -250,14 +266,20 @@ where
             let w = &w[..new_len];
             // Register the word under every pair that now contains the new token.
             for p in w.windows(2) {
-                if p[0] == new_id || p[1] == new_id {
-                    let list = new_where.entry((p[0], p[1])).or_default();
-                    if list.last() != Some(&wi) {
-                        list.push(wi);
-                    }
+                let list = if p[1] == new_id {
+                    changes.words_left.at(p[0])
+                } else if p[0] == new_id {
+                    changes.words_right.at(p[1])
+                } else {
+                    None
+                };
+                let Some(list) = list else { continue };
+                if list.last() != Some(&wi) {
+                    list.push(wi);
                 }
             }
         }
+        changes.pair_deltas((a, b), new_id, &mut deltas);
         for (pair, d) in deltas.drain() {
             if d == 0 {
                 continue;
@@ -274,9 +296,18 @@ where
                 pair_counts.remove(&pair);
             }
         }
-        for (pair, list) in new_where.drain() {
-            where_.entry(pair).or_default().extend(list);
-        }
+        let mut register = |pair: Pair, list: Vec<u32>| match where_.entry(pair) {
+            MapEntry::Occupied(mut e) => e.get_mut().extend(list),
+            MapEntry::Vacant(e) => {
+                e.insert(list);
+            }
+        };
+        changes
+            .words_left
+            .drain(|x, list| register((x, new_id), list));
+        changes
+            .words_right
+            .drain(|x, list| register((new_id, x), list));
         if merges.len() % 64 == 0 || work >= HOOK_EVERY {
             work = 0;
             hook(merges.len())?;
@@ -300,9 +331,82 @@ fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// What one merge of `(a, b)` into `new` changes, by the token beside each occurrence: the
+/// merge loop adds to plain arrays indexed by token id where a map entry per occurrence would
+/// cost a hash each, and turns them into pair count changes once per merge.
+#[derive(Default)]
+struct Changes {
+    /// Occurrences merged, times their word's count: the change of `(a, b)`, negated.
+    merged: i64,
+    /// By the token `x` left of an occurrence: `(x, a)` falls and `(x, new)` rises by this.
+    left: Beside<i64>,
+    /// By the token `x` right of an occurrence: `(b, x)` falls and `(new, x)` rises by this.
+    right: Beside<i64>,
+    /// The words that now hold `(x, new)`, by `x`.
+    words_left: Beside<Vec<u32>>,
+    /// The words that now hold `(new, x)`, by `x` (`(new, new)` is under `words_left`).
+    words_right: Beside<Vec<u32>>,
+}
+
+impl Changes {
+    /// Puts the count changes into `deltas` (pairs that change twice once, with the sum) and
+    /// starts over.
+    fn pair_deltas(&mut self, (a, b): Pair, new: u32, deltas: &mut FxHashMap<Pair, i64>) {
+        let mut add = |pair: Pair, d: i64| *deltas.entry(pair).or_insert(0) += d;
+        add((a, b), -std::mem::take(&mut self.merged));
+        self.left.drain(|x, d| {
+            add((x, a), -d);
+            add((x, new), d);
+        });
+        self.right.drain(|x, d| {
+            add((b, x), -d);
+            add((new, x), d);
+        });
+    }
+}
+
+/// Values by token id, and the ids touched since the last `drain`.
+#[derive(Default)]
+struct Beside<T> {
+    by_id: Vec<T>,
+    touched: Vec<u32>,
+    seen: Vec<bool>,
+}
+
+impl<T: Default> Beside<T> {
+    /// The value of `id`, which counts as touched (always Some: the table grows to hold it).
+    #[inline(always)]
+    fn at(&mut self, id: u32) -> Option<&mut T> {
+        let i = id as usize;
+        if i >= self.by_id.len() {
+            // Ids are tokens made so far: this grows with the vocabulary, a few times.
+            let len = (i + 1).next_power_of_two().max(512);
+            self.by_id.resize_with(len, T::default);
+            self.seen.resize(len, false);
+        }
+        let (seen, v) = (self.seen.get_mut(i)?, self.by_id.get_mut(i)?);
+        if !*seen {
+            *seen = true;
+            self.touched.push(id);
+        }
+        Some(v)
+    }
+
+    /// Hands out every touched id with its value, leaving the default in its place.
+    fn drain(&mut self, mut f: impl FnMut(u32, T)) {
+        for id in self.touched.drain(..) {
+            let i = id as usize;
+            if let (Some(seen), Some(v)) = (self.seen.get_mut(i), self.by_id.get_mut(i)) {
+                *seen = false;
+                f(id, std::mem::take(v));
+            }
+        }
+    }
+}
+
 /// Merges every non-overlapping occurrence of `(a, b)` in `w`, left to right and in place,
 /// recording the change of each neighbouring pair's count (times the word's `count`) in
-/// `deltas`. Returns the new length if the word changed. `check` runs after every
+/// `changes`. Returns the new length if the word changed. `check` runs after every
 /// `HOOK_EVERY` symbols of a long word and may stop the work.
 #[inline]
 fn merge_word(
@@ -310,7 +414,7 @@ fn merge_word(
     (a, b): Pair,
     new_id: u32,
     count: i64,
-    deltas: &mut FxHashMap<Pair, i64>,
+    changes: &mut Changes,
     mut check: impl FnMut() -> Result<(), Interrupted>,
 ) -> Result<Option<usize>, Interrupted> {
     let n = w.len();
@@ -323,18 +427,19 @@ fn merge_word(
         while i < block_end {
             if i + 1 < n && w[i] == a && w[i + 1] == b {
                 changed = true;
-                *deltas.entry((a, b)).or_insert(0) -= count;
+                changes.merged += count;
                 if out > 0 {
                     // The token now left of the merge (possibly merged itself just now): the
                     // pair it formed with `a` is gone and one with the new token appears.
-                    let prev = w[out - 1];
-                    *deltas.entry((prev, a)).or_insert(0) -= count;
-                    *deltas.entry((prev, new_id)).or_insert(0) += count;
+                    if let Some(d) = changes.left.at(w[out - 1]) {
+                        *d += count;
+                    }
                 }
                 if i + 2 < n {
-                    let next = w[i + 2];
-                    *deltas.entry((b, next)).or_insert(0) -= count;
-                    *deltas.entry((new_id, next)).or_insert(0) += count;
+                    // Likewise on the right: (b, next) is gone, (new, next) appears.
+                    if let Some(d) = changes.right.at(w[i + 2]) {
+                        *d += count;
+                    }
                 }
                 w[out] = new_id;
                 i += 2;
@@ -450,6 +555,34 @@ mod tests {
                 .collect();
             let fast = train(words.iter().map(|(w, c)| (&w[..], *c)), 60, &mut |_| Ok(())).unwrap();
             assert_eq!(fast, naive(&words, 60), "{words:?}");
+        }
+    }
+
+    #[test]
+    fn equals_the_readable_rule_when_tokens_recur() {
+        // Runs of two or three symbols (a token is often next to itself, and the same bytes
+        // are made by two merges, "ab"+"a" and "a"+"ba"), bytes 0 and 255 at the ends of the
+        // byte-pair tables, and one word far more frequent than the rest.
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..150 {
+            let alphabet: &[u8] = if round % 2 == 0 { b"ab" } else { b"\0\xff\x80" };
+            let words: Vec<(Vec<u8>, u64)> = (0..1 + next(30))
+                .map(|_| {
+                    let w = (0..1 + next(20))
+                        .map(|_| alphabet[next(alphabet.len() as u64) as usize])
+                        .collect();
+                    let count = if next(10) == 0 { 1000 } else { 1 + next(3) };
+                    (w, count)
+                })
+                .collect();
+            let fast = train(words.iter().map(|(w, c)| (&w[..], *c)), 80, &mut |_| Ok(())).unwrap();
+            assert_eq!(fast, naive(&words, 80), "{words:?}");
         }
     }
 
