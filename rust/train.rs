@@ -10,7 +10,6 @@
 //! stale entries are skipped when popped.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 use std::rc::Rc;
 
 use std::collections::hash_map::Entry as MapEntry;
@@ -21,31 +20,80 @@ use crate::input::Interrupted;
 
 type Pair = (u32, u32);
 
-/// A heap entry: a pair and its count when it was pushed, ordered by count and then by bytes.
-struct Entry {
-    count: i64,
-    left: Rc<[u8]>,
-    right: Rc<[u8]>,
-    pair: Pair,
+/// A max-heap of pairs with their counts when pushed, ordered by count and then by the pair's
+/// bytes (`above`). Entries are 16 bytes (the bytes are looked up only when counts tie), so a
+/// pop, which walks the heap from top to bottom, touches a third of the memory that entries
+/// holding the bytes would.
+struct PairHeap {
+    items: Vec<(i64, Pair)>,
 }
 
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
+/// Whether `x` comes before `y`: the greater count, then the greater (left bytes, right bytes).
+#[inline(always)]
+fn above(x: &(i64, Pair), y: &(i64, Pair), tokens: &[Rc<[u8]>]) -> bool {
+    match x.0.cmp(&y.0) {
+        Ordering::Greater => true,
+        Ordering::Less => false,
+        Ordering::Equal => {
+            let bytes = |id: u32| tokens.get(id as usize).map_or(&[][..], |t| &t[..]);
+            (bytes(x.1 .0), bytes(x.1 .1)) > (bytes(y.1 .0), bytes(y.1 .1))
+        }
     }
 }
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
+
+impl PairHeap {
+    /// A heap of `items`, in O(n).
+    fn new(items: Vec<(i64, Pair)>, tokens: &[Rc<[u8]>]) -> Self {
+        let mut heap = PairHeap { items };
+        for i in (0..heap.items.len() / 2).rev() {
+            heap.sift_down(i, tokens);
+        }
+        heap
     }
-}
-impl Ord for Entry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.count
-            .cmp(&other.count)
-            .then_with(|| self.left[..].cmp(&other.left[..]))
-            .then_with(|| self.right[..].cmp(&other.right[..]))
+
+    fn push(&mut self, item: (i64, Pair), tokens: &[Rc<[u8]>]) {
+        let mut i = self.items.len();
+        self.items.push(item);
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            match self.items.get(parent) {
+                Some(p) if above(&item, p, tokens) => {
+                    self.items.swap(i, parent);
+                    i = parent;
+                }
+                _ => break,
+            }
+        }
+    }
+
+    fn pop(&mut self, tokens: &[Rc<[u8]>]) -> Option<(i64, Pair)> {
+        let last = self.items.pop()?;
+        let Some(top) = self.items.first_mut() else {
+            return Some(last);
+        };
+        let top = std::mem::replace(top, last);
+        self.sift_down(0, tokens);
+        Some(top)
+    }
+
+    /// Moves the item at `i` down until neither child comes before it.
+    fn sift_down(&mut self, mut i: usize, tokens: &[Rc<[u8]>]) {
+        let items = &mut self.items;
+        loop {
+            let (l, r) = (2 * i + 1, 2 * i + 2);
+            let Some(left) = items.get(l) else { break };
+            let child = match items.get(r) {
+                Some(right) if above(right, left, tokens) => r,
+                _ => l,
+            };
+            match (items.get(child), items.get(i)) {
+                (Some(c), Some(x)) if above(c, x, tokens) => {
+                    items.swap(i, child);
+                    i = child;
+                }
+                _ => break,
+            }
+        }
     }
 }
 
@@ -181,17 +229,8 @@ where
             where_.insert((i >> 8, i & 0xff), list);
         }
     }
-    let entry = |tokens: &Vec<Rc<[u8]>>, pair: Pair, count: i64| Entry {
-        count,
-        left: tokens[pair.0 as usize].clone(),
-        right: tokens[pair.1 as usize].clone(),
-        pair,
-    };
-    let mut heap: BinaryHeap<Entry> = pair_counts
-        .iter()
-        .filter(|(_, &c)| c > 0)
-        .map(|(&p, &c)| entry(&tokens, p, c))
-        .collect();
+    let firsts = pair_counts.iter().map(|(&p, &c)| (c, p)).collect();
+    let mut heap = PairHeap::new(firsts, &tokens);
 
     // Not sized by `num_merges`, which may be far more than the words allow.
     let mut merges = Vec::new();
@@ -199,25 +238,28 @@ where
     let mut changes = Changes::default();
     let mut deltas: FxHashMap<Pair, i64> = FxHashMap::default();
     while merges.len() < num_merges {
-        let Some(top) = heap.pop() else { break };
-        let current = pair_counts.get(&top.pair).copied().unwrap_or(0);
-        if current != top.count {
+        let Some((top_count, top_pair)) = heap.pop(&tokens) else {
+            break;
+        };
+        let current = pair_counts.get(&top_pair).copied().unwrap_or(0);
+        if current != top_count {
             // Stale. A pair's entry is pushed when its count rises, not when it falls, so the
             // heap holds, for every pair, an entry at least its count: a fallen count goes
             // back in at its value; a risen one already has its own entry.
-            if 0 < current && current < top.count {
-                heap.push(Entry {
-                    count: current,
-                    ..top
-                });
+            if 0 < current && current < top_count {
+                heap.push((current, top_pair), &tokens);
             }
             continue;
         }
         if current <= 0 {
             break;
         }
-        let (a, b) = top.pair;
-        let merged: Rc<[u8]> = Rc::from([&top.left[..], &top.right[..]].concat());
+        let (a, b) = top_pair;
+        let (Some(left), Some(right)) = (tokens.get(a as usize), tokens.get(b as usize)) else {
+            break; // never: pairs are of tokens made
+        };
+        let (left, right) = (left.clone(), right.clone());
+        let merged: Rc<[u8]> = Rc::from([&left[..], &right[..]].concat());
         let new_id = match token_ids.get(&merged) {
             Some(&id) => id,
             None => {
@@ -229,9 +271,9 @@ where
                 id
             }
         };
-        merges.push((top.left.to_vec(), top.right.to_vec()));
+        merges.push((left.to_vec(), right.to_vec()));
 
-        let mut affected = where_.remove(&top.pair).unwrap_or_default();
+        let mut affected = where_.remove(&top_pair).unwrap_or_default();
         affected.sort_unstable();
         affected.dedup();
         let done = merges.len();
@@ -290,7 +332,7 @@ where
             if c > 0 {
                 // Only a rise needs an entry (see the stale check above).
                 if d > 0 {
-                    heap.push(entry(&tokens, pair, c));
+                    heap.push((c, pair), &tokens);
                 }
             } else {
                 pair_counts.remove(&pair);
