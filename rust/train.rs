@@ -97,12 +97,85 @@ impl PairHeap {
     }
 }
 
-/// Where a word's symbols are in the arena, and its count: the merge loop reads all three for
-/// every word it visits, so they share a cache line (three arrays cost three misses).
+/// Symbols a word holds in its own record; longer words (few) keep theirs in an arena.
+const INLINE: usize = 13;
+
+/// A word: its count, its length and its symbols, or where they start in the arena when there
+/// are more than `INLINE`. One cache line: the merge loop visits words scattered over memory
+/// and waits on each word's memory, so a word is one wait, not one for the record and one for
+/// its symbols.
+#[repr(C, align(64))]
 struct Word {
-    start: usize,
     count: i64,
     len: u32,
+    /// The symbols if `len <= INLINE`, else the arena offset (low half, high half).
+    syms: [u32; INLINE],
+}
+
+const _: () = assert!(std::mem::size_of::<Word>() == 64);
+
+impl Word {
+    /// A word of the symbols `bytes` (at least two, fewer than 2^32), longer ones put in `arena`.
+    fn new(bytes: &[u8], count: i64, arena: &mut Vec<u32>) -> Word {
+        let mut syms = [0u32; INLINE];
+        if bytes.len() <= INLINE {
+            for (s, &b) in syms.iter_mut().zip(bytes) {
+                *s = u32::from(b);
+            }
+        } else {
+            let start = arena.len() as u64;
+            (syms[0], syms[1]) = (start as u32, (start >> 32) as u32);
+            arena.extend(bytes.iter().map(|&b| u32::from(b)));
+        }
+        Word {
+            count,
+            len: bytes.len() as u32,
+            syms,
+        }
+    }
+
+    /// Where the symbols start in the arena (words longer than `INLINE`).
+    #[inline(always)]
+    fn start(&self) -> usize {
+        (self.syms[0] as usize) | (self.syms[1] as usize) << 32
+    }
+
+    #[inline(always)]
+    fn symbols<'w>(&'w self, arena: &'w [u32]) -> &'w [u32] {
+        let n = self.len as usize;
+        let syms = if n <= INLINE {
+            self.syms.get(..n)
+        } else {
+            arena.get(self.start()..self.start() + n)
+        };
+        syms.unwrap_or_default()
+    }
+
+    #[inline(always)]
+    fn symbols_mut<'w>(&'w mut self, arena: &'w mut [u32]) -> &'w mut [u32] {
+        let n = self.len as usize;
+        let start = self.start();
+        let syms = if n <= INLINE {
+            self.syms.get_mut(..n)
+        } else {
+            arena.get_mut(start..start + n)
+        };
+        syms.unwrap_or_default()
+    }
+
+    /// The word is now its first `n` symbols (a merge shortened it); they move into the record
+    /// once they fit.
+    #[inline(always)]
+    fn shorten(&mut self, n: usize, arena: &[u32]) {
+        if self.len as usize > INLINE && n <= INLINE {
+            let start = self.start();
+            if let (Some(to), Some(from)) = (self.syms.get_mut(..n), arena.get(start..start + n)) {
+                to.copy_from_slice(from);
+            }
+        }
+        // Merging only shortens a word, whose length fits in u32.
+        self.len = n as u32;
+    }
 }
 
 /// Merges in priority order, each as (left bytes, right bytes).
@@ -150,11 +223,11 @@ where
         token_ids.insert(t.clone(), i);
     }
 
-    // All words in one arena (word i is syms[start..start + len] of words_at[i]): the merge loop
-    // visits words in index order, so their symbols are read in address order, which the
-    // hardware prefetches; one allocation per word would scatter them.
+    // The symbols of words longer than `INLINE`, one after another (one allocation per word
+    // would scatter them).
     let mut syms: Vec<u32> = Vec::new();
-    let mut words_at: Vec<Word> = Vec::new();
+    let words = words.into_iter();
+    let mut words_at: Vec<Word> = Vec::with_capacity(words.size_hint().0);
     let mut weight: u128 = 0; // sum of count * length: bounds every pair count
     for (bytes, count) in words {
         if bytes.len() >= 2 {
@@ -177,12 +250,7 @@ where
                     "piece counts whose sum times the pieces' lengths reaches 2^63".into(),
                 ));
             };
-            words_at.push(Word {
-                start: syms.len(),
-                count,
-                len,
-            });
-            syms.extend(bytes.iter().map(|&b| u32::from(b)));
+            words_at.push(Word::new(bytes, count, &mut syms));
         }
     }
 
@@ -193,7 +261,7 @@ where
     let mut byte_pair_words: Vec<Vec<u32>> = vec![Vec::new(); 1 << 16];
     let mut work = 0usize;
     for (wi, word) in (0u32..).zip(&words_at) {
-        let w = &syms[word.start..word.start + word.len as usize];
+        let w = word.symbols(&syms);
         let c = word.count;
         // In parts of HOOK_EVERY pairs (one part but for huge words), the hook between them.
         for (k, part) in w.chunks(HOOK_EVERY).enumerate() {
@@ -279,17 +347,14 @@ where
         let done = merges.len();
         for (k, &wi) in affected.iter().enumerate() {
             // The words are scattered: start loading those a few steps ahead.
-            if let Some(&ahead) = affected.get(k + 16) {
+            if let Some(&ahead) = affected.get(k + PREFETCH_AHEAD) {
                 prefetch(words_at.as_ptr().wrapping_add(ahead as usize));
-            }
-            if let Some(ahead) = affected.get(k + 8).and_then(|&j| words_at.get(j as usize)) {
-                prefetch(syms.as_ptr().wrapping_add(ahead.start));
             }
             let Some(word) = words_at.get_mut(wi as usize) else {
                 continue; // never: ids come from the loop above
             };
             let count = word.count;
-            let w = &mut syms[word.start..word.start + word.len as usize];
+            let w = word.symbols_mut(&mut syms);
             work += w.len();
             let merged = if w.len() <= HOOK_EVERY {
                 merge_word(w, (a, b), new_id, count, &mut changes, || Ok(()))
@@ -303,9 +368,8 @@ where
                 work = 0;
                 hook(done)?;
             }
-            // Merging only shortens a word, whose length fits in u32.
-            word.len = new_len as u32;
-            let w = &w[..new_len];
+            word.shorten(new_len, &syms);
+            let w = word.symbols(&syms);
             // Register the word under every pair that now contains the new token.
             for p in w.windows(2) {
                 let list = if p[1] == new_id {
@@ -358,6 +422,9 @@ where
     hook(merges.len())?;
     Ok(merges)
 }
+
+/// How many words ahead the merge loop asks for a word's memory.
+const PREFETCH_AHEAD: usize = 12;
 
 /// Asks the CPU to start loading the cache line at `p`: the merge loop visits words scattered
 /// over the arena, and waiting for each one's memory costs more than the work on it.
