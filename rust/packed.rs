@@ -46,13 +46,6 @@ pub fn pack_within(s: &[u8], at: usize, n: usize) -> Option<u128> {
     }
 }
 
-/// The bytes a key of `pack` holds, as an array whose first `packed_len` bytes they are.
-#[inline(always)]
-pub fn unpack(key: u128) -> ([u8; 16], usize) {
-    let a = key.to_le_bytes();
-    (a, usize::from(a[15]).min(MAX_PACKED))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,8 +59,6 @@ mod tests {
             want[15] = n as u8;
             let got = pack(&data[..n]);
             assert_eq!(got, Some(u128::from_le_bytes(want)), "length {n}");
-            let (bytes, len) = unpack(got.unwrap());
-            assert_eq!(&bytes[..len], &data[..n]);
         }
         assert_eq!(pack(&data[..16]), None);
     }

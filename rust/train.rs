@@ -429,7 +429,7 @@ const PREFETCH_AHEAD: usize = 12;
 /// Asks the CPU to start loading the cache line at `p`: the merge loop visits words scattered
 /// over the arena, and waiting for each one's memory costs more than the work on it.
 #[inline(always)]
-fn prefetch<T>(p: *const T) {
+pub(crate) fn prefetch<T>(p: *const T) {
     // SAFETY: a prefetch is only a hint: it reads nothing into the program and cannot fault,
     // whatever the address.
     #[cfg(target_arch = "x86_64")]
