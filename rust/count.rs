@@ -160,7 +160,7 @@ struct Ahead {
 }
 
 impl Ahead {
-    const DEPTH: usize = 8;
+    const DEPTH: usize = 16;
 
     fn new() -> Self {
         Ahead {
