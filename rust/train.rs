@@ -290,11 +290,12 @@ where
         }
     }
     let mut pair_counts: FxHashMap<Pair, i64> = FxHashMap::default();
-    let mut where_: FxHashMap<Pair, Vec<u32>> = FxHashMap::default();
+    let mut where_: FxHashMap<Pair, Words> = FxHashMap::default();
+    let mut runs: Vec<u32> = Vec::new();
     for (i, (count, list)) in (0u32..).zip(byte_pair_counts.into_iter().zip(byte_pair_words)) {
         if count > 0 {
             pair_counts.insert((i >> 8, i & 0xff), count);
-            where_.insert((i >> 8, i & 0xff), list);
+            where_.insert((i >> 8, i & 0xff), Words::Own(list));
         }
     }
     let firsts = pair_counts.iter().map(|(&p, &c)| (c, p)).collect();
@@ -341,9 +342,10 @@ where
         };
         merges.push((left.to_vec(), right.to_vec()));
 
-        let mut affected = where_.remove(&top_pair).unwrap_or_default();
-        affected.sort_unstable();
-        affected.dedup();
+        let affected = match where_.remove(&top_pair) {
+            Some(words) => words.into_vec(&runs),
+            None => Vec::new(),
+        };
         let done = merges.len();
         for (k, &wi) in affected.iter().enumerate() {
             // The words are scattered: start loading those a few steps ahead.
@@ -402,18 +404,21 @@ where
                 pair_counts.remove(&pair);
             }
         }
-        let mut register = |pair: Pair, list: Vec<u32>| match where_.entry(pair) {
-            MapEntry::Occupied(mut e) => e.get_mut().extend(list),
-            MapEntry::Vacant(e) => {
-                e.insert(list);
+        let mut register = |pair: Pair, list: &mut Vec<u32>| {
+            match where_.entry(pair) {
+                MapEntry::Occupied(mut e) => e.get_mut().extend(list, &runs),
+                MapEntry::Vacant(e) => {
+                    e.insert(Words::run(list, &mut runs));
+                }
             }
+            list.clear();
         };
         changes
             .words_left
-            .drain(|x, list| register((x, new_id), list));
+            .drain_with(|x, list| register((x, new_id), list));
         changes
             .words_right
-            .drain(|x, list| register((new_id, x), list));
+            .drain_with(|x, list| register((new_id, x), list));
         if merges.len() % 64 == 0 || work >= HOOK_EVERY {
             work = 0;
             hook(merges.len())?;
@@ -438,6 +443,50 @@ pub(crate) fn prefetch<T>(p: *const T) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// The words that (may) hold a pair: nearly every pair's are the words one merge gave it,
+/// kept as a run in one array shared by all pairs (a list of its own for each of the
+/// 10^5-10^6 pairs would cost an allocation and a free each).
+enum Words {
+    /// `runs[start..start + len]`: ascending, no repeats.
+    Run { start: usize, len: usize },
+    /// Any order, repeats possible.
+    Own(Vec<u32>),
+}
+
+impl Words {
+    /// A run of `list` (ascending, no repeats) appended to `runs`.
+    fn run(list: &[u32], runs: &mut Vec<u32>) -> Words {
+        let start = runs.len();
+        runs.extend_from_slice(list);
+        Words::Run {
+            start,
+            len: list.len(),
+        }
+    }
+
+    /// The words, sorted and without repeats.
+    fn into_vec(self, runs: &[u32]) -> Vec<u32> {
+        match self {
+            Words::Run { start, len } => runs.get(start..start + len).unwrap_or_default().to_vec(),
+            Words::Own(mut list) => {
+                list.sort_unstable();
+                list.dedup();
+                list
+            }
+        }
+    }
+
+    /// Adds `more` (a pair made again, by a merge whose result was already a token).
+    fn extend(&mut self, more: &[u32], runs: &[u32]) {
+        if let Words::Run { start, len } = *self {
+            *self = Words::Own(runs.get(start..start + len).unwrap_or_default().to_vec());
+        }
+        if let Words::Own(list) = self {
+            list.extend_from_slice(more);
+        }
+    }
 }
 
 /// What one merge of `(a, b)` into `new` changes, by the token beside each occurrence: the
@@ -499,6 +548,17 @@ impl<T: Default> Beside<T> {
             self.touched.push(id);
         }
         Some(v)
+    }
+
+    /// Hands out every touched id with its value, left as `f` leaves it.
+    fn drain_with(&mut self, mut f: impl FnMut(u32, &mut T)) {
+        for id in self.touched.drain(..) {
+            let i = id as usize;
+            if let (Some(seen), Some(v)) = (self.seen.get_mut(i), self.by_id.get_mut(i)) {
+                *seen = false;
+                f(id, v);
+            }
+        }
     }
 
     /// Hands out every touched id with its value, leaving the default in its place.
