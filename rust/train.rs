@@ -756,6 +756,22 @@ mod tests {
     }
 
     #[test]
+    fn word_lists_in_runs_and_their_own() {
+        let mut runs = vec![9, 9];
+        let a = Words::run(&[1, 4, 7], &mut runs);
+        let b = Words::run(&[2, 3], &mut runs);
+        assert_eq!(runs, [9, 9, 1, 4, 7, 2, 3]);
+        // A pair made again gets a list of its own, sorted and without repeats when used.
+        let mut c = Words::run(&[5, 8], &mut runs);
+        c.extend(&[3, 8, 2], &runs);
+        c.extend(&[1], &runs);
+        assert_eq!(a.into_vec(&runs), [1, 4, 7]);
+        assert_eq!(b.into_vec(&runs), [2, 3]);
+        assert_eq!(c.into_vec(&runs), [1, 2, 3, 5, 8]);
+        assert_eq!(Words::Own(vec![4, 4, 1]).into_vec(&runs), [1, 4]);
+    }
+
+    #[test]
     fn lecture_example() {
         // The lecture's `train_bpe("the cat in the hat", 3)` on raw bytes.
         let m = run(&[("the cat in the hat", 1)], 3);
