@@ -10,9 +10,8 @@
 //! stale entries are skipped when popped.
 
 use std::cmp::Ordering;
-use std::rc::Rc;
-
 use std::collections::hash_map::Entry as MapEntry;
+use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
 
