@@ -27,6 +27,7 @@ use std::sync::Mutex;
 use rustc_hash::FxHashMap;
 
 use crate::input::{chunk_text, ChunkReader, HookedReader, InputError, Interrupted, Panicked};
+use crate::packed;
 use crate::pipeline::{self, Done, Halt, Stages};
 use crate::pretok::{is_safe_cut, Pattern};
 use crate::specials::{SpecialError, SpecialSplitter};
@@ -860,46 +861,16 @@ impl<V> Default for BytesMap<V> {
 }
 
 impl<V> BytesMap<V> {
-    /// The bytes of `key` (little-endian) with its length in the top byte; None past 15 bytes.
-    /// Two overlapping loads cover any length without a variable-length copy: the bytes they
-    /// share are equal, so OR-ing them changes nothing.
+    /// `packed::pack(key)`: the map's key for `key`, None past 15 bytes.
     #[inline(always)]
     fn pack(key: &[u8]) -> Option<u128> {
-        let n = key.len();
-        let bytes = match n {
-            0 => 0,
-            1..=3 => {
-                key[0] as u128
-                    | (key[n / 2] as u128) << (8 * (n / 2))
-                    | (key[n - 1] as u128) << (8 * (n - 1))
-            }
-            4..=7 => {
-                let lo = u32::from_le_bytes([key[0], key[1], key[2], key[3]]) as u128;
-                let hi =
-                    u32::from_le_bytes([key[n - 4], key[n - 3], key[n - 2], key[n - 1]]) as u128;
-                lo | hi << (8 * (n - 4))
-            }
-            8..=15 => {
-                let lo = u64::from_le_bytes(key[..8].try_into().ok()?) as u128;
-                let hi = u64::from_le_bytes(key[n - 8..].try_into().ok()?) as u128;
-                lo | hi << (8 * (n - 8))
-            }
-            _ => return None,
-        };
-        Some(bytes | (n as u128) << 120)
+        packed::pack(key)
     }
 
-    /// `pack(&s[at..at + n])`, from one 16-byte load where `s` has 16 bytes from `at` on (the
-    /// bytes past the piece masked off).
+    /// `packed::pack_within(s, at, n)`: `pack(&s[at..at + n])` from one load where it can.
     #[inline(always)]
     fn pack_within(s: &[u8], at: usize, n: usize) -> Option<u128> {
-        match s.get(at..at + 16) {
-            Some(w) if n <= 15 => {
-                let w = u128::from_le_bytes(w.try_into().ok()?);
-                Some(w & ((1u128 << (8 * n)) - 1) | (n as u128) << 120)
-            }
-            _ => Self::pack(s.get(at..at + n)?),
-        }
+        packed::pack_within(s, at, n)
     }
 
     #[inline]
@@ -1162,36 +1133,6 @@ pub fn write_le_ids(ids: &[u32], width: usize, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pack_equals_the_bytes_and_length() {
-        let data: Vec<u8> = (1..=20u8).map(|b| b.wrapping_mul(37)).collect();
-        for n in 0..=15 {
-            let mut want = [0u8; 16];
-            want[..n].copy_from_slice(&data[..n]);
-            want[15] = n as u8;
-            let got = BytesMap::<()>::pack(&data[..n]);
-            assert_eq!(got, Some(u128::from_le_bytes(want)), "length {n}");
-        }
-        assert_eq!(BytesMap::<()>::pack(&data[..16]), None);
-    }
-
-    #[test]
-    fn pack_within_equals_pack() {
-        let data: Vec<u8> = (0..40u8)
-            .map(|b| b.wrapping_mul(91).wrapping_add(3))
-            .collect();
-        for at in 0..=data.len() {
-            for n in 0..=(data.len() - at).min(20) {
-                let want = BytesMap::<()>::pack(&data[at..at + n]);
-                assert_eq!(
-                    BytesMap::<()>::pack_within(&data, at, n),
-                    want,
-                    "at {at}, n {n}"
-                );
-            }
-        }
-    }
 
     fn toy() -> Encoder {
         let mut vocab: Vec<(u32, Vec<u8>)> = (0..=255u8).map(|b| (b as u32, vec![b])).collect();

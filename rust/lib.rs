@@ -6,6 +6,7 @@ pub mod count;
 pub mod encode;
 pub mod input;
 pub mod optim;
+pub mod packed;
 pub mod pipeline;
 pub mod pretok;
 pub mod regex_encode;

@@ -359,13 +359,13 @@ impl WordCounts {
                     "the count of piece {k} must be an int from 0 to 2**64 - 1, not {v}"
                 ))
             })?;
-            let total = self.counts.get(&key).copied().unwrap_or(0).checked_add(n);
+            let total = self.counts.get(&key).unwrap_or(0).checked_add(n);
             let Some(total) = total else {
                 return Err(PyValueError::new_err(format!(
                     "the count of piece {k} would exceed 2**64 - 1"
                 )));
             };
-            self.counts.insert(key, total);
+            self.counts.insert(&key, total);
         }
         Ok(())
     }
@@ -373,8 +373,8 @@ impl WordCounts {
     /// The counts as a dict `{piece bytes: count}` (tests and inspection).
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (k, v) in &self.counts {
-            d.set_item(PyBytes::new(py, k), *v)?;
+        for (k, v) in self.counts.iter() {
+            d.set_item(PyBytes::new(py, k), v)?;
         }
         Ok(d)
     }
@@ -397,7 +397,7 @@ fn train_merges<'py>(
     let num_merges = count_arg(num_merges, "num_merges")?;
     let words = &counts.counts;
     let merges = detach_with_hook(py, progress, move |hook| {
-        let words = words.iter().map(|(k, &v)| (&k[..], v));
+        let words = words.iter();
         train::train(words, num_merges, &mut |n| hook(n as u64))
     })?
     .map_err(|e| match e {

@@ -414,12 +414,7 @@ pub fn count_texts<S: AsRef<str> + Sync>(
 
 fn add_pieces(text: &[u8], pieces: &[(usize, usize)], counts: &mut Counts) {
     for &(a, b) in pieces {
-        let piece = text.get(a..b).unwrap_or_default();
-        if let Some(c) = counts.get_mut(piece) {
-            *c += 1;
-        } else {
-            counts.insert(piece.to_vec(), 1);
-        }
+        counts.add_within(text, a, b);
     }
 }
 
@@ -940,6 +935,6 @@ mod tests {
             assert_eq!(got, want, "threads={threads}");
             assert_eq!(count_texts(&re, &sp, &texts, threads).unwrap(), counts);
         }
-        assert_eq!(counts[b" it".as_slice()], 3000);
+        assert_eq!(counts.get(b" it"), Some(3000));
     }
 }
