@@ -631,14 +631,33 @@ impl CoreEncoder {
     /// those walks cost a quarter of `encode_batch`'s time). Only a list the caller later makes
     /// part of a cycle itself would go uncollected until the cycle is broken.
     fn list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
-        let int = |i: u32| match self.ints.get(i as usize) {
-            Some(int) => int.bind(py).clone(),
-            None => match i.into_pyobject(py) {
-                Ok(int) => int.into_any(),
-                Err(never) => match never {},
-            },
+        let len = pyo3::ffi::Py_ssize_t::try_from(ids.len()).map_err(|_| {
+            PyValueError::new_err(format!("{} ids do not fit in a list", ids.len()))
+        })?;
+        // SAFETY: PyList_New returns a new reference to a list (or null with an exception set,
+        // which `from_owned_ptr_or_err` turns into the error).
+        let list = unsafe {
+            Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyList_New(len))?
+                .cast_into_unchecked::<PyList>()
         };
-        let list = PyList::new(py, ids.iter().map(|&i| int(i)))?;
+        // Straight through the C API, one call for the reference and one to place it per id:
+        // the limited API has no macro that writes the item in place, and PyList::new adds
+        // its own conversions and checks to each.
+        for (i, &id) in (0..len).zip(ids) {
+            let item = match self.ints.get(id as usize) {
+                Some(int) => {
+                    let p = int.as_ptr();
+                    // SAFETY: `p` is a live int that `self.ints` holds; the new reference is
+                    // the one the list takes below.
+                    unsafe { pyo3::ffi::Py_IncRef(p) };
+                    p
+                }
+                None => id.into_pyobject(py)?.into_ptr(),
+            };
+            // SAFETY: `list` is a new list of `len` slots, all null, and `i < len`;
+            // PyList_SetItem takes the reference to `item` and cannot fail here.
+            unsafe { pyo3::ffi::PyList_SetItem(list.as_ptr(), i, item) };
+        }
         // SAFETY: `list` is a live list object that the collector tracks (PyList_New tracks it);
         // untracking it is always allowed, and CPython frees untracked lists as usual.
         unsafe { pyo3::ffi::PyObject_GC_UnTrack(list.as_ptr().cast()) };
