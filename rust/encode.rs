@@ -57,14 +57,20 @@ type Pair = (u32, u32);
 const SMALL: usize = 64;
 
 /// How many pieces `encode_segment` finds ahead of the one it looks up (a power of two).
-const AHEAD: usize = 8;
+const AHEAD: usize = 16;
 
-/// A piece waiting in `encode_segment`: `window[at..at + len]`, its packed key.
+/// A piece waiting in `encode_segment`: `window[at..at + len]` and its packed key
+/// (`Queued::LONG` for a piece too long to pack), in 32 bytes.
 #[derive(Clone, Copy, Default)]
 struct Queued {
+    key: u128,
     at: usize,
     len: usize,
-    key: Option<u128>,
+}
+
+impl Queued {
+    /// No packed key is this (a packed key's top byte is its length, at most 15).
+    const LONG: u128 = u128::MAX;
 }
 
 /// Token bytes by id. Ids are any u32; a vector holds the ids below twice the number of
@@ -623,9 +629,9 @@ impl Encoder {
                     cache.prefetch(k);
                 }
                 let next = Queued {
+                    key: key.unwrap_or(Queued::LONG),
                     at,
                     len: piece.len(),
-                    key,
                 };
                 if waiting < AHEAD {
                     queue[(head + waiting) % AHEAD] = next;
@@ -659,7 +665,8 @@ impl Encoder {
             Some(&[b]) => out.push(self.byte_ids[usize::from(b)]),
             Some(piece) => {
                 // Stopped midway, the budget says so to `encode_segment`.
-                let _ = self.encode_cached_piece(piece, q.key, out, cache, budget);
+                let key = Some(q.key).filter(|&k| k != Queued::LONG);
+                let _ = self.encode_cached_piece(piece, key, out, cache, budget);
             }
             None => {}
         }
