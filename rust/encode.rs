@@ -494,18 +494,29 @@ impl Encoder {
 
     /// Quadratic in the worst case but branch-light: parts and their right-pair ranks in arrays.
     fn bpe_small(&self, piece: &[u8], out: &mut Vec<u32>) {
-        let n = piece.len();
-        let mut ids = [0u32; SMALL];
+        if piece.len() <= 16 {
+            self.bpe_small_n::<16, 32>(piece, out)
+        } else {
+            self.bpe_small_n::<SMALL, { 2 * SMALL }>(piece, out)
+        }
+    }
+
+    /// `bpe_small` for pieces of 1 to `N` bytes; `W` is `2 * N`, so that removing a part moves
+    /// a fixed `N` entries (a few vector moves) instead of calling `memmove` for the rest.
+    #[inline(always)]
+    fn bpe_small_n<const N: usize, const W: usize>(&self, piece: &[u8], out: &mut Vec<u32>) {
+        let n = piece.len().min(N);
+        let mut ids = [0u32; W];
         // ranks[i]: (rank, merged id) of the pair (ids[i], ids[i+1]); u32::MAX if none.
-        let mut ranks = [(u32::MAX, 0u32); SMALL];
-        for i in 0..n {
-            ids[i] = self.byte_ids[piece[i] as usize];
+        let mut ranks = [(u32::MAX, 0u32); W];
+        for (id, &b) in ids.iter_mut().zip(&piece[..n]) {
+            *id = self.byte_ids[usize::from(b)];
         }
         let mut len = n;
         for i in 0..len - 1 {
             ranks[i] = self.rank(ids[i], ids[i + 1]).unwrap_or((u32::MAX, 0));
         }
-        loop {
+        while len > 1 {
             let mut best = u32::MAX;
             let mut at = 0;
             for (i, r) in ranks[..len - 1].iter().enumerate() {
@@ -518,20 +529,21 @@ impl Encoder {
                 break;
             }
             ids[at] = ranks[at].1;
-            // Remove ids[at + 1].
-            ids.copy_within(at + 2..len, at + 1);
-            ranks.copy_within(at + 2..len, at + 1);
+            // Remove ids[at + 1]: the N entries after it move one place left (past `len`
+            // they are unused).
+            let (ids_tail, ranks_tail) = (&mut ids[at + 1..], &mut ranks[at + 1..]);
+            let ids_from: [u32; N] = ids_tail[1..=N].try_into().unwrap_or([0; N]);
+            let ranks_from: [(u32, u32); N] = ranks_tail[1..=N].try_into().unwrap_or([(0, 0); N]);
+            ids_tail[..N].copy_from_slice(&ids_from);
+            ranks_tail[..N].copy_from_slice(&ranks_from);
             len -= 1;
-            if at + 1 < len {
-                ranks[at] = self.rank(ids[at], ids[at + 1]).unwrap_or((u32::MAX, 0));
+            ranks[at] = if at + 1 < len {
+                self.rank(ids[at], ids[at + 1]).unwrap_or((u32::MAX, 0))
             } else {
-                ranks[at] = (u32::MAX, 0);
-            }
+                (u32::MAX, 0)
+            };
             if at > 0 {
                 ranks[at - 1] = self.rank(ids[at - 1], ids[at]).unwrap_or((u32::MAX, 0));
-            }
-            if len == 1 {
-                break;
             }
         }
         out.extend_from_slice(&ids[..len]);
@@ -1466,7 +1478,7 @@ mod tests {
     #[test]
     fn small_and_large_agree() {
         let e = toy();
-        for n in [1usize, 2, 3, 63, 64, 65, 200, 1001] {
+        for n in [1usize, 2, 3, 15, 16, 17, 32, 33, 63, 64, 65, 200, 1001] {
             let piece: Vec<u8> = b"abcaab".iter().cycle().take(n).copied().collect();
             let (mut s, mut l) = (Vec::new(), Vec::new());
             if n <= SMALL {
@@ -1594,6 +1606,25 @@ mod tests {
         }
         fn below(&mut self, n: usize) -> usize {
             (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn the_small_loop_agrees_with_the_plain_one_at_every_length() {
+        let e = toy();
+        let mut rng = Rng(99);
+        for n in 1..=SMALL {
+            for _ in 0..50 {
+                let piece: Vec<u8> = (0..n).map(|_| b"abcx"[rng.below(4)]).collect();
+                let mut got = Vec::new();
+                e.bpe_small(&piece, &mut got);
+                assert_eq!(
+                    got,
+                    e.bpe_reference(&piece),
+                    "{:?}",
+                    String::from_utf8_lossy(&piece)
+                );
+            }
         }
     }
 
