@@ -58,6 +58,23 @@ type Pair = (u32, u32);
 /// Pieces at most this long (in bytes) use the quadratic loop; longer ones the heap.
 const SMALL: usize = 64;
 
+/// How many pieces `encode_segment` finds ahead of the one it looks up (a power of two).
+const AHEAD: usize = 16;
+
+/// A piece waiting in `encode_segment`: `window[at..at + len]` and its packed key
+/// (`Queued::LONG` for a piece too long to pack), in 32 bytes.
+#[derive(Clone, Copy, Default)]
+struct Queued {
+    key: u128,
+    at: usize,
+    len: usize,
+}
+
+impl Queued {
+    /// No packed key is this (a packed key's top byte is its length, at most 15).
+    const LONG: u128 = u128::MAX;
+}
+
 /// Token bytes by id. Ids are any u32; a vector holds the ids below twice the number of
 /// tokens (so every id of a vocabulary numbered 0..n) and a map the others, so a sparse id far
 /// above the rest (10^9, say) costs one map entry, not a table of that size.
@@ -122,6 +139,65 @@ impl TokenTable {
             None => self.sparse.get(&id).map(|t| &t[..]),
         }
     }
+}
+
+/// The pairs of `pairs` that BPE can ever merge, the others left out (a smaller table, whose
+/// lookups more often find it in the CPU's caches): of each token, only the pair that BPE on
+/// the token's own bytes merges last, and none where that BPE does not end in the token.
+/// `from_ranks` needs it: it enters every way of cutting a token in two (cl100k: 233,000
+/// pairs for 100,000 tokens); a merge list has one pair per merge already.
+///
+/// Why no other pair ever merges: a part that BPE forms in a piece is, at every step, what BPE
+/// on the part's own bytes gives. No merge inside its span has involved bytes outside it (parts
+/// only grow), so the merges inside the span came in the order of their ranks (leftmost first
+/// among equals) among the span's own pairs: the merges BPE on the span alone makes, in the same
+/// order. So a pair (a, b) that merges into token t is the last merge of BPE on t's bytes. A
+/// pair that never merges is never the lowest-ranked when it is looked up, so leaving it out
+/// changes no choice: every piece encodes to the same ids.
+fn mergeable_pairs(
+    pairs: &FxHashMap<Pair, (u32, u32)>,
+    tokens: &TokenTable,
+    byte_ids: &[u32; 256],
+) -> FxHashMap<Pair, (u32, u32)> {
+    let mut last_merge: FxHashMap<u32, Option<Pair>> = FxHashMap::default();
+    let mut kept = FxHashMap::default();
+    for (&pair, &(rank, merged)) in pairs {
+        let last = *last_merge.entry(merged).or_insert_with(|| {
+            let bytes = tokens.get(merged).unwrap_or_default();
+            last_bpe_merge(pairs, byte_ids, bytes)
+        });
+        if last == Some(pair) {
+            kept.insert(pair, (rank, merged));
+        }
+    }
+    kept
+}
+
+/// BPE on `bytes` with `pairs` (the plain quadratic loop): the pair merged last, if the bytes
+/// end as one part.
+fn last_bpe_merge(
+    pairs: &FxHashMap<Pair, (u32, u32)>,
+    byte_ids: &[u32; 256],
+    bytes: &[u8],
+) -> Option<Pair> {
+    let mut ids: Vec<u32> = bytes.iter().map(|&b| byte_ids[usize::from(b)]).collect();
+    let mut last = None;
+    while ids.len() > 1 {
+        let best = ids
+            .windows(2)
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let pair = (w[0], w[1]);
+                pairs
+                    .get(&pair)
+                    .map(|&(rank, merged)| (rank, i, pair, merged))
+            })
+            .min();
+        let (_, i, pair, merged) = best?;
+        ids.splice(i..i + 2, [merged]);
+        last = Some(pair);
+    }
+    last
 }
 
 pub struct Encoder {
@@ -272,6 +348,7 @@ impl Encoder {
                 }
             }
         }
+        let pairs = mergeable_pairs(&pairs, &tokens, &byte_ids);
         // tiktoken looks every piece up whole first.
         let mut whole = BytesMap::default();
         for (t, &id) in &ids {
@@ -429,18 +506,29 @@ impl Encoder {
 
     /// Quadratic in the worst case but branch-light: parts and their right-pair ranks in arrays.
     fn bpe_small(&self, piece: &[u8], out: &mut Vec<u32>) {
-        let n = piece.len();
-        let mut ids = [0u32; SMALL];
+        if piece.len() <= 16 {
+            self.bpe_small_n::<16, 32>(piece, out)
+        } else {
+            self.bpe_small_n::<SMALL, { 2 * SMALL }>(piece, out)
+        }
+    }
+
+    /// `bpe_small` for pieces of 1 to `N` bytes; `W` is `2 * N`, so that removing a part moves
+    /// a fixed `N` entries (a few vector moves) instead of calling `memmove` for the rest.
+    #[inline(always)]
+    fn bpe_small_n<const N: usize, const W: usize>(&self, piece: &[u8], out: &mut Vec<u32>) {
+        let n = piece.len().min(N);
+        let mut ids = [0u32; W];
         // ranks[i]: (rank, merged id) of the pair (ids[i], ids[i+1]); u32::MAX if none.
-        let mut ranks = [(u32::MAX, 0u32); SMALL];
-        for i in 0..n {
-            ids[i] = self.byte_ids[piece[i] as usize];
+        let mut ranks = [(u32::MAX, 0u32); W];
+        for (id, &b) in ids.iter_mut().zip(&piece[..n]) {
+            *id = self.byte_ids[usize::from(b)];
         }
         let mut len = n;
         for i in 0..len - 1 {
             ranks[i] = self.rank(ids[i], ids[i + 1]).unwrap_or((u32::MAX, 0));
         }
-        loop {
+        while len > 1 {
             let mut best = u32::MAX;
             let mut at = 0;
             for (i, r) in ranks[..len - 1].iter().enumerate() {
@@ -453,20 +541,21 @@ impl Encoder {
                 break;
             }
             ids[at] = ranks[at].1;
-            // Remove ids[at + 1].
-            ids.copy_within(at + 2..len, at + 1);
-            ranks.copy_within(at + 2..len, at + 1);
+            // Remove ids[at + 1]: the N entries after it move one place left (past `len`
+            // they are unused).
+            let (ids_tail, ranks_tail) = (&mut ids[at + 1..], &mut ranks[at + 1..]);
+            let ids_from: [u32; N] = ids_tail[1..=N].try_into().unwrap_or([0; N]);
+            let ranks_from: [(u32, u32); N] = ranks_tail[1..=N].try_into().unwrap_or([(0, 0); N]);
+            ids_tail[..N].copy_from_slice(&ids_from);
+            ranks_tail[..N].copy_from_slice(&ranks_from);
             len -= 1;
-            if at + 1 < len {
-                ranks[at] = self.rank(ids[at], ids[at + 1]).unwrap_or((u32::MAX, 0));
+            ranks[at] = if at + 1 < len {
+                self.rank(ids[at], ids[at + 1]).unwrap_or((u32::MAX, 0))
             } else {
-                ranks[at] = (u32::MAX, 0);
-            }
+                (u32::MAX, 0)
+            };
             if at > 0 {
                 ranks[at - 1] = self.rank(ids[at - 1], ids[at]).unwrap_or((u32::MAX, 0));
-            }
-            if len == 1 {
-                break;
             }
         }
         out.extend_from_slice(&ids[..len]);
@@ -550,23 +639,61 @@ impl Encoder {
             budget.spend(end - start)?;
             let window = text.get(start..end).unwrap_or_default();
             let bytes = window.as_bytes();
+            // Each piece waits in `queue` while the next AHEAD pieces are found, its cache
+            // slot being loaded meanwhile: a lookup then rarely waits on memory.
+            let mut queue = [Queued::default(); AHEAD];
+            let (mut head, mut waiting) = (0usize, 0usize);
             self.pattern.for_each_piece(window, |p| {
                 let piece = p.as_bytes();
-                if piece.len() == 1 {
-                    out.push(self.byte_ids[piece[0] as usize]);
+                // The piece lies in `window`: pack it from there, without branching on its
+                // length.
+                let at = piece.as_ptr() as usize - bytes.as_ptr() as usize;
+                let key = BytesMap::<()>::pack_within(bytes, at, piece.len());
+                if let (Some(k), 2..) = (key, piece.len()) {
+                    cache.prefetch(k);
+                }
+                let next = Queued {
+                    key: key.unwrap_or(Queued::LONG),
+                    at,
+                    len: piece.len(),
+                };
+                if waiting < AHEAD {
+                    queue[(head + waiting) % AHEAD] = next;
+                    waiting += 1;
                 } else {
-                    // The piece lies in `window`: pack it from there, without branching on
-                    // its length.
-                    let at = piece.as_ptr() as usize - bytes.as_ptr() as usize;
-                    let key = BytesMap::<()>::pack_within(bytes, at, piece.len());
-                    // Stopped midway, the budget says so below.
-                    let _ = self.encode_cached_piece(piece, key, out, cache, budget);
+                    let first = std::mem::replace(&mut queue[head % AHEAD], next);
+                    head += 1;
+                    self.encode_queued(bytes, first, out, cache, budget);
                 }
             });
+            for i in head..head + waiting {
+                self.encode_queued(bytes, queue[i % AHEAD], out, cache, budget);
+            }
             budget.check()?;
             start = end;
         }
         Ok(())
+    }
+
+    /// A piece of `window` that `encode_segment` held back.
+    #[inline(always)]
+    fn encode_queued(
+        &self,
+        window: &[u8],
+        q: Queued,
+        out: &mut Vec<u32>,
+        cache: &mut PieceCache,
+        budget: &mut Budget,
+    ) {
+        match window.get(q.at..q.at + q.len) {
+            Some(&[b]) => out.push(self.byte_ids[usize::from(b)]),
+            Some(piece) => {
+                // Stopped midway, the budget says so to `encode_segment`.
+                let key = Some(q.key).filter(|&k| k != Queued::LONG);
+                let _ = self.encode_cached_piece(piece, key, out, cache, budget);
+            }
+            None => {}
+        }
     }
 
     /// Where the window of `text` (a stretch without special tokens) that starts at `start`
@@ -618,8 +745,9 @@ impl Encoder {
         with_specials: bool,
         budget: &mut Budget,
     ) -> Result<Vec<u32>, Interrupted> {
-        let mut out = Vec::with_capacity(text.len() / 4 + 1);
+        let mut out = with_huge_pages(text.len() / 4 + 1);
         self.with_thread_cache(|cache| {
+            cache.reserve_for(text.len());
             self.encode_cached(text, with_specials, &mut out, cache, budget)
         })?;
         Ok(out)
@@ -887,28 +1015,11 @@ impl<V> BytesMap<V> {
         }
     }
 
-    /// `insert(bytes, value)` where `key` is `pack(bytes)`.
-    fn insert_keyed(&mut self, key: Option<u128>, bytes: &[u8], value: V) {
-        match key {
-            Some(k) => self.short.insert(k, value),
-            None => self.long.insert(bytes.to_vec(), value),
-        };
-    }
-
     fn insert(&mut self, key: &[u8], value: V) {
         match Self::pack(key) {
             Some(k) => self.short.insert(k, value),
             None => self.long.insert(key.to_vec(), value),
         };
-    }
-
-    fn len(&self) -> usize {
-        self.short.len() + self.long.len()
-    }
-
-    fn clear(&mut self) {
-        self.short.clear();
-        self.long.clear();
     }
 }
 
@@ -918,7 +1029,9 @@ impl<V> BytesMap<V> {
 /// file paths one per worker, kept by the encoder from call to call (`Encoder::lend_cache`).
 #[derive(Default)]
 pub(crate) struct PieceCache {
-    map: BytesMap<Cached>,
+    /// Pieces of at most 15 bytes (nearly all), by `BytesMap::pack`.
+    short: PackedTable,
+    long: FxHashMap<Vec<u8>, Cached>,
     /// The ids of pieces of more than two ids.
     ids: Vec<u32>,
 }
@@ -968,7 +1081,7 @@ struct Cached {
 
 impl PieceCache {
     /// Entries kept before the cache starts over (bounds its memory on huge inputs, to about
-    /// 16 MB of map): 20 MB of English has about 110,000 distinct pieces that are not tokens,
+    /// 16 MB of table): 20 MB of English has about 110,000 distinct pieces that are not tokens,
     /// and a cache that starts over before holding them redoes their BPE.
     const LIMIT: usize = 1 << 18;
     /// Ids kept before the cache starts over, and the longest piece worth keeping: both bound
@@ -976,16 +1089,42 @@ impl PieceCache {
     const MAX_IDS: usize = 1 << 22;
     const MAX_PIECE: usize = 1 << 12;
 
+    fn len(&self) -> usize {
+        self.short.len + self.long.len()
+    }
+
+    /// Makes room at once for the distinct pieces of a text of `text_len` bytes (English has
+    /// about one in 128 bytes), so that a long text's pieces do not grow the table step by
+    /// step. A table that holds pieces from earlier texts grows as it needs.
+    pub(crate) fn reserve_for(&mut self, text_len: usize) {
+        self.short.reserve((text_len / 128).min(Self::LIMIT));
+    }
+
+    /// Starts loading what a lookup of `key` will read (`encode_segment` asks a few pieces
+    /// ahead).
+    #[inline(always)]
+    fn prefetch(&self, key: u128) {
+        self.short.prefetch(key);
+    }
+
     /// Appends the ids of `piece` to `out` and returns true if the cache has them; `key` is
     /// `BytesMap::pack(piece)`.
     #[inline(always)]
     fn extend(&self, key: Option<u128>, piece: &[u8], out: &mut Vec<u32>) -> bool {
-        let Some(&c) = self.map.get_keyed(key, piece) else {
+        let found = match key {
+            Some(k) => self.short.get(k),
+            None => self.long.get(piece),
+        };
+        let Some(&c) = found else {
             return false;
         };
         match c.n {
             1 => out.push(c.a),
-            2 => out.extend_from_slice(&[c.a, c.b]),
+            2 => {
+                // Two pushes: `extend_from_slice` calls memcpy for the 8 bytes.
+                out.push(c.a);
+                out.push(c.b);
+            }
             n => out.extend_from_slice(
                 self.ids
                     .get(c.a as usize..c.a as usize + n as usize)
@@ -1000,8 +1139,9 @@ impl PieceCache {
         if piece.len() > Self::MAX_PIECE {
             return;
         }
-        if self.map.len() >= Self::LIMIT || self.ids.len() + ids.len() > Self::MAX_IDS {
-            self.map.clear();
+        if self.len() >= Self::LIMIT || self.ids.len() + ids.len() > Self::MAX_IDS {
+            self.short.clear();
+            self.long.clear();
             self.ids.clear();
         }
         // Both fit: the cache holds at most MAX_IDS ids.
@@ -1016,8 +1156,182 @@ impl PieceCache {
                 Cached { n, a: at, b: 0 }
             }
         };
-        self.map.insert_keyed(key, piece, entry);
+        match key {
+            Some(k) => self.short.insert(k, entry),
+            None => {
+                self.long.insert(piece.to_vec(), entry);
+            }
+        }
     }
+}
+
+/// A hash table of packed pieces (`BytesMap::pack`) -> `Cached`: open addressing with linear
+/// probing over 32-byte slots, at most half full. A lookup reads one slot, nearly always the
+/// one the key hashes to, so `prefetch` can load it ahead; in a general hash map (hashbrown's)
+/// a lookup reads a control group and then the slot it points to.
+struct PackedTable {
+    /// A power of two of them, at least `MIN_SLOTS`; `EMPTY` keys where no entry is.
+    slots: Vec<Slot>,
+    /// Entries held.
+    len: usize,
+    /// 64 minus log2 of the number of slots: a key's first slot is the top bits of its hash.
+    shift: u32,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Slot {
+    key: u128,
+    value: Cached,
+}
+
+impl Default for PackedTable {
+    fn default() -> Self {
+        Self::with_slots(Self::MIN_SLOTS)
+    }
+}
+
+impl PackedTable {
+    /// No packed key is this (a packed key's top byte is its length, at most 15).
+    const EMPTY: u128 = u128::MAX;
+    const MIN_SLOTS: usize = 64;
+
+    fn with_slots(n: usize) -> Self {
+        let empty = Slot {
+            key: Self::EMPTY,
+            value: Cached::default(),
+        };
+        let mut slots = with_huge_pages(n);
+        slots.resize(n, empty);
+        PackedTable {
+            slots,
+            len: 0,
+            shift: 64 - n.trailing_zeros(),
+        }
+    }
+
+    /// The slot where `key`'s probe starts.
+    #[inline(always)]
+    fn home(&self, key: u128) -> usize {
+        let (lo, hi) = (key as u64, (key >> 64) as u64);
+        let h = (lo.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ hi).wrapping_mul(0xF135_7AEA_2E62_A9C5);
+        (h >> self.shift) as usize
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, key: u128) {
+        prefetch(self.slots.as_ptr().wrapping_add(self.home(key)));
+    }
+
+    #[inline(always)]
+    fn get(&self, key: u128) -> Option<&Cached> {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        // Ends: at most half the slots are taken.
+        loop {
+            let slot = self.slots.get(i)?;
+            if slot.key == key {
+                return Some(&slot.value);
+            }
+            if slot.key == Self::EMPTY {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn insert(&mut self, key: u128, value: Cached) {
+        if self.len + 1 > Self::capacity(self.slots.len()) {
+            self.grow(self.slots.len() * 2);
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        while let Some(slot) = self.slots.get_mut(i) {
+            if slot.key == Self::EMPTY {
+                self.len += 1;
+                *slot = Slot { key, value };
+                return;
+            }
+            if slot.key == key {
+                slot.value = value;
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Entries that `slots` slots take.
+    fn capacity(slots: usize) -> usize {
+        slots / 2
+    }
+
+    /// Makes room for `entries` entries at once (a long text's distinct pieces, so that the
+    /// table does not grow step by step while they come).
+    fn reserve(&mut self, entries: usize) {
+        let want = entries;
+        let mut slots = self.slots.len();
+        while Self::capacity(slots) < want {
+            slots *= 2;
+        }
+        if slots > self.slots.len() {
+            self.grow(slots);
+        }
+    }
+
+    /// `slots` slots, the entries put again.
+    #[cold]
+    fn grow(&mut self, slots: usize) {
+        let old = std::mem::replace(self, Self::with_slots(slots));
+        for slot in old.slots {
+            if slot.key != Self::EMPTY {
+                self.insert(slot.key, slot.value);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        for slot in &mut self.slots {
+            slot.key = Self::EMPTY;
+        }
+        self.len = 0;
+    }
+}
+
+/// An empty vector with room for `n` items, its memory in 2 MB pages where the system gives
+/// them on request (Linux's transparent huge pages set to `madvise`, as is common): a large
+/// table or output then costs one page fault per 2 MB instead of per 4 KB when first written,
+/// and random lookups in it miss the TLB less.
+fn with_huge_pages<T>(n: usize) -> Vec<T> {
+    let v = Vec::with_capacity(n);
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 1 << 21;
+        let (start, len) = (
+            v.as_ptr() as usize,
+            n.saturating_mul(std::mem::size_of::<T>()),
+        );
+        let first = start.next_multiple_of(HUGE);
+        let end = start.saturating_add(len) / HUGE * HUGE;
+        if len >= 2 * HUGE && end > first {
+            // SAFETY: the range lies inside the vector's own allocation, which nothing has
+            // touched yet; the advice changes no memory, only how the kernel backs it.
+            unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v
+}
+
+/// Asks the CPU to start loading the cache line at `p`.
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    // SAFETY: a prefetch is only a hint: it reads nothing into the program and cannot fault,
+    // whatever the address.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// The ids of a run of consecutive texts of a batch, one after another; the run's text `i`
@@ -1160,7 +1474,7 @@ mod tests {
     #[test]
     fn small_and_large_agree() {
         let e = toy();
-        for n in [1usize, 2, 3, 63, 64, 65, 200, 1001] {
+        for n in [1usize, 2, 3, 15, 16, 17, 32, 33, 63, 64, 65, 200, 1001] {
             let piece: Vec<u8> = b"abcaab".iter().cycle().take(n).copied().collect();
             let (mut s, mut l) = (Vec::new(), Vec::new());
             if n <= SMALL {
@@ -1265,7 +1579,7 @@ mod tests {
         for i in 0..PieceCache::LIMIT + 10 {
             cache.insert(key(&piece(i)), &piece(i), &[i as u32, 1, 2][..1 + i % 3]);
         }
-        assert!(cache.map.len() <= PieceCache::LIMIT);
+        assert!(cache.len() <= PieceCache::LIMIT);
         let mut held = 0;
         for i in 0..PieceCache::LIMIT + 10 {
             let mut out = Vec::new();
@@ -1275,6 +1589,229 @@ mod tests {
             }
         }
         assert!(held > 0);
+    }
+
+    /// A small xorshift generator, so that the tests need no crate.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn the_small_loop_agrees_with_the_plain_one_at_every_length() {
+        let e = toy();
+        let mut rng = Rng(99);
+        for n in 1..=SMALL {
+            for _ in 0..50 {
+                let piece: Vec<u8> = (0..n).map(|_| b"abcx"[rng.below(4)]).collect();
+                let mut got = Vec::new();
+                e.bpe_small(&piece, &mut got);
+                assert_eq!(
+                    got,
+                    e.bpe_reference(&piece),
+                    "{:?}",
+                    String::from_utf8_lossy(&piece)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_packed_table_agrees_with_a_hash_map() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut table = PackedTable::default();
+        let mut want: std::collections::HashMap<u128, u32> = Default::default();
+        let value = |v: u32| Cached { n: 1, a: v, b: !v };
+        // Keys of 0 to 15 bytes from a small alphabet: many share their bytes but not their
+        // length, and the table grows from its smallest size, its probes wrapping at its end.
+        for step in 0..20_000u32 {
+            let len = rng.below(16);
+            let bytes: Vec<u8> = (0..len).map(|_| b"ab\0\xff"[rng.below(4)]).collect();
+            let key = BytesMap::<()>::pack(&bytes).unwrap();
+            if rng.below(3) == 0 {
+                let got = table.get(key).map(|c| (c.a, c.b));
+                assert_eq!(got, want.get(&key).map(|&v| (v, !v)), "step {step}");
+            } else {
+                table.insert(key, value(step));
+                want.insert(key, step);
+            }
+            assert_eq!(table.len, want.len());
+            assert!(table.len <= PackedTable::capacity(table.slots.len()));
+        }
+        for (&key, &v) in &want {
+            assert_eq!(table.get(key).map(|c| c.a), Some(v));
+        }
+        table.reserve(100_000);
+        assert!(PackedTable::capacity(table.slots.len()) >= 100_000);
+        for (&key, &v) in &want {
+            assert_eq!(table.get(key).map(|c| c.a), Some(v));
+        }
+        table.clear();
+        assert_eq!(table.len, 0);
+        for &key in want.keys() {
+            assert!(table.get(key).is_none());
+        }
+    }
+
+    /// Text of `words` random words over a few letters (some non-ASCII), digits, spaces and
+    /// punctuation: pieces of 1 to about 40 bytes, many repeated.
+    fn random_text(rng: &mut Rng, words: usize) -> String {
+        let letters = ["a", "b", "c", "a", "b", "\u{e9}", "\u{4e2d}", "1", "2"];
+        let mut text = String::new();
+        for _ in 0..words {
+            let len = if rng.below(10) == 0 {
+                10 + rng.below(30)
+            } else {
+                1 + rng.below(8)
+            };
+            for _ in 0..len {
+                text.push_str(letters[rng.below(letters.len())]);
+            }
+            text.push_str([" ", " ", "  ", ".", "\n", "!? "][rng.below(6)]);
+        }
+        text
+    }
+
+    #[test]
+    fn encoding_with_the_cache_gives_the_ids_of_each_piece_alone() {
+        let mut rng = Rng(12345);
+        let e = toy();
+        // Over a million bytes: several windows of `encode_segment`, each ending with pieces
+        // still waiting in its queue.
+        let text = random_text(&mut rng, 300_000);
+        assert!(text.len() > 2 * POLL_BYTES);
+        let mut want = Vec::new();
+        e.pattern.for_each_piece(&text, |p| {
+            want.extend(e.bpe_reference(p.as_bytes()));
+        });
+        assert_eq!(e.encode_ordinary(&text), want);
+        // Again with the cache full of these pieces, and on a text with special tokens.
+        assert_eq!(e.encode_ordinary(&text), want);
+        let short = &text[..text.floor_char_boundary(5000)];
+        let with_special = format!("{short}<|e|>{short}");
+        let mut want = e.encode_ordinary(short);
+        want.push(259);
+        want.extend(e.encode_ordinary(short));
+        assert_eq!(e.encode(&with_special), want);
+    }
+
+    /// BPE with every pair of `pairs`, none left out.
+    fn bpe_with_all_pairs(
+        pairs: &FxHashMap<Pair, (u32, u32)>,
+        byte_ids: &[u32; 256],
+        piece: &[u8],
+    ) -> Vec<u32> {
+        let mut ids: Vec<u32> = piece.iter().map(|&b| byte_ids[b as usize]).collect();
+        loop {
+            let best = (0..ids.len().saturating_sub(1))
+                .filter_map(|i| pairs.get(&(ids[i], ids[i + 1])).map(|&(r, m)| (r, i, m)))
+                .min();
+            let Some((_, i, m)) = best else { break };
+            ids[i] = m;
+            ids.remove(i + 1);
+        }
+        ids
+    }
+
+    #[test]
+    fn leaving_out_the_pairs_that_never_merge_changes_no_ids() {
+        let mut rng = Rng(777);
+        for round in 0..20 {
+            // Random tokens over three letters, ranked at random: most have several ways of
+            // being cut into two tokens, and some are not what BPE makes of their bytes.
+            let mut vocab = bytes_vocab();
+            let mut seen: std::collections::HashSet<Vec<u8>> = Default::default();
+            let mut ids: Vec<u32> = (256..456).collect();
+            for i in (1..ids.len()).rev() {
+                ids.swap(i, rng.below(i + 1));
+            }
+            for &id in &ids {
+                let len = 2 + rng.below(5);
+                let t: Vec<u8> = (0..len).map(|_| b"abc"[rng.below(3)]).collect();
+                if seen.insert(t.clone()) {
+                    vocab.push((id, t));
+                }
+            }
+            let ranks: Vec<(Vec<u8>, u32)> = vocab.iter().map(|(i, t)| (t.clone(), *i)).collect();
+            let e = Encoder::from_ranks(&ranks, &[], Pattern::Whole).unwrap();
+            // The pairs before any is left out, as `from_ranks` makes them.
+            let by_bytes: FxHashMap<&[u8], u32> = vocab.iter().map(|(i, t)| (&t[..], *i)).collect();
+            let mut all: FxHashMap<Pair, (u32, u32)> = FxHashMap::default();
+            for (t, r) in &ranks {
+                for k in 1..t.len() {
+                    if let (Some(&a), Some(&b)) = (by_bytes.get(&t[..k]), by_bytes.get(&t[k..])) {
+                        all.insert((a, b), (*r, by_bytes[&t[..]]));
+                    }
+                }
+            }
+            assert!(e.pairs.len() < all.len(), "round {round}: nothing left out");
+            for n in [2usize, 3, 5, 8, 13, 40, 64, 65, 100] {
+                for _ in 0..30 {
+                    let piece: Vec<u8> = (0..n).map(|_| b"abc"[rng.below(3)]).collect();
+                    let mut got = Vec::new();
+                    e.bpe(&piece, &mut got, &mut Budget::never()).unwrap();
+                    let want = bpe_with_all_pairs(&all, &e.byte_ids, &piece);
+                    assert_eq!(
+                        got,
+                        want,
+                        "round {round}, piece {:?}",
+                        String::from_utf8_lossy(&piece)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_merge_lists_encode_as_the_plain_loop_says() {
+        let mut rng = Rng(4242);
+        for _ in 0..20 {
+            // Random merges of tokens made so far, some listed twice or building a token that
+            // an earlier merge already built another way.
+            let mut vocab = bytes_vocab();
+            let mut by_bytes: FxHashMap<Vec<u8>, u32> =
+                vocab.iter().map(|(i, t)| (t.clone(), *i)).collect();
+            let mut merges: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            let mut made: Vec<Vec<u8>> = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
+            for _ in 0..120 {
+                let a = made[rng.below(made.len())].clone();
+                let b = made[rng.below(made.len())].clone();
+                let ab = [&a[..], &b[..]].concat();
+                if ab.len() > 8 {
+                    continue;
+                }
+                if !by_bytes.contains_key(&ab) {
+                    let id = vocab.len() as u32;
+                    by_bytes.insert(ab.clone(), id);
+                    vocab.push((id, ab.clone()));
+                    made.push(ab);
+                }
+                merges.push((a, b));
+            }
+            let e = Encoder::from_merges(&vocab, &merges, &[], Pattern::Whole).unwrap();
+            let mut all: FxHashMap<Pair, (u32, u32)> = FxHashMap::default();
+            for (n, (a, b)) in merges.iter().enumerate() {
+                let ab = [&a[..], &b[..]].concat();
+                all.entry((by_bytes[a], by_bytes[b]))
+                    .or_insert((n as u32, by_bytes[&ab]));
+            }
+            for n in [2usize, 3, 7, 16, 64, 65, 90] {
+                for _ in 0..30 {
+                    let piece: Vec<u8> = (0..n).map(|_| b"abc"[rng.below(3)]).collect();
+                    let mut got = Vec::new();
+                    e.bpe(&piece, &mut got, &mut Budget::never()).unwrap();
+                    assert_eq!(got, bpe_with_all_pairs(&all, &e.byte_ids, &piece));
+                }
+            }
+        }
     }
 
     #[test]

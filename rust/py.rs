@@ -539,6 +539,64 @@ impl std::fmt::Debug for PyBytesRepr<'_> {
     }
 }
 
+/// `ids` as little-endian integers of `width` bytes (2 or 4) in a new bytearray, for numpy:
+/// written once into it (`PyByteArray::new_with` would first fill it with zeros, a pass over
+/// megabytes for a long text).
+fn ids_bytearray<'py>(
+    py: Python<'py>,
+    ids: &[u32],
+    width: usize,
+) -> PyResult<Bound<'py, PyByteArray>> {
+    let bytes = ids
+        .len()
+        .checked_mul(width)
+        .filter(|&n| n <= isize::MAX as usize);
+    let Some(len) = bytes.and_then(|n| pyo3::ffi::Py_ssize_t::try_from(n).ok()) else {
+        return Err(PyValueError::new_err(format!(
+            "{} ids do not fit in a bytearray",
+            ids.len()
+        )));
+    };
+    if width == 4 && cfg!(target_endian = "little") {
+        // SAFETY: `ids` holds `len` bytes, which CPython copies into the new bytearray; a null
+        // result is an exception, which `from_owned_ptr_or_err` returns.
+        return unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                pyo3::ffi::PyByteArray_FromStringAndSize(ids.as_ptr().cast(), len),
+            )
+            .map(|b| b.cast_into_unchecked::<PyByteArray>())
+        };
+    }
+    // SAFETY: a null source makes a bytearray of `len` bytes not yet written; a null result is
+    // an exception, which `from_owned_ptr_or_err` returns.
+    let array = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len),
+        )?
+        .cast_into_unchecked::<PyByteArray>()
+    };
+    // SAFETY: the bytearray's buffer holds `len` bytes and nothing else refers to it yet.
+    let buf: *mut u8 = unsafe { pyo3::ffi::PyByteArray_AsString(array.as_ptr()) }.cast();
+    for (i, &id) in ids.iter().enumerate() {
+        // SAFETY: `i * width + width <= len`; the writes go through the raw pointer, so no
+        // reference to the bytes not yet written is made.
+        unsafe {
+            if width == 2 {
+                buf.add(2 * i)
+                    .cast::<[u8; 2]>()
+                    .write_unaligned((id as u16).to_le_bytes());
+            } else {
+                buf.add(4 * i)
+                    .cast::<[u8; 4]>()
+                    .write_unaligned(id.to_le_bytes());
+            }
+        }
+    }
+    Ok(array)
+}
+
 /// A fixed vocabulary ready to encode and decode.
 #[pyclass(module = "fastbpe._core", frozen)]
 pub struct CoreEncoder {
@@ -631,14 +689,33 @@ impl CoreEncoder {
     /// those walks cost a quarter of `encode_batch`'s time). Only a list the caller later makes
     /// part of a cycle itself would go uncollected until the cycle is broken.
     fn list<'py>(&self, py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyList>> {
-        let int = |i: u32| match self.ints.get(i as usize) {
-            Some(int) => int.bind(py).clone(),
-            None => match i.into_pyobject(py) {
-                Ok(int) => int.into_any(),
-                Err(never) => match never {},
-            },
+        let len = pyo3::ffi::Py_ssize_t::try_from(ids.len()).map_err(|_| {
+            PyValueError::new_err(format!("{} ids do not fit in a list", ids.len()))
+        })?;
+        // SAFETY: PyList_New returns a new reference to a list (or null with an exception set,
+        // which `from_owned_ptr_or_err` turns into the error).
+        let list = unsafe {
+            Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyList_New(len))?
+                .cast_into_unchecked::<PyList>()
         };
-        let list = PyList::new(py, ids.iter().map(|&i| int(i)))?;
+        // Straight through the C API, one call for the reference and one to place it per id:
+        // the limited API has no macro that writes the item in place, and PyList::new adds
+        // its own conversions and checks to each.
+        for (i, &id) in (0..len).zip(ids) {
+            let item = match self.ints.get(id as usize) {
+                Some(int) => {
+                    let p = int.as_ptr();
+                    // SAFETY: `p` is a live int that `self.ints` holds; the new reference is
+                    // the one the list takes below.
+                    unsafe { pyo3::ffi::Py_IncRef(p) };
+                    p
+                }
+                None => id.into_pyobject(py)?.into_ptr(),
+            };
+            // SAFETY: `list` is a new list of `len` slots, all null, and `i < len`;
+            // PyList_SetItem takes the reference to `item` and cannot fail here.
+            unsafe { pyo3::ffi::PyList_SetItem(list.as_ptr(), i, item) };
+        }
         // SAFETY: `list` is a live list object that the collector tracks (PyList_New tracks it);
         // untracking it is always allowed, and CPython frees untracked lists as usual.
         unsafe { pyo3::ffi::PyObject_GC_UnTrack(list.as_ptr().cast()) };
@@ -757,11 +834,7 @@ impl CoreEncoder {
         let ids = detach_polling(py, |budget| {
             self.enc.encode_with_budget(text, with_specials, budget)
         })?;
-        // The ids go straight into the bytearray numpy reads (one copy, no buffer between).
-        PyByteArray::new_with(py, ids.len() * width, |buf| {
-            crate::encode::write_le_ids(&ids, width, buf);
-            Ok(())
-        })
+        ids_bytearray(py, &ids, width)
     }
 
     #[pyo3(signature = (texts, num_threads, with_specials=true))]
