@@ -1887,7 +1887,7 @@ mod tests {
 
     fn spare_entries(e: &Encoder) -> Vec<usize> {
         let spare = e.spare_caches.lock().unwrap();
-        spare.iter().map(|c| c.map.len()).collect()
+        spare.iter().map(|c| c.len()).collect()
     }
 
     #[test]
