@@ -616,7 +616,7 @@ def _random_text(rng, n: int, alphabet: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def ctrl_c_data(tmp_path_factory):
-    """Inputs that keep each mode busy for a second or more: a large file of short lines with a
+    """Inputs that keep each mode busy for a second or more: a large file of random words with a
     special token now and then (counting, encoding a file); lines that are long runs of letters
     (whose BPE is slow: batches, one text); one long piece (encoding without a pattern); distinct
     words (merging); a very long word (merging without a pattern: each merge reads all of it)."""
@@ -626,10 +626,11 @@ def ctrl_c_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ctrl_c")
     words = _random_text(rng, 2_400_000, b"abcdefghijklmnopqrstuvwxyz    ").split()
     big = folder / "big.txt"
-    chunk = ("".join(" ".join(rng.sample(words, 12)) + ".\n" for _ in range(2000)) + "<|e|>").encode()
-    with open(big, "wb") as f:
-        for _ in range(128 * 2**20 // len(chunk)):
-            f.write(chunk)
+    # Random words, nearly all distinct: each a new entry in the counts (counting text that
+    # repeats itself runs at over 1 GB/s, done before it can be interrupted).
+    with open(big, "w", encoding="utf-8") as f:
+        for _ in range(128):
+            f.write(_random_text(rng, 2**20, b"abcdefghijklmnopqrstuvwxyz    .\n") + "<|e|>")
     runs = folder / "runs.txt"
     runs.write_text("\n".join(_random_text(rng, 20_000, b"abcdefgh") for _ in range(1000)))
     whole = folder / "whole.txt"
