@@ -115,7 +115,7 @@ impl ShortTable {
     #[inline(always)]
     fn prefetch(&self, h: u64) {
         let mask = self.slots.len().wrapping_sub(1);
-        crate::train::prefetch(self.slots.as_ptr().wrapping_add(h as usize & mask));
+        crate::packed::prefetch(self.slots.as_ptr().wrapping_add(h as usize & mask));
     }
 
     /// Adds `n` to the count of `key` (a nonzero packed piece), `h` its hash; `set` replaces

@@ -1220,7 +1220,7 @@ impl PackedTable {
 
     #[inline(always)]
     fn prefetch(&self, key: u128) {
-        prefetch(self.slots.as_ptr().wrapping_add(self.home(key)));
+        packed::prefetch(self.slots.as_ptr().wrapping_add(self.home(key)));
     }
 
     #[inline(always)]
@@ -1319,19 +1319,6 @@ fn with_huge_pages<T>(n: usize) -> Vec<T> {
         }
     }
     v
-}
-
-/// Asks the CPU to start loading the cache line at `p`.
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    // SAFETY: a prefetch is only a hint: it reads nothing into the program and cannot fault,
-    // whatever the address.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// The ids of a run of consecutive texts of a batch, one after another; the run's text `i`

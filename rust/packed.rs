@@ -1,6 +1,21 @@
 //! Short byte strings packed into one integer: the key of the maps whose keys are nearly all
 //! pieces of a few bytes (the encoder's piece cache, training's piece counts), so that a lookup
-//! hashes and compares one integer instead of hashing and comparing memory behind a pointer.
+//! hashes and compares one integer instead of hashing and comparing memory behind a pointer;
+//! and `prefetch`, with which those tables (and the merge loop's words) ask for memory ahead.
+
+/// Asks the CPU to start loading the cache line at `p`: the tables are far larger than the
+/// cache, and a lookup asked for a few pieces ahead then rarely waits on memory.
+#[inline(always)]
+pub fn prefetch<T>(p: *const T) {
+    // SAFETY: a prefetch is only a hint: it reads nothing into the program and cannot fault,
+    // whatever the address.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
 
 /// The longest string `pack` holds.
 pub const MAX_PACKED: usize = 15;

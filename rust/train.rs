@@ -16,6 +16,7 @@ use std::rc::Rc;
 use rustc_hash::FxHashMap;
 
 use crate::input::Interrupted;
+use crate::packed::prefetch;
 
 type Pair = (u32, u32);
 
@@ -429,20 +430,6 @@ where
 
 /// How many words ahead the merge loop asks for a word's memory.
 const PREFETCH_AHEAD: usize = 12;
-
-/// Asks the CPU to start loading the cache line at `p`: the merge loop visits words scattered
-/// over the arena, and waiting for each one's memory costs more than the work on it.
-#[inline(always)]
-pub(crate) fn prefetch<T>(p: *const T) {
-    // SAFETY: a prefetch is only a hint: it reads nothing into the program and cannot fault,
-    // whatever the address.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 /// The words that (may) hold a pair: nearly every pair's are the words one merge gave it,
 /// kept as a run in one array shared by all pairs (a list of its own for each of the
