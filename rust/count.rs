@@ -115,7 +115,7 @@ impl ShortTable {
     #[inline(always)]
     fn prefetch(&self, h: u64) {
         let mask = self.slots.len().wrapping_sub(1);
-        crate::packed::prefetch(self.slots.as_ptr().wrapping_add(h as usize & mask));
+        packed::prefetch(self.slots.as_ptr().wrapping_add(h as usize & mask));
     }
 
     /// Adds `n` to the count of `key` (a nonzero packed piece), `h` its hash; `set` replaces
@@ -416,6 +416,7 @@ pub fn merge_all(maps: Vec<Counts>) -> Counts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Rng;
     use std::io::Write;
 
     fn count_str(text: &str, specials: &[&str]) -> Counts {
@@ -464,13 +465,8 @@ mod tests {
 
     /// Random pieces around the packed keys' limit (15 bytes), ASCII and not, empty ones too.
     fn random_pieces(seed: u64, n: usize) -> Vec<Vec<u8>> {
-        let mut x = seed | 1;
-        let mut next = move |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let mut rng = Rng(seed | 1);
+        let mut next = move |m: u64| rng.below(m as usize) as u64;
         let alphabet: [&[u8]; 6] = [b"a", b"b", b" ", b"\xc3\xa9", b"\xe2\x82\xac", b"\0"];
         (0..n)
             .map(|_| {
@@ -519,13 +515,8 @@ mod tests {
     fn text_counts_equal_a_plain_map_of_the_pieces() {
         // Enough distinct pieces that the table grows several times, of every length around
         // the packed keys' limit, ASCII and not; the last piece at the very end of the text.
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move |m: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % m
-        };
+        let mut rng = Rng(0x2545_F491_4F6C_DD1Du64);
+        let mut next = move |m: u64| rng.below(m as usize) as u64;
         let letters = ["a", "b", "q", "\u{e9}", "\u{20ac}", "z"];
         let mut text = String::new();
         for i in 0..300_000 {

@@ -412,7 +412,7 @@ impl Encoder {
             out.push(self.byte_ids[usize::from(*b)]);
             Ok(())
         } else {
-            let key = BytesMap::<()>::pack(piece);
+            let key = packed::pack(piece);
             self.encode_cached_piece(piece, key, out, cache, budget)
         }
     }
@@ -648,7 +648,7 @@ impl Encoder {
                 // The piece lies in `window`: pack it from there, without branching on its
                 // length.
                 let at = piece.as_ptr() as usize - bytes.as_ptr() as usize;
-                let key = BytesMap::<()>::pack_within(bytes, at, piece.len());
+                let key = packed::pack_within(bytes, at, piece.len());
                 if let (Some(k), 2..) = (key, piece.len()) {
                     cache.prefetch(k);
                 }
@@ -989,21 +989,9 @@ impl<V> Default for BytesMap<V> {
 }
 
 impl<V> BytesMap<V> {
-    /// `packed::pack(key)`: the map's key for `key`, None past 15 bytes.
-    #[inline(always)]
-    fn pack(key: &[u8]) -> Option<u128> {
-        packed::pack(key)
-    }
-
-    /// `packed::pack_within(s, at, n)`: `pack(&s[at..at + n])` from one load where it can.
-    #[inline(always)]
-    fn pack_within(s: &[u8], at: usize, n: usize) -> Option<u128> {
-        packed::pack_within(s, at, n)
-    }
-
     #[inline]
     fn get(&self, key: &[u8]) -> Option<&V> {
-        self.get_keyed(Self::pack(key), key)
+        self.get_keyed(packed::pack(key), key)
     }
 
     /// `get(bytes)` where `key` is `pack(bytes)`.
@@ -1016,7 +1004,7 @@ impl<V> BytesMap<V> {
     }
 
     fn insert(&mut self, key: &[u8], value: V) {
-        match Self::pack(key) {
+        match packed::pack(key) {
             Some(k) => self.short.insert(k, value),
             None => self.long.insert(key.to_vec(), value),
         };
@@ -1029,7 +1017,7 @@ impl<V> BytesMap<V> {
 /// file paths one per worker, kept by the encoder from call to call (`Encoder::lend_cache`).
 #[derive(Default)]
 pub(crate) struct PieceCache {
-    /// Pieces of at most 15 bytes (nearly all), by `BytesMap::pack`.
+    /// Pieces of at most 15 bytes (nearly all), by `packed::pack`.
     short: PackedTable,
     long: FxHashMap<Vec<u8>, Cached>,
     /// The ids of pieces of more than two ids.
@@ -1108,7 +1096,7 @@ impl PieceCache {
     }
 
     /// Appends the ids of `piece` to `out` and returns true if the cache has them; `key` is
-    /// `BytesMap::pack(piece)`.
+    /// `packed::pack(piece)`.
     #[inline(always)]
     fn extend(&self, key: Option<u128>, piece: &[u8], out: &mut Vec<u32>) -> bool {
         let found = match key {
@@ -1165,7 +1153,7 @@ impl PieceCache {
     }
 }
 
-/// A hash table of packed pieces (`BytesMap::pack`) -> `Cached`: open addressing with linear
+/// A hash table of packed pieces (`packed::pack`) -> `Cached`: open addressing with linear
 /// probing over 32-byte slots, at most half full. A lookup reads one slot, nearly always the
 /// one the key hashes to, so `prefetch` can load it ahead; in a general hash map (hashbrown's)
 /// a lookup reads a control group and then the slot it points to.
@@ -1268,9 +1256,8 @@ impl PackedTable {
     /// Makes room for `entries` entries at once (a long text's distinct pieces, so that the
     /// table does not grow step by step while they come).
     fn reserve(&mut self, entries: usize) {
-        let want = entries;
         let mut slots = self.slots.len();
-        while Self::capacity(slots) < want {
+        while Self::capacity(slots) < entries {
             slots *= 2;
         }
         if slots > self.slots.len() {
@@ -1434,6 +1421,7 @@ pub fn write_le_ids(ids: &[u32], width: usize, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Rng;
 
     fn toy() -> Encoder {
         let mut vocab: Vec<(u32, Vec<u8>)> = (0..=255u8).map(|b| (b as u32, vec![b])).collect();
@@ -1543,7 +1531,7 @@ mod tests {
     #[test]
     fn the_cache_returns_what_was_put_in() {
         let mut cache = PieceCache::default();
-        let key = BytesMap::<()>::pack;
+        let key = packed::pack;
         let data: Vec<u8> = (0..40u8).map(|b| b.wrapping_mul(37) | 1).collect();
         let ids_for = |len: usize, k: usize| -> Vec<u32> {
             (0..k).map(|i| (len * 7 + i) as u32 | 0xF000_0000).collect()
@@ -1578,20 +1566,6 @@ mod tests {
         assert!(held > 0);
     }
 
-    /// A small xorshift generator, so that the tests need no crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
     #[test]
     fn the_small_loop_agrees_with_the_plain_one_at_every_length() {
         let e = toy();
@@ -1622,7 +1596,7 @@ mod tests {
         for step in 0..20_000u32 {
             let len = rng.below(16);
             let bytes: Vec<u8> = (0..len).map(|_| b"ab\0\xff"[rng.below(4)]).collect();
-            let key = BytesMap::<()>::pack(&bytes).unwrap();
+            let key = packed::pack(&bytes).unwrap();
             if rng.below(3) == 0 {
                 let got = table.get(key).map(|c| (c.a, c.b));
                 assert_eq!(got, want.get(&key).map(|&v| (v, !v)), "step {step}");

@@ -24,3 +24,24 @@ mod unicode_tables;
 
 #[cfg(feature = "python")]
 mod py;
+
+/// What the crate's tests share.
+#[cfg(test)]
+mod testing {
+    /// A small xorshift generator, so that the tests need no crate.
+    pub(crate) struct Rng(pub(crate) u64);
+
+    impl Rng {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// A number below `n` (not 0).
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+}

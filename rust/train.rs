@@ -614,6 +614,7 @@ fn merge_word(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::Rng;
 
     fn run(words: &[(&str, u64)], n: usize) -> Vec<(String, String)> {
         let ws = words.iter().map(|(w, c)| (w.as_bytes(), *c));
@@ -692,13 +693,8 @@ mod tests {
     #[test]
     fn equals_the_readable_rule_on_random_words() {
         // Few letters and small counts: many ties, and counts that fall and rise again.
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15u64);
+        let mut next = move |n: u64| rng.below(n as usize) as u64;
         for _ in 0..30 {
             let words: Vec<(Vec<u8>, u64)> = (0..1 + next(40))
                 .map(|_| {
@@ -718,13 +714,8 @@ mod tests {
         // Runs of two or three symbols (a token is often next to itself, and the same bytes
         // are made by two merges, "ab"+"a" and "a"+"ba"), bytes 0 and 255 at the ends of the
         // byte-pair tables, and one word far more frequent than the rest.
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut rng = Rng(0x2545_F491_4F6C_DD1Du64);
+        let mut next = move |n: u64| rng.below(n as usize) as u64;
         for round in 0..150 {
             let alphabet: &[u8] = if round % 2 == 0 { b"ab" } else { b"\0\xff\x80" };
             let words: Vec<(Vec<u8>, u64)> = (0..1 + next(30))
