@@ -20,6 +20,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use std::io::{self, BufWriter, Write};
+use std::mem::MaybeUninit;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -1398,24 +1399,33 @@ impl<'a> Budget<'a> {
 /// Appends ids as little-endian integers of `width` bytes (2: the caller has checked with
 /// `Encoder::ids_fit` that every id of the vocabulary fits, so the cast keeps every bit).
 pub fn ids_to_le_bytes(ids: &[u32], width: usize, out: &mut Vec<u8>) {
-    let at = out.len();
-    out.resize(at + ids.len() * width, 0);
-    write_le_ids(ids, width, out.get_mut(at..).unwrap_or_default());
+    let n = ids.len() * width;
+    out.reserve(n);
+    let written = write_le_ids(ids, width, out.spare_capacity_mut());
+    // SAFETY: `reserve` made room for `n` more bytes, all of which `write_le_ids` wrote.
+    if written == n {
+        unsafe { out.set_len(out.len() + n) };
+    }
 }
 
 /// Writes ids as little-endian integers of `width` bytes (2 or 4, as in `ids_to_le_bytes`)
-/// into `out`, which holds exactly `ids.len() * width` bytes (a buffer made for them, so the
-/// ids are copied once).
-pub fn write_le_ids(ids: &[u32], width: usize, out: &mut [u8]) {
+/// at the start of `out`, memory that need not have been written before (a buffer made for
+/// them, so the ids are copied once and nothing is zeroed first); returns the bytes written,
+/// `ids.len() * width` where `out` has room.
+pub fn write_le_ids(ids: &[u32], width: usize, out: &mut [MaybeUninit<u8>]) -> usize {
+    let mut written = 0;
     if width == 2 {
         for (o, &i) in out.chunks_exact_mut(2).zip(ids) {
-            o.copy_from_slice(&(i as u16).to_le_bytes());
+            o.copy_from_slice(&(i as u16).to_le_bytes().map(MaybeUninit::new));
+            written += 2;
         }
     } else {
         for (o, &i) in out.chunks_exact_mut(4).zip(ids) {
-            o.copy_from_slice(&i.to_le_bytes());
+            o.copy_from_slice(&i.to_le_bytes().map(MaybeUninit::new));
+            written += 4;
         }
     }
+    written
 }
 
 #[cfg(test)]
@@ -1564,6 +1574,22 @@ mod tests {
             }
         }
         assert!(held > 0);
+    }
+
+    #[test]
+    fn ids_append_as_little_endian_bytes() {
+        let ids = [1u32, 0x1234, 0xfffe, 70_000];
+        let mut out = vec![9u8];
+        ids_to_le_bytes(&ids[..3], 2, &mut out);
+        assert_eq!(out, [9, 1, 0, 0x34, 0x12, 0xfe, 0xff]);
+        let mut out = vec![9u8];
+        ids_to_le_bytes(&ids, 4, &mut out);
+        let want: Vec<u8> = std::iter::once(9)
+            .chain(ids.iter().flat_map(|i| i.to_le_bytes()))
+            .collect();
+        assert_eq!(out, want);
+        ids_to_le_bytes(&[], 4, &mut out);
+        assert_eq!(out, want);
     }
 
     #[test]

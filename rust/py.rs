@@ -577,23 +577,15 @@ fn ids_bytearray<'py>(
         )?
         .cast_into_unchecked::<PyByteArray>()
     };
-    // SAFETY: the bytearray's buffer holds `len` bytes and nothing else refers to it yet.
-    let buf: *mut u8 = unsafe { pyo3::ffi::PyByteArray_AsString(array.as_ptr()) }.cast();
-    for (i, &id) in ids.iter().enumerate() {
-        // SAFETY: `i * width + width <= len`; the writes go through the raw pointer, so no
-        // reference to the bytes not yet written is made.
-        unsafe {
-            if width == 2 {
-                buf.add(2 * i)
-                    .cast::<[u8; 2]>()
-                    .write_unaligned((id as u16).to_le_bytes());
-            } else {
-                buf.add(4 * i)
-                    .cast::<[u8; 4]>()
-                    .write_unaligned(id.to_le_bytes());
-            }
-        }
-    }
+    // SAFETY: the bytearray's buffer holds `len` bytes, not yet written, and nothing else
+    // refers to it yet; as `MaybeUninit` bytes they are only written, never read.
+    let buf = unsafe {
+        std::slice::from_raw_parts_mut(
+            pyo3::ffi::PyByteArray_AsString(array.as_ptr()).cast::<std::mem::MaybeUninit<u8>>(),
+            ids.len() * width,
+        )
+    };
+    crate::encode::write_le_ids(ids, width, buf);
     Ok(array)
 }
 
