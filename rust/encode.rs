@@ -19,11 +19,11 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rustc_hash::FxHashMap;
 
@@ -31,6 +31,7 @@ use crate::input::{chunk_text, ChunkReader, HookedReader, InputError, Interrupte
 use crate::packed;
 use crate::pipeline::{self, Done, Halt, Stages};
 use crate::pretok::{is_safe_cut, Pattern};
+use crate::shared_table::SharedTable;
 use crate::specials::{SpecialError, SpecialSplitter};
 
 /// Why an encoder could not be built.
@@ -219,6 +220,9 @@ pub struct Encoder {
     /// call's workers (`lend_cache`): a tokenizer that encodes file after file, or batch after
     /// batch, keeps the pieces it has seen, as `encode` does with its thread's cache.
     spare_caches: Mutex<Vec<PieceCache>>,
+    /// The pieces the workers of batch and file calls share (`lend_cache`), made at the first
+    /// such call; None inside when the memory could not be had.
+    shared: OnceLock<Option<Arc<SharedTable>>>,
 }
 
 /// The source of `Encoder::cache_owner`.
@@ -298,6 +302,7 @@ impl Encoder {
             pattern,
             cache_owner: new_cache_owner(),
             spare_caches: Mutex::default(),
+            shared: OnceLock::new(),
         };
         // Whole-piece lookup only for tokens that BPE rebuilds as themselves.
         let mut whole = BytesMap::default();
@@ -329,6 +334,7 @@ impl Encoder {
         if let Ok(spare) = self.spare_caches.get_mut() {
             spare.clear();
         }
+        self.shared = OnceLock::new();
     }
 
     /// From tiktoken-style ranks (token bytes -> rank, the rank also being the id).
@@ -365,6 +371,7 @@ impl Encoder {
             pattern,
             cache_owner: new_cache_owner(),
             spare_caches: Mutex::default(),
+            shared: OnceLock::new(),
         };
         enc.set_specials(specials)?;
         Ok(enc)
@@ -778,8 +785,13 @@ impl Encoder {
     /// back, else a new one. It goes back when the worker is done with it (`LentCache`'s drop).
     pub(crate) fn lend_cache(&self) -> LentCache<'_> {
         let spare = self.spare_caches.lock().ok().and_then(|mut s| s.pop());
+        let mut cache = spare.unwrap_or_default();
+        cache.shared = self
+            .shared
+            .get_or_init(|| SharedTable::new().map(Arc::new))
+            .clone();
         LentCache {
-            cache: spare.unwrap_or_default(),
+            cache,
             home: &self.spare_caches,
         }
     }
@@ -905,17 +917,8 @@ impl Encoder {
         num_threads: usize,
         hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
     ) -> Result<u64, InputError> {
-        if !self.ids_fit(width) {
-            return Err(InputError::Write(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("ids up to {:?} do not fit in {width} bytes", self.max_id()),
-            )));
-        }
+        let mut writer = IdsFile::create(out, width, self)?;
         let mut reader = ChunkReader::open(path, self.pattern, &self.specials, FILE_BLOCK)?;
-        let file = std::fs::File::create(out).map_err(InputError::Write)?;
-        let mut writer = BufWriter::with_capacity(1 << 20, file);
-        let mut total = 0u64;
-        let mut buf: Vec<u8> = Vec::new();
         pipeline::ordered(
             ENCODE_FILE,
             num_threads,
@@ -932,17 +935,9 @@ impl Encoder {
                 self.encode_cached(text, true, &mut ids, cache, &mut budget)?;
                 Ok(ids)
             },
-            |ids| {
-                buf.clear();
-                ids_to_le_bytes(&ids, width, &mut buf);
-                writer.write_all(&buf).map_err(InputError::Write)?;
-                total += ids.len() as u64;
-                Ok(())
-            },
+            |ids| writer.write(&ids),
         )?;
-        writer.flush().map_err(InputError::Write)?;
-        writer.get_ref().sync_all().map_err(InputError::Write)?;
-        Ok(total)
+        writer.finish()
     }
 
     /// The bytes of `ids` concatenated; Err(DecodeError::Unknown(id)) for the first unknown
@@ -1018,6 +1013,9 @@ impl<V> BytesMap<V> {
 /// file paths one per worker, kept by the encoder from call to call (`Encoder::lend_cache`).
 #[derive(Default)]
 pub(crate) struct PieceCache {
+    /// The pieces shared with the other workers of the same encoder, looked up first and
+    /// filled while it has room (batch and file calls; see `shared_table`).
+    shared: Option<Arc<SharedTable>>,
     /// Pieces of at most 15 bytes (nearly all), by `packed::pack`.
     short: PackedTable,
     long: FxHashMap<Vec<u8>, Cached>,
@@ -1093,13 +1091,26 @@ impl PieceCache {
     /// ahead).
     #[inline(always)]
     fn prefetch(&self, key: u128) {
-        self.short.prefetch(key);
+        match &self.shared {
+            Some(shared) if !shared.is_full() => shared.prefetch(key),
+            Some(shared) => {
+                shared.prefetch(key);
+                self.short.prefetch(key);
+            }
+            None => self.short.prefetch(key),
+        }
     }
 
     /// Appends the ids of `piece` to `out` and returns true if the cache has them; `key` is
     /// `packed::pack(piece)`.
     #[inline(always)]
     fn extend(&self, key: Option<u128>, piece: &[u8], out: &mut Vec<u32>) -> bool {
+        if let (Some(shared), Some(k)) = (&self.shared, key) {
+            if let Some(e) = shared.get(k) {
+                shared.push_ids(e, out);
+                return true;
+            }
+        }
         let found = match key {
             Some(k) => self.short.get(k),
             None => self.long.get(piece),
@@ -1127,6 +1138,11 @@ impl PieceCache {
     fn insert(&mut self, key: Option<u128>, piece: &[u8], ids: &[u32]) {
         if piece.len() > Self::MAX_PIECE {
             return;
+        }
+        if let (Some(shared), Some(k)) = (&self.shared, key) {
+            if shared.insert(k, ids) {
+                return;
+            }
         }
         if self.len() >= Self::LIMIT || self.ids.len() + ids.len() > Self::MAX_IDS {
             self.short.clear();
@@ -1202,9 +1218,7 @@ impl PackedTable {
     /// The slot where `key`'s probe starts.
     #[inline(always)]
     fn home(&self, key: u128) -> usize {
-        let (lo, hi) = (key as u64, (key >> 64) as u64);
-        let h = (lo.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ hi).wrapping_mul(0xF135_7AEA_2E62_A9C5);
-        (h >> self.shift) as usize
+        (packed::hash(key) >> self.shift) as usize
     }
 
     #[inline(always)]
@@ -1291,22 +1305,29 @@ impl PackedTable {
 /// and random lookups in it miss the TLB less.
 fn with_huge_pages<T>(n: usize) -> Vec<T> {
     let v = Vec::with_capacity(n);
+    advise_huge_pages(
+        v.as_ptr() as usize,
+        n.saturating_mul(std::mem::size_of::<T>()),
+    );
+    v
+}
+
+/// Asks for the whole 2 MB pages within `len` bytes from address `start`, memory of this
+/// process's own allocation, to be backed by huge pages (see `with_huge_pages`).
+pub(crate) fn advise_huge_pages(start: usize, len: usize) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 1 << 21;
-        let (start, len) = (
-            v.as_ptr() as usize,
-            n.saturating_mul(std::mem::size_of::<T>()),
-        );
         let first = start.next_multiple_of(HUGE);
         let end = start.saturating_add(len) / HUGE * HUGE;
         if len >= 2 * HUGE && end > first {
-            // SAFETY: the range lies inside the vector's own allocation, which nothing has
-            // touched yet; the advice changes no memory, only how the kernel backs it.
+            // SAFETY: the caller's range is memory it owns; the advice changes no memory,
+            // only how the kernel backs it.
             unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
         }
     }
-    v
+    #[cfg(not(target_os = "linux"))]
+    let _ = (start, len);
 }
 
 /// The ids of a run of consecutive texts of a batch, one after another; the run's text `i`
@@ -1393,6 +1414,95 @@ impl<'a> Budget<'a> {
         } else {
             Ok(())
         }
+    }
+}
+
+/// A file of token ids being written (`encode_file`): little-endian integers of `width` bytes
+/// (2 or 4), appended as they come.
+pub(crate) struct IdsFile {
+    file: std::fs::File,
+    width: usize,
+    bytes: Vec<u8>,
+    tokens: u64,
+    /// Bytes written, and those whose writing to disk has been started.
+    written: u64,
+    started: u64,
+}
+
+impl IdsFile {
+    /// Bytes written between two requests that the system start writing them to disk: the
+    /// final `sync_all` then waits for the last few only, not for the whole file.
+    const WRITEBACK: u64 = 4 << 20;
+    /// Bytes gathered before a write (a file call's chunks give about 0.5 MB of ids each).
+    const BUFFER: usize = 1 << 18;
+
+    /// Creates (or empties) `out` for `enc`'s ids; refused when they do not fit in `width`
+    /// bytes.
+    pub(crate) fn create(out: &Path, width: usize, enc: &Encoder) -> Result<Self, InputError> {
+        if !enc.ids_fit(width) {
+            return Err(InputError::Write(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("ids up to {:?} do not fit in {width} bytes", enc.max_id()),
+            )));
+        }
+        Ok(IdsFile {
+            file: std::fs::File::create(out).map_err(InputError::Write)?,
+            width,
+            bytes: Vec::new(),
+            tokens: 0,
+            written: 0,
+            started: 0,
+        })
+    }
+
+    /// Appends `ids`, written out once `BUFFER` bytes have gathered.
+    pub(crate) fn write(&mut self, ids: &[u32]) -> Result<(), InputError> {
+        ids_to_le_bytes(ids, self.width, &mut self.bytes);
+        self.tokens += ids.len() as u64;
+        if self.bytes.len() >= Self::BUFFER {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), InputError> {
+        self.file
+            .write_all(&self.bytes)
+            .map_err(InputError::Write)?;
+        self.written += self.bytes.len() as u64;
+        self.bytes.clear();
+        if self.written - self.started >= Self::WRITEBACK {
+            self.start_writeback();
+        }
+        Ok(())
+    }
+
+    /// Asks the system to start writing to disk what was written since the last such request.
+    /// Only advice (the final `sync_all` reports any error), so its result is not looked at.
+    fn start_writeback(&mut self) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let from = i64::try_from(self.started).unwrap_or(i64::MAX);
+            let len = i64::try_from(self.written - self.started).unwrap_or(0);
+            // SAFETY: a system call on this file's own descriptor, with no memory passed.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    from,
+                    len,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+        }
+        self.started = self.written;
+    }
+
+    /// Waits until the file is on disk; returns the number of tokens written.
+    pub(crate) fn finish(mut self) -> Result<u64, InputError> {
+        self.flush()?;
+        self.file.sync_all().map_err(InputError::Write)?;
+        Ok(self.tokens)
     }
 }
 
@@ -1590,6 +1700,39 @@ mod tests {
         assert_eq!(out, want);
         ids_to_le_bytes(&[], 4, &mut out);
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn an_ids_file_holds_every_write_in_order() {
+        let e = toy();
+        let path = std::env::temp_dir().join(format!("fastbpe_ids_{}.bin", std::process::id()));
+        let mut f = IdsFile::create(&path, 2, &e).unwrap();
+        let mut rng = Rng(5);
+        let mut all = Vec::new();
+        // Small writes that gather, writes larger than the buffer, and enough for writeback.
+        for round in 0..60 {
+            let n = if round % 7 == 0 {
+                300_000
+            } else {
+                rng.below(5000)
+            };
+            let ids: Vec<u32> = (0..n).map(|_| rng.below(260) as u32).collect();
+            f.write(&ids).unwrap();
+            all.extend(ids);
+        }
+        assert_eq!(f.finish().unwrap(), all.len() as u64);
+        let mut want = Vec::new();
+        ids_to_le_bytes(&all, 2, &mut want);
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+        std::fs::remove_file(&path).unwrap();
+        // Ids that do not fit are refused before the file is made.
+        let mut ranks: Vec<(Vec<u8>, u32)> = (0..=255u8).map(|b| (vec![b], u32::from(b))).collect();
+        ranks.push((b"ab".to_vec(), 70_000));
+        let wide = Encoder::from_ranks(&ranks, &[], Pattern::Whole).unwrap();
+        assert!(IdsFile::create(&path, 2, &wide).is_err());
+        assert!(!path.exists());
+        assert!(IdsFile::create(&path, 4, &wide).unwrap().finish().is_ok());
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
@@ -1884,10 +2027,19 @@ mod tests {
         let first = e.encode_batch(&texts, 3, true).unwrap();
         let held = spare_entries(&e);
         assert!(!held.is_empty() && held.len() <= 3, "{held:?}");
-        assert!(
-            held.iter().sum::<usize>() > 0,
-            "the workers' pieces were kept"
-        );
+        // Short pieces go to the table the workers share, long ones to their own caches.
+        let shared = e.shared.get().unwrap().as_ref().unwrap();
+        let pieces = (10..200)
+            .map(|i| i.to_string())
+            .chain(["ab", " aab", " abc"].map(String::from));
+        for p in pieces {
+            let key = packed::pack(p.as_bytes()).unwrap();
+            assert!(
+                shared.get(key).is_some(),
+                "the workers' piece {p:?} was kept"
+            );
+        }
+        assert!(held.iter().all(|&n| n == 0), "{held:?}");
         // The next call's workers start from those caches, and the ids do not change.
         assert_eq!(e.encode_batch(&texts, 3, true).unwrap(), first);
         // (How many workers took a cache depends on timing: the calling thread takes one

@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod pretok;
 pub mod regex_encode;
 pub mod regex_split;
+mod shared_table;
 #[rustfmt::skip]
 #[allow(dead_code)] // generated: the version is for the Python binding
 mod regex_classes;

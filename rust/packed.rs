@@ -17,6 +17,14 @@ pub fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// A packed key's hash, for tables that index by its top bits (a multiply mixes every key
+/// byte into them).
+#[inline(always)]
+pub fn hash(key: u128) -> u64 {
+    let (lo, hi) = (key as u64, (key >> 64) as u64);
+    (lo.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ hi).wrapping_mul(0xF135_7AEA_2E62_A9C5)
+}
+
 /// The longest string `pack` holds.
 pub const MAX_PACKED: usize = 15;
 

@@ -16,11 +16,11 @@
 //! (they might continue, or a look-ahead see other text), as in `fastbpe._stream.CustomStream`:
 //! exact for patterns whose matches depend on at most the next two matches.
 
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::Path;
 
 use crate::count::{merge_all, Counts};
-use crate::encode::{ids_to_le_bytes, Budget, Encoder, PieceCache};
+use crate::encode::{Budget, Encoder, IdsFile, PieceCache};
 use crate::input::{open_file, read_full, InputError, Interrupted, Panicked};
 use crate::pipeline::{self, thread_count, Batches, Halt, Source, Stages};
 use crate::regex_split::{RegexSplitter, SearchFailed};
@@ -789,17 +789,7 @@ pub fn encode_file(
     cutting: Cutting,
     hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
 ) -> Result<u64, RegexError> {
-    if !enc.ids_fit(width) {
-        return Err(InputError::Write(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("ids up to {:?} do not fit in {width} bytes", enc.max_id()),
-        ))
-        .into());
-    }
-    let file = std::fs::File::create(out).map_err(InputError::Write)?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
-    let mut total = 0u64;
-    let mut bytes = Vec::new();
+    let mut writer = IdsFile::create(out, width, enc)?;
     let make = || -> Box<dyn Emit<Vec<u32>> + '_> {
         Box::new(EncodeEmit {
             enc,
@@ -816,18 +806,9 @@ pub fn encode_file(
         cutting,
         hook,
         &make,
-        |done, range| {
-            let ids = done.out.get(range).unwrap_or_default();
-            bytes.clear();
-            ids_to_le_bytes(ids, width, &mut bytes);
-            writer.write_all(&bytes).map_err(InputError::Write)?;
-            total += ids.len() as u64;
-            Ok(())
-        },
+        |done, range| Ok(writer.write(done.out.get(range).unwrap_or_default())?),
     )?;
-    writer.flush().map_err(InputError::Write)?;
-    writer.get_ref().sync_all().map_err(InputError::Write)?;
-    Ok(total)
+    Ok(writer.finish()?)
 }
 
 /// Counts the pieces of a UTF-8 file (special tokens split it and are not counted).

@@ -1,0 +1,302 @@
+//! A table of packed pieces (`packed::pack`) -> token ids that the worker threads of one
+//! encoder read and fill together, without locks: a piece one worker put through BPE is a
+//! lookup for the others, and one worker's table is not doubled in each core's cache.
+//!
+//! Open addressing with linear probing over 32-byte slots, never more than half full, entries
+//! never removed: a lookup costs what it costs in a table of one thread. A slot is claimed by
+//! setting its id count from 0 to `WRITING` (compare and swap), then filled, then published
+//! by storing the count (release); a reader that loads the count (acquire) sees the whole
+//! entry. A reader that finds a slot being written passes over it, so a piece may be entered
+//! twice by two workers at the same moment: both entries hold the same ids, and one is never
+//! found. Once `LIMIT` entries are in, the table takes no more (the first pieces of a corpus
+//! are its frequent ones); the workers' own caches keep the rest.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+
+use crate::packed;
+
+/// Entries kept (the table has twice as many slots: 16 MB).
+const LIMIT: usize = 1 << 18;
+const SLOTS: usize = 2 * LIMIT;
+/// Ids kept for pieces of more than two ids (16 MB at most).
+const MAX_IDS: usize = 1 << 22;
+/// The count of a slot that a writer has claimed and not yet published.
+const WRITING: u32 = u32::MAX;
+
+#[repr(C, align(32))]
+struct Slot {
+    /// The packed key's low and high halves.
+    lo: AtomicU64,
+    hi: AtomicU64,
+    /// Number of ids: 0 for an empty slot, `WRITING` while being filled.
+    n: AtomicU32,
+    /// The ids when there are at most two, else `a` is where they start in `ids`.
+    a: AtomicU32,
+    b: AtomicU32,
+}
+
+/// A piece's entry as read: `n` ids, as in `Slot`.
+#[derive(Clone, Copy)]
+pub(crate) struct Entry {
+    n: u32,
+    a: u32,
+    b: u32,
+}
+
+pub(crate) struct SharedTable {
+    slots: Box<[Slot]>,
+    /// Slots claimed (entries, counting those being written).
+    len: AtomicUsize,
+    ids: Box<[AtomicU32]>,
+    /// `ids` handed out so far (may pass `MAX_IDS` by what a refused claim asked for).
+    ids_len: AtomicUsize,
+}
+
+impl SharedTable {
+    /// An empty table; None when the system will not give the memory (the workers then keep
+    /// only their own caches).
+    pub(crate) fn new() -> Option<Self> {
+        Some(SharedTable {
+            slots: zeroed(SLOTS)?,
+            len: AtomicUsize::new(0),
+            ids: zeroed(MAX_IDS)?,
+            ids_len: AtomicUsize::new(0),
+        })
+    }
+
+    /// The slot where `key`'s probe starts.
+    #[inline(always)]
+    fn home(key: u128) -> usize {
+        (packed::hash(key) >> (64 - SLOTS.trailing_zeros())) as usize
+    }
+
+    /// Starts loading the slot a lookup of `key` reads first.
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, key: u128) {
+        packed::prefetch(self.slots.as_ptr().wrapping_add(Self::home(key)));
+    }
+
+    /// Whether the table takes no more entries.
+    pub(crate) fn is_full(&self) -> bool {
+        self.len.load(Relaxed) >= LIMIT
+    }
+
+    #[inline(always)]
+    pub(crate) fn get(&self, key: u128) -> Option<Entry> {
+        let (lo, hi) = (key as u64, (key >> 64) as u64);
+        let mut i = Self::home(key);
+        // Ends: at most half the slots are ever claimed.
+        loop {
+            let slot = self.slots.get(i)?;
+            let n = slot.n.load(Acquire);
+            if n == 0 {
+                return None;
+            }
+            if n != WRITING && slot.lo.load(Relaxed) == lo && slot.hi.load(Relaxed) == hi {
+                return Some(Entry {
+                    n,
+                    a: slot.a.load(Relaxed),
+                    b: slot.b.load(Relaxed),
+                });
+            }
+            i = (i + 1) & (SLOTS - 1);
+        }
+    }
+
+    /// Appends an entry's ids to `out`.
+    #[inline(always)]
+    pub(crate) fn push_ids(&self, e: Entry, out: &mut Vec<u32>) {
+        match e.n {
+            1 => out.push(e.a),
+            2 => {
+                out.push(e.a);
+                out.push(e.b);
+            }
+            n => {
+                let at = e.a as usize;
+                let ids = self.ids.get(at..at + n as usize).unwrap_or_default();
+                out.extend(ids.iter().map(|id| id.load(Relaxed)));
+            }
+        }
+    }
+
+    /// Enters `key` -> `ids` (at least one id); false when the table is full (nothing entered).
+    pub(crate) fn insert(&self, key: u128, ids: &[u32]) -> bool {
+        let Ok(n) = u32::try_from(ids.len()) else {
+            return false;
+        };
+        if n == 0 || n == WRITING || self.is_full() {
+            return false;
+        }
+        let (a, b) = match *ids {
+            [a] => (a, 0),
+            [a, b] => (a, b),
+            _ => {
+                let at = self.ids_len.fetch_add(ids.len(), Relaxed);
+                let (Some(room), Ok(at32)) = (self.ids.get(at..at + ids.len()), u32::try_from(at))
+                else {
+                    return false;
+                };
+                for (slot, &id) in room.iter().zip(ids) {
+                    slot.store(id, Relaxed);
+                }
+                (at32, 0)
+            }
+        };
+        if self.len.fetch_add(1, Relaxed) >= LIMIT {
+            self.len.fetch_sub(1, Relaxed);
+            return false;
+        }
+        let (lo, hi) = (key as u64, (key >> 64) as u64);
+        let mut i = Self::home(key);
+        loop {
+            let Some(slot) = self.slots.get(i) else {
+                return false;
+            };
+            let mut seen = slot.n.load(Acquire);
+            if seen == 0 {
+                match slot.n.compare_exchange(0, WRITING, Acquire, Acquire) {
+                    Ok(_) => {
+                        slot.lo.store(lo, Relaxed);
+                        slot.hi.store(hi, Relaxed);
+                        slot.a.store(a, Relaxed);
+                        slot.b.store(b, Relaxed);
+                        slot.n.store(n, Release);
+                        return true;
+                    }
+                    Err(now) => seen = now,
+                }
+            }
+            if seen != WRITING && slot.lo.load(Relaxed) == lo && slot.hi.load(Relaxed) == hi {
+                // Another worker entered it first.
+                self.len.fetch_sub(1, Relaxed);
+                return true;
+            }
+            i = (i + 1) & (SLOTS - 1);
+        }
+    }
+}
+
+/// Types whose all-zero bytes are a valid value.
+///
+/// # Safety
+/// Only for such types.
+unsafe trait Zeroable {}
+// SAFETY: an atomic integer's zero bytes are 0; a slot is atomics (and padding).
+unsafe impl Zeroable for AtomicU32 {}
+unsafe impl Zeroable for Slot {}
+
+/// `n` zeroed values in memory that the system hands out zeroed and backs only where it is
+/// written (a table of this size costs nothing until used, and then the pages it touches),
+/// in 2 MB pages where it gives them (`encode::advise_huge_pages`); None when it will not.
+fn zeroed<T: Zeroable>(n: usize) -> Option<Box<[T]>> {
+    let layout = std::alloc::Layout::array::<T>(n).ok()?;
+    if layout.size() == 0 {
+        return None;
+    }
+    // SAFETY: `layout` is that of `[T; n]` and not empty; the memory comes from the global
+    // allocator with that layout, and `Box<[T]>` frees it with the same layout. All-zero
+    // bytes are a valid `T` (`Zeroable`).
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<T>();
+        if p.is_null() {
+            return None;
+        }
+        crate::encode::advise_huge_pages(p as usize, layout.size());
+        Some(Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Rng;
+
+    /// A key of 2 to 15 bytes made from `i`, and the ids it is given (1 to 5 of them, from the
+    /// key, so a wrong entry or a torn read shows).
+    fn key(i: u64) -> u128 {
+        let bytes = (i.wrapping_mul(0x2545_F491_4F6C_DD1D)).to_le_bytes();
+        let len = 2 + (i % 7) as usize;
+        packed::pack(&[&bytes[..], &bytes[..]].concat()[..len]).unwrap() ^ u128::from(i) << 64
+    }
+
+    fn ids(i: u64) -> Vec<u32> {
+        (0..1 + i % 5)
+            .map(|j| (i as u32).wrapping_mul(31) ^ j as u32)
+            .collect()
+    }
+
+    fn read(t: &SharedTable, i: u64) -> Option<Vec<u32>> {
+        let mut out = Vec::new();
+        t.push_ids(t.get(key(i))?, &mut out);
+        Some(out)
+    }
+
+    #[test]
+    fn entries_read_back_whole_while_threads_write() {
+        let t = SharedTable::new().unwrap();
+        let n = 60_000u64;
+        std::thread::scope(|s| {
+            for w in 0..4u64 {
+                let t = &t;
+                s.spawn(move || {
+                    // Writers overlap: every key is entered by two of them, in different orders.
+                    let mut rng = Rng(w + 1);
+                    for _ in 0..n {
+                        let i = rng.below(n as usize) as u64;
+                        if i % 2 == w % 2 {
+                            assert!(t.insert(key(i), &ids(i)));
+                        }
+                        if let Some(got) = read(t, rng.below(n as usize) as u64) {
+                            assert!(got.len() <= 5);
+                        }
+                        if let Some(got) = read(t, i) {
+                            assert_eq!(got, ids(i), "key {i}");
+                        }
+                    }
+                });
+            }
+        });
+        let mut found = 0;
+        for i in 0..n {
+            if let Some(got) = read(&t, i) {
+                assert_eq!(got, ids(i), "key {i}");
+                found += 1;
+            }
+        }
+        // Each writer draws n keys of n: about 1 - 1/e^2 of the keys were entered.
+        assert!(found > n * 8 / 10, "{found}");
+        assert!(t.get(key(n + 1)).is_none());
+    }
+
+    #[test]
+    fn a_full_table_refuses_and_keeps_what_it_has() {
+        let t = SharedTable::new().unwrap();
+        let over = LIMIT as u64 + 1000;
+        let taken = (0..over).filter(|&i| t.insert(key(i), &ids(i))).count();
+        assert_eq!(taken, LIMIT);
+        assert!(t.is_full());
+        assert!((0..LIMIT as u64).all(|i| read(&t, i) == Some(ids(i))));
+        assert!((LIMIT as u64..over).all(|i| read(&t, i).is_none()));
+        // A key already in is still found after a refused insert of it.
+        assert!(!t.insert(key(0), &ids(0)));
+        assert_eq!(read(&t, 0), Some(ids(0)));
+    }
+
+    #[test]
+    fn entries_with_many_ids_stop_at_the_ids_room() {
+        let t = SharedTable::new().unwrap();
+        let long: Vec<u32> = (0..1000).collect();
+        let fits = MAX_IDS / long.len();
+        let taken = (0..fits as u64 + 10)
+            .filter(|&i| t.insert(key(i), &long))
+            .count();
+        assert_eq!(taken, fits);
+        let mut out = Vec::new();
+        t.push_ids(t.get(key(fits as u64 - 1)).unwrap(), &mut out);
+        assert_eq!(out, long);
+        assert!(t.get(key(fits as u64)).is_none());
+        // Short entries still go in.
+        assert!(t.insert(key(u64::MAX / 3), &[7, 8]));
+    }
+}
