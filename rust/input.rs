@@ -191,9 +191,7 @@ impl<'a> ChunkReader<'a> {
     ) -> Result<Option<(u64, Vec<u8>)>, InputError> {
         while !self.eof {
             let old_len = self.buf.len();
-            self.buf.resize(old_len + self.block, 0);
-            let n = read_full(&mut self.file, &mut self.buf[old_len..])?;
-            self.buf.truncate(old_len + n);
+            let n = read_more(&mut self.file, &mut self.buf, self.block)?;
             self.read_total += n as u64;
             self.eof = n == 0;
             hook(self.read_total)?;
@@ -258,18 +256,13 @@ pub fn chunk_text(offset: u64, chunk: &[u8]) -> Result<&str, InputError> {
     })
 }
 
-/// Reads until `buf` is full or the file ends; returns the number of bytes read.
-pub(crate) fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
+/// Appends the next `n` bytes of `file` to `buf` (fewer where the file ends) and returns how
+/// many; the new bytes are read straight into `buf`'s spare room, never first set to zero.
+pub(crate) fn read_more(file: &mut File, buf: &mut Vec<u8>, n: usize) -> io::Result<usize> {
+    buf.try_reserve(n)
+        .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+    // `read_to_end` reads on after an interrupted read, as a loop of reads would.
+    file.take(n as u64).read_to_end(buf)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use crate::count::{merge_all, Counts};
 use crate::encode::{Budget, Encoder, IdsFile, PieceCache};
-use crate::input::{open_file, read_full, InputError, Interrupted, Panicked};
+use crate::input::{open_file, read_more, InputError, Interrupted, Panicked};
 use crate::pipeline::{self, thread_count, Batches, Halt, Source, Stages};
 use crate::regex_split::{RegexSplitter, SearchFailed};
 use crate::specials::SpecialSplitter;
@@ -689,10 +689,7 @@ impl Reader<'_> {
         let want = self.chunk + self.overlap + self.max_special + 4;
         loop {
             while !self.eof && self.buf.len() < want {
-                let old = self.buf.len();
-                self.buf.resize(old + self.chunk, 0);
-                let n = read_full(self.file, &mut self.buf[old..]).map_err(InputError::Io)?;
-                self.buf.truncate(old + n);
+                let n = read_more(self.file, &mut self.buf, self.chunk).map_err(InputError::Io)?;
                 self.read += n as u64;
                 self.eof = n == 0;
                 hook(self.read)?;
@@ -708,12 +705,8 @@ impl Reader<'_> {
                     None if self.eof => (self.buf.len(), self.buf.len(), true),
                     None => {
                         // No place to cut yet (a special token's bytes throughout): read on.
-                        let more = self.buf.len() + self.chunk;
-                        let old = self.buf.len();
-                        self.buf.resize(more, 0);
-                        let n =
-                            read_full(self.file, &mut self.buf[old..]).map_err(InputError::Io)?;
-                        self.buf.truncate(old + n);
+                        let n = read_more(self.file, &mut self.buf, self.chunk)
+                            .map_err(InputError::Io)?;
                         self.read += n as u64;
                         self.eof = n == 0;
                         hook(self.read)?;
