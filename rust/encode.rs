@@ -2175,3 +2175,67 @@ mod tests {
         assert_eq!((r, seen), (Err(SinkError::Full), 1234));
     }
 }
+
+#[cfg(test)]
+mod bpe_timing {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// BPE alone on pieces (the distinct pieces of a text that are not tokens):
+    /// `FASTBPE_BPE_DIR=dir cargo test --release bpe_throughput -- --ignored --nocapture`, the
+    /// folder holding pieces.txt (hex, one per line) and either ranks.txt ("rank hex", a
+    /// tiktoken vocabulary, split as cl100k) or vocab.txt ("id hex") and merges.txt ("hex hex").
+    #[test]
+    #[ignore]
+    fn bpe_throughput() {
+        let dir = std::path::PathBuf::from(std::env::var("FASTBPE_BPE_DIR").unwrap());
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let split = |l: &str| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a.to_string(), b.to_string())
+        };
+        let e = if dir.join("ranks.txt").exists() {
+            let ranks: Vec<(Vec<u8>, u32)> = read("ranks.txt")
+                .lines()
+                .map(split)
+                .map(|(i, h)| (unhex(&h), i.parse().unwrap()))
+                .collect();
+            Encoder::from_ranks(&ranks, &[], Pattern::Cl100k).unwrap()
+        } else {
+            let vocab: Vec<(u32, Vec<u8>)> = read("vocab.txt")
+                .lines()
+                .map(split)
+                .map(|(i, h)| (i.parse().unwrap(), unhex(&h)))
+                .collect();
+            let merges: Vec<(Vec<u8>, Vec<u8>)> = read("merges.txt")
+                .lines()
+                .map(split)
+                .map(|(a, b)| (unhex(&a), unhex(&b)))
+                .collect();
+            Encoder::from_merges(&vocab, &merges, &[], Pattern::Gpt2).unwrap()
+        };
+        let pieces: Vec<Vec<u8>> = read("pieces.txt").lines().map(unhex).collect();
+        let mut best = f64::INFINITY;
+        let mut out = Vec::new();
+        for _ in 0..7 {
+            out.clear();
+            let t = std::time::Instant::now();
+            for p in &pieces {
+                let _ = e.bpe(p, &mut out, &mut Budget::never());
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!(
+            "{} pieces, {} ids: {:.1} ns per piece",
+            pieces.len(),
+            out.len(),
+            best * 1e9 / pieces.len() as f64
+        );
+    }
+}
