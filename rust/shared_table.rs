@@ -106,17 +106,12 @@ impl SharedTable {
     /// Appends an entry's ids to `out`.
     #[inline(always)]
     pub(crate) fn push_ids(&self, e: Entry, out: &mut Vec<u32>) {
-        match e.n {
-            1 => out.push(e.a),
-            2 => {
-                out.push(e.a);
-                out.push(e.b);
-            }
-            n => {
-                let at = e.a as usize;
-                let ids = self.ids.get(at..at + n as usize).unwrap_or_default();
-                out.extend(ids.iter().map(|id| id.load(Relaxed)));
-            }
+        if e.n <= 2 {
+            crate::encode::push_one_or_two(out, e.a, e.b, e.n);
+        } else {
+            let at = e.a as usize;
+            let ids = self.ids.get(at..at + e.n as usize).unwrap_or_default();
+            out.extend(ids.iter().map(|id| id.load(Relaxed)));
         }
     }
 
