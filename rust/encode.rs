@@ -61,7 +61,7 @@ type Pair = (u32, u32);
 const SMALL: usize = 64;
 
 /// How many pieces `encode_segment` finds ahead of the one it looks up (a power of two).
-const AHEAD: usize = 16;
+const AHEAD: usize = 32;
 
 /// A piece waiting in `encode_segment`: `window[at..at + len]` and its packed key
 /// (`Queued::LONG` for a piece too long to pack), in 32 bytes.
