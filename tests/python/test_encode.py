@@ -281,6 +281,34 @@ def test_threads_encoding_at_once_give_the_ids_of_one(gpt2, tik):
     assert got == want
 
 
+def test_batch_and_file_calls_at_once_give_the_ids_of_one(tik, tmp_path):
+    """Batch and file calls from several threads at once on a new tokenizer fill the table of
+    pieces its workers share all together, each piece put in by whichever worker meets it
+    first; every call still gets tiktoken's ids."""
+    tok = fastbpe.Tokenizer.from_files(shared_file("gpt2", "vocab.json"), shared_file("gpt2", "merges.txt"), [EOT])
+    text = corpus("enwiki_100M.txt.gz")[:1_500_000]
+    lines = text.splitlines(keepends=True)
+    enc = tik["gpt2"]
+    want_lines = [enc.encode(line, allowed_special="all") for line in lines]
+    path = tmp_path / "text.txt"
+    path.write_bytes(text.encode("utf-8"))
+    want_file = enc.encode(text, allowed_special="all")  # the text holds <|endoftext|>
+
+    def call(i):
+        if i % 2:
+            return tok.encode_file(path, tmp_path / f"out{i}.bin", num_threads=2, progress=False).tolist()
+        order = lines if i % 4 == 0 else lines[::-1]  # other threads meet the pieces in another order
+        return tok.encode_batch(order, num_threads=2)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(call, range(8)))
+    for i, got in enumerate(results):
+        if i % 2:
+            assert got == want_file, i
+        else:
+            assert got == (want_lines if i % 4 == 0 else want_lines[::-1]), i
+
+
 # ---- 3. decode ---------------------------------------------------------------------------------
 
 
