@@ -16,20 +16,14 @@ import sys
 import regex
 
 import fastbpe
+from fastbpe.patterns import NAMED
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from encode_bench import CL100K_FILE, DEFAULT_CORPUS, EOT, SHARED, prepare  # noqa: E402
 
-# The pre-tokenizers' patterns as tiktoken writes them.
-PATTERNS = {
-    "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-    "cl100k": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
-}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vocab", choices=sorted(PATTERNS), default="gpt2")
+    ap.add_argument("--vocab", choices=["cl100k", "gpt2"], default="gpt2")
     ap.add_argument("--corpus", default=DEFAULT_CORPUS)
     ap.add_argument("--mb", type=float, default=20.0)
     ap.add_argument("--out", required=True, help="folder to write pieces.txt and the vocabulary into")
@@ -47,7 +41,7 @@ def main() -> None:
             f.writelines(f"{i} {b.hex()}\n" for i, b in tok.vocab.items() if i != 100257)
     path, _ = prepare(args.corpus, args.mb)
     with open(path, encoding="utf-8") as f:
-        pieces = dict.fromkeys(regex.findall(PATTERNS[args.vocab], f.read()))
+        pieces = dict.fromkeys(regex.findall(NAMED[args.vocab], f.read()))
     tokens = set(tok.vocab.values())
     kept = [p.encode() for p in pieces if len(p.encode()) > 1 and p.encode() not in tokens]
     with open(os.path.join(args.out, "pieces.txt"), "w") as f:

@@ -1058,10 +1058,10 @@ impl Drop for LentCache<'_> {
 /// A piece's ids: `n` of them, held in `a` and `b` when there are at most two (nearly always,
 /// so the lookup touches no other memory), else from `ids[a]` on.
 #[derive(Clone, Copy, Default)]
-struct Cached {
-    n: u32,
-    a: u32,
-    b: u32,
+pub(crate) struct Cached {
+    pub(crate) n: u32,
+    pub(crate) a: u32,
+    pub(crate) b: u32,
 }
 
 impl PieceCache {

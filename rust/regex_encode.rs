@@ -682,6 +682,19 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// Appends the next `chunk` bytes of the file (fewer at its end) and tells `hook` how far
+    /// the reading has come.
+    fn read_block(
+        &mut self,
+        hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
+    ) -> Result<(), RegexError> {
+        let n = read_more(self.file, &mut self.buf, self.chunk).map_err(InputError::Io)?;
+        self.read += n as u64;
+        self.eof = n == 0;
+        hook(self.read)?;
+        Ok(())
+    }
+
     fn next_chunk(
         &mut self,
         hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
@@ -689,10 +702,7 @@ impl Reader<'_> {
         let want = self.chunk + self.overlap + self.max_special + 4;
         loop {
             while !self.eof && self.buf.len() < want {
-                let n = read_more(self.file, &mut self.buf, self.chunk).map_err(InputError::Io)?;
-                self.read += n as u64;
-                self.eof = n == 0;
-                hook(self.read)?;
+                self.read_block(hook)?;
             }
             if self.buf.is_empty() {
                 return Ok(None);
@@ -705,11 +715,7 @@ impl Reader<'_> {
                     None if self.eof => (self.buf.len(), self.buf.len(), true),
                     None => {
                         // No place to cut yet (a special token's bytes throughout): read on.
-                        let n = read_more(self.file, &mut self.buf, self.chunk)
-                            .map_err(InputError::Io)?;
-                        self.read += n as u64;
-                        self.eof = n == 0;
-                        hook(self.read)?;
+                        self.read_block(hook)?;
                         continue;
                     }
                 }

@@ -13,6 +13,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
+use crate::encode::Cached;
 use crate::packed;
 
 /// Entries kept (the table has twice as many slots: 16 MB).
@@ -33,14 +34,6 @@ struct Slot {
     /// The ids when there are at most two, else `a` is where they start in `ids`.
     a: AtomicU32,
     b: AtomicU32,
-}
-
-/// A piece's entry as read: `n` ids, as in `Slot`.
-#[derive(Clone, Copy)]
-pub(crate) struct Entry {
-    n: u32,
-    a: u32,
-    b: u32,
 }
 
 pub(crate) struct SharedTable {
@@ -82,7 +75,7 @@ impl SharedTable {
     }
 
     #[inline(always)]
-    pub(crate) fn get(&self, key: u128) -> Option<Entry> {
+    pub(crate) fn get(&self, key: u128) -> Option<Cached> {
         let (lo, hi) = (key as u64, (key >> 64) as u64);
         let mut i = Self::home(key);
         // Ends: at most half the slots are ever claimed.
@@ -93,7 +86,7 @@ impl SharedTable {
                 return None;
             }
             if n != WRITING && slot.lo.load(Relaxed) == lo && slot.hi.load(Relaxed) == hi {
-                return Some(Entry {
+                return Some(Cached {
                     n,
                     a: slot.a.load(Relaxed),
                     b: slot.b.load(Relaxed),
@@ -105,7 +98,7 @@ impl SharedTable {
 
     /// Appends an entry's ids to `out`.
     #[inline(always)]
-    pub(crate) fn push_ids(&self, e: Entry, out: &mut Vec<u32>) {
+    pub(crate) fn push_ids(&self, e: Cached, out: &mut Vec<u32>) {
         if e.n <= 2 {
             crate::encode::push_one_or_two(out, e.a, e.b, e.n);
         } else {
