@@ -597,7 +597,13 @@ pub struct CoreEncoder {
     /// bump per token instead of allocating an int object (the largest cost of returning
     /// millions of ids).
     ints: Vec<Py<PyAny>>,
+    /// Whether `ints[i]` is immortal (CPython 3.12+ makes the small ints so): its reference
+    /// count is never changed, so a long list adds none to it (see `list`).
+    immortal: Vec<bool>,
 }
+
+/// Lists of at least this many ids take their references in bulk (see `CoreEncoder::list`).
+const BULK_REFS: usize = 1 << 16;
 
 impl CoreEncoder {
     fn new(py: Python<'_>, enc: Encoder) -> PyResult<Self> {
@@ -607,7 +613,20 @@ impl CoreEncoder {
             .take(enc.dense_ids())
             .map(|i| i.into_pyobject(py).map(|i| i.into_any().unbind()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(CoreEncoder { enc, ints })
+        // Objects are immortal only from 3.12 on, and then with a count of at least 2^30
+        // (2^32 - 1 in 3.12 and 3.13, 3 * 2^30 in 3.14); an older Python's int has its true
+        // count, however large.
+        let immortals_exist = py.version_info() >= (3, 12);
+        let immortal = ints
+            .iter()
+            // SAFETY: each int is a live object this encoder holds.
+            .map(|i| immortals_exist && unsafe { pyo3::ffi::Py_REFCNT(i.as_ptr()) } >= 1 << 30)
+            .collect();
+        Ok(CoreEncoder {
+            enc,
+            ints,
+            immortal,
+        })
     }
 
     /// The ids of `text` as a list, special tokens as their ids or not. Short texts keep the GIL:
@@ -690,28 +709,68 @@ impl CoreEncoder {
             Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyList_New(len))?
                 .cast_into_unchecked::<PyList>()
         };
-        // Straight through the C API, one call for the reference and one to place it per id:
-        // the limited API has no macro that writes the item in place, and PyList::new adds
-        // its own conversions and checks to each.
-        for (i, &id) in (0..len).zip(ids) {
-            let item = match self.ints.get(id as usize) {
-                Some(int) => {
-                    let p = int.as_ptr();
-                    // SAFETY: `p` is a live int that `self.ints` holds; the new reference is
-                    // the one the list takes below.
-                    unsafe { pyo3::ffi::Py_IncRef(p) };
-                    p
-                }
-                None => id.into_pyobject(py)?.into_ptr(),
-            };
-            // SAFETY: `list` is a new list of `len` slots, all null, and `i < len`;
-            // PyList_SetItem takes the reference to `item` and cannot fail here.
-            unsafe { pyo3::ffi::PyList_SetItem(list.as_ptr(), i, item) };
+        if ids.len() >= BULK_REFS && ids.len() <= u32::MAX as usize {
+            self.fill_bulk(py, &list, ids)?;
+        } else {
+            // Straight through the C API, one call for the reference and one to place it per
+            // id: the limited API has no macro that writes the item in place, and PyList::new
+            // adds its own conversions and checks to each.
+            for (i, &id) in (0..len).zip(ids) {
+                let item = match self.ints.get(id as usize) {
+                    Some(int) => {
+                        let p = int.as_ptr();
+                        // SAFETY: `p` is a live int that `self.ints` holds; the new reference
+                        // is the one the list takes below.
+                        unsafe { pyo3::ffi::Py_IncRef(p) };
+                        p
+                    }
+                    None => id.into_pyobject(py)?.into_ptr(),
+                };
+                // SAFETY: `list` is a new list of `len` slots, all null, and `i < len`;
+                // PyList_SetItem takes the reference to `item` and cannot fail here.
+                unsafe { pyo3::ffi::PyList_SetItem(list.as_ptr(), i, item) };
+            }
         }
         // SAFETY: `list` is a live list object that the collector tracks (PyList_New tracks it);
         // untracking it is always allowed, and CPython frees untracked lists as usual.
         unsafe { pyo3::ffi::PyObject_GC_UnTrack(list.as_ptr().cast()) };
         Ok(list)
+    }
+
+    /// Fills the new list `list` (`ids.len()` null slots) with the ints of `ids`, taking each
+    /// int's references at once: the ids are counted first, then each int's count grows by its
+    /// number. Bumping an int's count per token touches its object every time, a cache miss
+    /// across the vocabulary's ints that was the largest cost of a long list; the counts fit
+    /// in the cache. Nothing runs Python code between placing an int and adding its
+    /// reference, so no one sees the counts low.
+    fn fill_bulk(&self, py: Python<'_>, list: &Bound<'_, PyList>, ids: &[u32]) -> PyResult<()> {
+        let mut counts = vec![0u32; self.ints.len()];
+        // Every int placed is counted before an error can end the loop, so the references the
+        // list holds are all added below either way.
+        let placed = ids.iter().enumerate().try_for_each(|(i, &id)| {
+            let item = match self.ints.get(id as usize) {
+                Some(int) => {
+                    counts[id as usize] += 1;
+                    int.as_ptr()
+                }
+                None => id.into_pyobject(py)?.into_ptr(),
+            };
+            // SAFETY: `list` is a new list of `ids.len()` slots, all null, and `i` is below
+            // that (so also fits a Py_ssize_t); PyList_SetItem takes the reference to `item`
+            // (which `counts` adds below for the ints of `self.ints`) and cannot fail here.
+            unsafe { pyo3::ffi::PyList_SetItem(list.as_ptr(), i as pyo3::ffi::Py_ssize_t, item) };
+            PyResult::Ok(())
+        });
+        for ((int, &n), &immortal) in self.ints.iter().zip(&counts).zip(&self.immortal) {
+            if n > 0 && !immortal {
+                // SAFETY: a live, mortal object this encoder holds, with the GIL held: its
+                // count is the plain counter at the start of every object in the stable ABI
+                // (what Py_INCREF of older limited-API headers writes), and the list now holds
+                // `n` more references to it.
+                unsafe { (*int.as_ptr()).ob_refcnt += n as pyo3::ffi::Py_ssize_t };
+            }
+        }
+        placed
     }
 }
 

@@ -8,6 +8,7 @@ import itertools
 import json
 import operator
 import os
+import sys
 import threading
 import time
 import tracemalloc
@@ -388,6 +389,35 @@ def test_id_lists_are_plain_lists_the_collector_skips(request, name):
     ids.append(7)
     ids.append([1])  # still an ordinary, mutable list
     assert ids[-2:] == [7, [1]] and ids[:-2] == tok.encode("hello world")
+
+
+@pytest.mark.parametrize("length", [100, 70_000, 150_000])
+def test_id_lists_hold_one_reference_per_item(gpt2, length):
+    """Long lists take their ints' references in bulk (counted per id, added once): each int's
+    count grows by exactly its number of places, for ids below 257 (immortal from Python 3.12 on,
+    and then left alone) and above, and falls back when the list goes; a sparse id beyond the
+    ids kept as ints is made on the spot."""
+    text = (corpus("tinystories_val.txt") * 3)[: length * 6]
+    ids = gpt2.encode(text)
+    assert len(ids) >= length * 0.8
+    assert ids == gpt2.encode_to_numpy(text).tolist()
+    values = [min(ids), 262, max(ids)]  # below 257 and above
+    objs = [ids[ids.index(v)] for v in values]  # the encoder's own int objects
+    refs = lambda: [sys.getrefcount(o) for o in objs]  # noqa: E731
+    gc.collect()  # nothing else lets go of these ints while they are counted
+    before = refs()
+    again = gpt2.encode(text)
+    after = refs()
+    immortal = [sys.version_info >= (3, 12) and b >= 2**30 for b in before]
+    assert after == [b if i else b + again.count(v) for v, b, i in zip(values, before, immortal)]
+    del again
+    assert refs()[1:] == before[1:]  # the ints only the encoder makes: as many references as before
+
+    big = 10**9
+    sparse = fastbpe.Tokenizer({**{i: bytes([i]) for i in range(256)}, big: b"ab"}, [(b"a", b"b")])
+    got = sparse.encode("abxab " * (length // 4))
+    assert got == [big, 120, big, 32] * (length // 4)
+    assert got == sparse.encode_to_numpy("abxab " * (length // 4)).tolist()
 
 
 @settings(HYP, max_examples=100)
