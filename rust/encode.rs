@@ -903,7 +903,8 @@ impl Encoder {
 
     /// Encodes a UTF-8 file into a flat array of little-endian ids (`width` bytes each: 2 or 4)
     /// written to `out`, chunks encoded on `num_threads` threads and written in order with at
-    /// most a few chunks in memory (`pipeline::ordered`). Returns the number of tokens.
+    /// most a few chunks in memory (`pipeline::ordered`). Returns the number of tokens and the
+    /// file's checksum.
     /// `hook(bytes_read)` runs on the calling thread after every block read and every
     /// `pipeline::WAIT_POLL` while it waits, and may stop the work, which then ends within
     /// about that time.
@@ -914,7 +915,7 @@ impl Encoder {
         width: usize,
         num_threads: usize,
         hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
-    ) -> Result<u64, InputError> {
+    ) -> Result<Written, InputError> {
         let mut writer = IdsFile::create(out, width, self)?;
         let mut reader = ChunkReader::open(path, self.pattern, &self.specials, FILE_BLOCK)?;
         pipeline::ordered(
@@ -1427,13 +1428,22 @@ impl<'a> Budget<'a> {
     }
 }
 
+/// What a token file received: its number of ids and the CRC-32 (zlib's) of its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub tokens: u64,
+    pub crc32: u32,
+}
+
 /// A file of token ids being written (`encode_file`): little-endian integers of `width` bytes
-/// (2 or 4), appended as they come.
+/// (2 or 4), appended as they come, checksummed on the way (the file's sidecar records the
+/// checksum, and the file need not be read back for it).
 pub(crate) struct IdsFile {
     file: std::fs::File,
     width: usize,
     bytes: Vec<u8>,
     tokens: u64,
+    crc: crc32fast::Hasher,
     /// Bytes written, and those whose writing to disk has been started.
     written: u64,
     started: u64,
@@ -1460,6 +1470,7 @@ impl IdsFile {
             width,
             bytes: Vec::new(),
             tokens: 0,
+            crc: crc32fast::Hasher::new(),
             written: 0,
             started: 0,
         })
@@ -1476,6 +1487,7 @@ impl IdsFile {
     }
 
     fn flush(&mut self) -> Result<(), InputError> {
+        self.crc.update(&self.bytes);
         self.file
             .write_all(&self.bytes)
             .map_err(InputError::Write)?;
@@ -1508,11 +1520,14 @@ impl IdsFile {
         self.started = self.written;
     }
 
-    /// Waits until the file is on disk; returns the number of tokens written.
-    pub(crate) fn finish(mut self) -> Result<u64, InputError> {
+    /// Waits until the file is on disk; returns what it holds.
+    pub(crate) fn finish(mut self) -> Result<Written, InputError> {
         self.flush()?;
         self.file.sync_all().map_err(InputError::Write)?;
-        Ok(self.tokens)
+        Ok(Written {
+            tokens: self.tokens,
+            crc32: self.crc.clone().finalize(),
+        })
     }
 }
 
@@ -1731,6 +1746,28 @@ mod tests {
         assert_eq!(out, want);
     }
 
+    /// zlib's CRC-32, one bit at a time: the readable definition.
+    fn crc32_bit_by_bit(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn crc32_bit_by_bit_is_zlibs() {
+        assert_eq!(crc32_bit_by_bit(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32_bit_by_bit(b""), 0);
+    }
+
     #[test]
     fn an_ids_file_holds_every_write_in_order() {
         let e = toy();
@@ -1749,10 +1786,12 @@ mod tests {
             f.write(&ids).unwrap();
             all.extend(ids);
         }
-        assert_eq!(f.finish().unwrap(), all.len() as u64);
+        let written = f.finish().unwrap();
         let mut want = Vec::new();
         ids_to_le_bytes(&all, 2, &mut want);
         assert_eq!(std::fs::read(&path).unwrap(), want);
+        assert_eq!(written.tokens, all.len() as u64);
+        assert_eq!(written.crc32, crc32_bit_by_bit(&want));
         std::fs::remove_file(&path).unwrap();
         // Ids that do not fit are refused before the file is made.
         let mut ranks: Vec<(Vec<u8>, u32)> = (0..=255u8).map(|b| (vec![b], u32::from(b))).collect();
@@ -1760,7 +1799,8 @@ mod tests {
         let wide = Encoder::from_ranks(&ranks, &[], Pattern::Whole).unwrap();
         assert!(IdsFile::create(&path, 2, &wide).is_err());
         assert!(!path.exists());
-        assert!(IdsFile::create(&path, 4, &wide).unwrap().finish().is_ok());
+        let empty = IdsFile::create(&path, 4, &wide).unwrap().finish().unwrap();
+        assert_eq!((empty.tokens, empty.crc32), (0, 0));
         std::fs::remove_file(&path).unwrap();
     }
 

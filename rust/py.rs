@@ -978,7 +978,8 @@ impl CoreEncoder {
         PyList::new(py, lists)
     }
 
-    /// Encodes a file under a custom regex into `out_path`; returns the number of ids.
+    /// Encodes a file under a custom regex into `out_path`; returns the number of ids and the
+    /// CRC-32 of the file's bytes.
     #[pyo3(signature = (splitter, path, out_path, width, num_threads, progress=None, chunk_bytes=None))]
     #[allow(clippy::too_many_arguments)]
     fn encode_regex_file(
@@ -991,7 +992,7 @@ impl CoreEncoder {
         num_threads: &Bound<'_, PyAny>,
         progress: Option<Py<PyAny>>,
         chunk_bytes: Option<usize>,
-    ) -> PyResult<u64> {
+    ) -> PyResult<(u64, u32)> {
         self.check_width(width)?;
         let num_threads = count_arg(num_threads, "num_threads")?;
         let (enc, re) = (&self.enc, &splitter.inner);
@@ -1014,6 +1015,7 @@ impl CoreEncoder {
             }
             e => regex_error(&path, e),
         })
+        .map(|w| (w.tokens, w.crc32))
     }
 
     /// `encode_batch` as one buffer of little-endian `width`-byte ids (2 or 4): the ids of
@@ -1061,7 +1063,8 @@ impl CoreEncoder {
         text[..n].chars().count()
     }
 
-    /// Encodes a file into `out_path` (little-endian, `width` bytes per id); returns the count.
+    /// Encodes a file into `out_path` (little-endian, `width` bytes per id); returns the number
+    /// of tokens and the CRC-32 of the file's bytes.
     #[pyo3(signature = (path, out_path, width, num_threads, progress=None))]
     fn encode_file(
         &self,
@@ -1071,7 +1074,7 @@ impl CoreEncoder {
         width: usize,
         num_threads: &Bound<'_, PyAny>,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<u64> {
+    ) -> PyResult<(u64, u32)> {
         self.check_width(width)?;
         let num_threads = count_arg(num_threads, "num_threads")?;
         let enc = &self.enc;
@@ -1082,6 +1085,7 @@ impl CoreEncoder {
             InputError::Write(e) => PyOSError::new_err(format!("'{}': {e}", out_path.display())),
             e => read_error(&path, e),
         })
+        .map(|w| (w.tokens, w.crc32))
     }
 
     fn decode_bytes<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {

@@ -20,7 +20,7 @@ use std::io;
 use std::path::Path;
 
 use crate::count::{merge_all, Counts};
-use crate::encode::{Budget, Encoder, IdsFile, PieceCache};
+use crate::encode::{Budget, Encoder, IdsFile, PieceCache, Written};
 use crate::input::{open_file, read_more, InputError, Interrupted, Panicked};
 use crate::pipeline::{self, thread_count, Batches, Halt, Source, Stages};
 use crate::regex_split::{RegexSplitter, SearchFailed};
@@ -776,7 +776,7 @@ impl Reader<'_> {
 }
 
 /// Encodes a UTF-8 file into little-endian ids (`width` bytes each) written to `out`; returns
-/// the number of tokens. Special tokens become their ids.
+/// the number of tokens and the file's checksum. Special tokens become their ids.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_file(
     enc: &Encoder,
@@ -787,7 +787,7 @@ pub fn encode_file(
     num_threads: usize,
     cutting: Cutting,
     hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
-) -> Result<u64, RegexError> {
+) -> Result<Written, RegexError> {
     let mut writer = IdsFile::create(out, width, enc)?;
     let make = || -> Box<dyn Emit<Vec<u32>> + '_> {
         Box::new(EncodeEmit {

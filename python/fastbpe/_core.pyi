@@ -68,7 +68,7 @@ class CoreEncoder:
         num_threads: int,
         progress: Callable[[int], object] | None = None,
         chunk_bytes: int | None = None,
-    ) -> int: ...
+    ) -> tuple[int, int]: ...  # (number of ids, CRC-32 of the file)
     def encode_batch_to_buffer(
         self, texts: list[str], width: int, num_threads: int, separator: int | None = None
     ) -> bytearray: ...
@@ -80,7 +80,7 @@ class CoreEncoder:
         width: int,
         num_threads: int,
         progress: Callable[[int], object] | None = None,
-    ) -> int: ...
+    ) -> tuple[int, int]: ...  # (number of ids, CRC-32 of the file)
     def decode_bytes(self, ids: list[int]) -> bytes: ...
     def token_bytes(self, id: int) -> bytes | None: ...
 

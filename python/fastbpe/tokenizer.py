@@ -578,10 +578,10 @@ class Tokenizer:
                 n = self._encode_file_hf(path, writer, bar)
             elif self._custom is None:
                 try:
-                    n = self._core.encode_file(path, writer.tmp, dtype.itemsize, _threads(num_threads), bar)
+                    n, crc = self._core.encode_file(path, writer.tmp, dtype.itemsize, _threads(num_threads), bar)
                 except OSError as e:
                     raise writer.filler_error(e) from None
-                writer.adopt(n)
+                writer.adopt(n, crc)
             else:
                 n = self._encode_file_custom(path, writer, num_threads, bar)
             if bar:
@@ -595,13 +595,13 @@ class Tokenizer:
         if splitter is not None:
             itemsize = writer.dtype.itemsize
             try:
-                n = self._core.encode_regex_file(splitter, path, writer.tmp, itemsize, _threads(num_threads), bar)
+                n, crc = self._core.encode_regex_file(splitter, path, writer.tmp, itemsize, _threads(num_threads), bar)
             except _core.RegexSearchError:
                 os.truncate(writer.tmp, 0)  # what the Rust encoder wrote; the `regex` module starts over
             except OSError as e:
                 raise writer.filler_error(e) from None
             else:
-                writer.adopt(n)
+                writer.adopt(n, crc)
                 return n
         return self._encode_file_python(path, writer, bar)
 

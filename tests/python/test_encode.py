@@ -13,6 +13,7 @@ import threading
 import time
 import tracemalloc
 import warnings
+import zlib
 from collections import deque
 from functools import lru_cache
 
@@ -617,6 +618,7 @@ def test_encode_file_big(gpt2_double, big_file, tmp_path, num_threads):
     meta = json.loads((tmp_path / "big.bin.json").read_text())
     assert meta["dtype"] == "uint16" and meta["num_tokens"] == len(want)
     assert out.stat().st_size == 2 * len(want)
+    assert meta["checksum"] == f"crc32:{zlib.crc32(out.read_bytes()):08x}"  # computed while writing
     _no_temporaries(tmp_path)
 
 
@@ -651,6 +653,7 @@ def test_encode_file_special_tokens(request, tmp_path, name, dtype):
     assert max(tok.special_token_ids.values()) in want
     meta = json.loads((tmp_path / "out.bin.json").read_text())
     assert meta["dtype"] == np.dtype(dtype).name and meta["num_tokens"] == len(want)
+    assert meta["checksum"] == f"crc32:{zlib.crc32((tmp_path / 'out.bin').read_bytes()):08x}"
     _no_temporaries(tmp_path)
 
 

@@ -214,8 +214,8 @@ AWKWARD = [
 
 def encode_file_rust(tok, path, out, chunk_bytes, threads=2) -> list[int]:
     with token_files.TokenWriter(out, tok.dtype, {}) as w:
-        n = tok._core.encode_regex_file(tok._custom.splitter, str(path), w.tmp, tok.dtype.itemsize, threads, None, chunk_bytes)
-        w.adopt(n)
+        n, crc = tok._core.encode_regex_file(tok._custom.splitter, str(path), w.tmp, tok.dtype.itemsize, threads, None, chunk_bytes)
+        w.adopt(n, crc)
     return token_files.read_tokens(out)[0].tolist()
 
 
