@@ -2,10 +2,13 @@
 text and vocabularies.
 
     python benches/encode_bench.py [--mb 20] [--corpus PATH] [--repeat 3] [--vocab gpt2,cl100k]
+                                   [--stat median|best]
 
 Every measurement runs in its own process (so thread settings and caches do not leak). The
-rows are measured in --repeat interleaved rounds, two runs per process, and each row keeps
-its best: a slow spell on a shared machine then hits every encoder alike instead of one row.
+rows are measured in --repeat interleaved rounds, two runs per process (cold and warm), so a
+slow spell on a shared machine hits every encoder alike instead of one row; each cell is the
+median of its rounds (--stat best: the fastest, which favours the encoder whose runs spread
+most).
 Each process returns a digest of its ids, and no time is printed unless every encoder's ids
 equal fastbpe's (special tokens in the text recognized by all). Rows:
 - one thread (list): the whole text, ids as a Python list (`encode`; fastokens `.ids`; HF's
@@ -32,6 +35,7 @@ import gzip
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -254,6 +258,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--vocab", default="gpt2,cl100k")
     ap.add_argument("--only", default="", help="comma-separated libraries to run besides fastbpe (default: all)")
+    ap.add_argument("--stat", choices=("median", "best"), default="median",
+                    help="each cell's statistic over the rounds: the median (default: a slow or fast spell of a "
+                         "shared machine moves it least) or the best")
     args = ap.parse_args()
     if not os.path.exists(args.corpus):
         sys.exit(f"corpus not found: {args.corpus} (pass --corpus PATH)")
@@ -266,20 +273,26 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"text: the first {size:.1f} MB of {os.path.basename(args.corpus)}; warm: a new encoder that first encoded "
-          f"the {os.path.getsize(warm_path) / 1e6:.1f} MB after it; cold: a new encoder's first text; best of "
+          f"the {os.path.getsize(warm_path) / 1e6:.1f} MB after it; cold: a new encoder's first text; {args.stat} of "
           f"{args.repeat} interleaved rounds; every encoder's ids equal fastbpe's\n")
     print("| vocabulary | mode | encoder | warm MB/s | vs fastbpe | cold MB/s | vs fastbpe | tokens |")
     print("|---|---|---|---:|---|---:|---|---:|")
     for vocab in args.vocab.split(","):
         results: dict = {}
+        times: dict = {}  # (label, lib) -> {"cold": [...], "warm": [...]}, seconds of each round
         for _ in range(args.repeat):
             for label, lib, mode, one in rows:
                 r = run_child(vocab, lib, mode, path, warm_path, hf[vocab], ONE_THREAD_ENV if one else None)
-                best = results.setdefault((label, lib), r)
+                kept = results.setdefault((label, lib), r)
                 if "error" in r:
                     results[(label, lib)] = r
-                elif "error" not in best:
-                    best["cold"], best["warm"] = min(best["cold"], r["cold"]), min(best["warm"], r["warm"])
+                elif "error" not in kept:
+                    for k in ("cold", "warm"):
+                        times.setdefault((label, lib), {}).setdefault(k, []).append(r[k])
+        pick = statistics.median if args.stat == "median" else min
+        for key, seconds in times.items():
+            if "error" not in results[key]:
+                results[key].update({k: pick(v) for k, v in seconds.items()})
         check_ids(vocab, rows, results)
         for label, lib, mode, one in rows:
             r = results[(label, lib)]
@@ -307,7 +320,7 @@ def versus(seconds: float, base: float | None, lib: str) -> str:
     if lib == "fastbpe" or base is None:
         return "1.00x" if lib == "fastbpe" else "-"
     ratio = seconds / base
-    return f"{ratio:.1f}x slower" if ratio >= 1 else f"{1 / ratio:.1f}x faster"
+    return f"{ratio:.2f}x slower" if ratio >= 1 else f"{1 / ratio:.2f}x faster"
 
 
 def check_ids(vocab: str, rows: list, results: dict) -> None:
