@@ -95,7 +95,7 @@ class TokenWriter:
 
     The data goes to a temporary file beside `path` (`w.tmp`); leaving the block commits (see
     the module docstring), an exception in it removes the temporary. Another writer may fill
-    `w.tmp` instead (the Rust encoder does); it then calls `w.adopt(num_tokens, crc32)`. The output's
+    `w.tmp` instead (the Rust encoder does); it then calls `w.adopt(num_tokens[, crc32])`. The output's
     folder must exist; errors name `path`, never the temporary."""
 
     def __init__(self, path: str | os.PathLike, dtype, metadata: dict | None = None):
@@ -135,9 +135,11 @@ class TokenWriter:
         self._crc = zlib.crc32(memoryview(data).cast("B"), self._crc)
         self.num_tokens += data.size
 
-    def adopt(self, num_tokens: int, crc32: int) -> None:
+    def adopt(self, num_tokens: int, crc32: int | None = None) -> None:
         """Take what another writer put in `self.tmp`: `num_tokens` ids whose bytes have the
-        CRC-32 `crc32` (zlib's), which that writer computed as it wrote them."""
+        CRC-32 `crc32` (zlib's) when that writer computed it as it wrote them (the Rust
+        encoders do), else checksummed from the file (just written, so read back from the page
+        cache)."""
         self._close()
         size = os.path.getsize(self.tmp)
         if size != num_tokens * self.dtype.itemsize:
@@ -145,6 +147,8 @@ class TokenWriter:
                 f"'{self.path}': the encoder reported {num_tokens} tokens but wrote {size} bytes; "
                 "the output was not kept"
             )
+        if crc32 is None:
+            crc32 = _file_crc(self.tmp)
         self.num_tokens, self._crc, self._adopted = num_tokens, crc32, True
 
     def filler_error(self, e: OSError) -> OSError:

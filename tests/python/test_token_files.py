@@ -73,6 +73,28 @@ def test_writer_streams_many_pieces_with_one_checksum(tmp_path):
     assert w.metadata["num_tokens"] == len(whole)
 
 
+@pytest.mark.parametrize("given", [True, False])
+def test_adopted_data_keeps_the_filler_s_checksum_or_reads_one(tmp_path, given):
+    """Another writer fills `w.tmp` and reports its count, and its checksum when it computed one
+    (the Rust encoders do); without one the writer checksums the file. A count that does not
+    match the file is refused and nothing is left."""
+    ids = np.arange(5000, dtype=np.uint16)
+    raw = ids.tobytes()
+    path = tmp_path / "t.bin"
+    with TokenWriter(path, np.uint16) as w:
+        with open(w.tmp, "wb") as f:
+            f.write(raw)
+        w.adopt(len(ids), zlib.crc32(raw) if given else None)
+    assert sidecar(path)["checksum"] == f"crc32:{zlib.crc32(raw):08x}"
+    assert np.array_equal(read_tokens(path, verify=True)[0], ids)
+    with pytest.raises(ValueError, match="reported 4999 tokens but wrote 10000 bytes"):
+        with TokenWriter(tmp_path / "u.bin", np.uint16) as w:
+            with open(w.tmp, "wb") as f:
+                f.write(raw)
+            w.adopt(len(ids) - 1)
+    assert not (tmp_path / "u.bin").exists() and temporaries(tmp_path) == []
+
+
 def test_writer_refuses_ids_that_do_not_fit(tmp_path):
     with pytest.raises(ValueError, match="out of range for uint16"):
         with TokenWriter(tmp_path / "t.bin", np.uint16) as w:
