@@ -1526,7 +1526,7 @@ impl IdsFile {
         self.file.sync_all().map_err(InputError::Write)?;
         Ok(Written {
             tokens: self.tokens,
-            crc32: self.crc.clone().finalize(),
+            crc32: self.crc.finalize(),
         })
     }
 }
