@@ -11,7 +11,7 @@
 //! found. Once `LIMIT` entries are in, the table takes no more (the first pieces of a corpus
 //! are its frequent ones); the workers' own caches keep the rest.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
 use crate::encode::Cached;
 use crate::packed;
@@ -36,13 +36,23 @@ struct Slot {
     b: AtomicU32,
 }
 
+/// A value alone in its cache lines (two of 64 bytes: cores fetch lines in pairs), so that
+/// writing it does not take from the other cores the lines every lookup reads.
+#[repr(align(128))]
+struct Alone<T>(T);
+
 pub(crate) struct SharedTable {
     slots: Box<[Slot]>,
-    /// Slots claimed (entries, counting those being written).
-    len: AtomicUsize,
     ids: Box<[AtomicU32]>,
+    /// The counters that inserts write, each in lines of its own: were they beside `slots`
+    /// and `ids` (read by every lookup), each insert by one worker would cost the others a
+    /// cache miss on their next lookup.
+    /// Slots claimed (entries, counting those being written).
+    len: Alone<AtomicUsize>,
     /// `ids` handed out so far (may pass `MAX_IDS` by what a refused claim asked for).
-    ids_len: AtomicUsize,
+    ids_len: Alone<AtomicUsize>,
+    /// Set when an insert finds `LIMIT` entries in; read for every piece, written once.
+    full: Alone<AtomicBool>,
 }
 
 impl SharedTable {
@@ -51,9 +61,10 @@ impl SharedTable {
     pub(crate) fn new() -> Option<Self> {
         Some(SharedTable {
             slots: zeroed(SLOTS)?,
-            len: AtomicUsize::new(0),
             ids: zeroed(MAX_IDS)?,
-            ids_len: AtomicUsize::new(0),
+            len: Alone(AtomicUsize::new(0)),
+            ids_len: Alone(AtomicUsize::new(0)),
+            full: Alone(AtomicBool::new(false)),
         })
     }
 
@@ -71,7 +82,7 @@ impl SharedTable {
 
     /// Whether the table takes no more entries.
     pub(crate) fn is_full(&self) -> bool {
-        self.len.load(Relaxed) >= LIMIT
+        self.full.0.load(Relaxed)
     }
 
     #[inline(always)]
@@ -120,7 +131,7 @@ impl SharedTable {
             [a] => (a, 0),
             [a, b] => (a, b),
             _ => {
-                let at = self.ids_len.fetch_add(ids.len(), Relaxed);
+                let at = self.ids_len.0.fetch_add(ids.len(), Relaxed);
                 let (Some(room), Ok(at32)) = (self.ids.get(at..at + ids.len()), u32::try_from(at))
                 else {
                     return false;
@@ -131,8 +142,9 @@ impl SharedTable {
                 (at32, 0)
             }
         };
-        if self.len.fetch_add(1, Relaxed) >= LIMIT {
-            self.len.fetch_sub(1, Relaxed);
+        if self.len.0.fetch_add(1, Relaxed) >= LIMIT {
+            self.len.0.fetch_sub(1, Relaxed);
+            self.full.0.store(true, Relaxed);
             return false;
         }
         let (lo, hi) = (key as u64, (key >> 64) as u64);
@@ -157,7 +169,7 @@ impl SharedTable {
             }
             if seen != WRITING && slot.lo.load(Relaxed) == lo && slot.hi.load(Relaxed) == hi {
                 // Another worker entered it first.
-                self.len.fetch_sub(1, Relaxed);
+                self.len.0.fetch_sub(1, Relaxed);
                 return true;
             }
             i = (i + 1) & (SLOTS - 1);
@@ -261,9 +273,15 @@ mod tests {
     fn a_full_table_refuses_and_keeps_what_it_has() {
         let t = SharedTable::new().unwrap();
         let over = LIMIT as u64 + 1000;
-        let taken = (0..over).filter(|&i| t.insert(key(i), &ids(i))).count();
+        let taken = (0..LIMIT as u64)
+            .filter(|&i| t.insert(key(i), &ids(i)))
+            .count();
         assert_eq!(taken, LIMIT);
+        // Full from the first insert it refuses on.
+        assert!(!t.is_full());
+        assert!(!t.insert(key(LIMIT as u64), &ids(LIMIT as u64)));
         assert!(t.is_full());
+        assert!(!(LIMIT as u64..over).any(|i| t.insert(key(i), &ids(i))));
         assert!((0..LIMIT as u64).all(|i| read(&t, i) == Some(ids(i))));
         assert!((LIMIT as u64..over).all(|i| read(&t, i).is_none()));
         // A key already in is still found after a refused insert of it.
