@@ -225,6 +225,10 @@ pub struct Encoder {
     shared: OnceLock<Option<Arc<SharedTable>>>,
 }
 
+/// Where `encode_segment` hands its ids after each window of text (then clearing them), if
+/// anywhere; None keeps them all in the output vector.
+type Drain<'a> = Option<&'a mut dyn FnMut(&[u32])>;
+
 /// The source of `Encoder::cache_owner`.
 static NEXT_CACHE_OWNER: AtomicU64 = AtomicU64::new(1);
 
@@ -640,6 +644,7 @@ impl Encoder {
         out: &mut Vec<u32>,
         cache: &mut PieceCache,
         budget: &mut Budget,
+        drain: &mut Drain,
     ) -> Result<(), Interrupted> {
         let mut start = 0;
         while start < text.len() {
@@ -678,6 +683,10 @@ impl Encoder {
                 self.encode_queued(bytes, queue[i % AHEAD], out, cache, budget);
             }
             budget.check()?;
+            if let Some(d) = drain {
+                d(out);
+                out.clear();
+            }
             start = end;
         }
         Ok(())
@@ -730,17 +739,18 @@ impl Encoder {
         out: &mut Vec<u32>,
         cache: &mut PieceCache,
         budget: &mut Budget,
+        drain: &mut Drain,
     ) -> Result<(), Interrupted> {
         if !with_specials {
-            return self.encode_segment(text, out, cache, budget);
+            return self.encode_segment(text, out, cache, budget, drain);
         }
         let mut last = 0;
         for (start, end, k) in self.specials.matches(text) {
-            self.encode_segment(&text[last..start], out, cache, budget)?;
+            self.encode_segment(&text[last..start], out, cache, budget, drain)?;
             out.push(self.special_ids[k]);
             last = end;
         }
-        self.encode_segment(&text[last..], out, cache, budget)
+        self.encode_segment(&text[last..], out, cache, budget, drain)
     }
 
     /// `encode` with special tokens, `encode_ordinary` without; stops early when `budget`'s
@@ -758,9 +768,35 @@ impl Encoder {
         let mut out = Vec::with_capacity(text.len() / 4 + 1);
         self.with_thread_cache(|cache| {
             cache.reserve_for(text.len());
-            self.encode_cached(text, with_specials, &mut out, cache, budget)
+            self.encode_cached(text, with_specials, &mut out, cache, budget, &mut None)
         })?;
         Ok(out)
+    }
+
+    /// `encode_with_budget`, the ids handed to `sink` about a megabyte of text at a time
+    /// instead of gathered: a caller that converts them (a numpy array of 2-byte ids) then
+    /// never holds them all twice, and reads each batch back from the core's cache.
+    pub fn encode_to_sink(
+        &self,
+        text: &str,
+        with_specials: bool,
+        budget: &mut Budget,
+        sink: &mut dyn FnMut(&[u32]),
+    ) -> Result<(), Interrupted> {
+        let mut out = Vec::with_capacity(text.len().min(POLL_BYTES) / 2 + 1);
+        self.with_thread_cache(|cache| {
+            cache.reserve_for(text.len());
+            self.encode_cached(
+                text,
+                with_specials,
+                &mut out,
+                cache,
+                budget,
+                &mut Some(&mut *sink),
+            )
+        })?;
+        sink(&out);
+        Ok(())
     }
 
     /// Runs `f` with this thread's piece cache for this encoder (a fresh one where the thread's
@@ -874,6 +910,7 @@ impl Encoder {
                         &mut done.ids,
                         cache,
                         &mut budget,
+                        &mut None,
                     );
                     r.map_err(|Interrupted| Halt::Stopped)?;
                     done.ends.push(done.ids.len());
@@ -935,7 +972,7 @@ impl Encoder {
                 let mut ids = Vec::with_capacity(text.len() / 4 + 1);
                 let mut stopped = || stop.is_set();
                 let mut budget = Budget::new(&mut stopped);
-                self.encode_cached(text, true, &mut ids, cache, &mut budget)?;
+                self.encode_cached(text, true, &mut ids, cache, &mut budget, &mut None)?;
                 Ok(ids)
             },
             |ids| writer.write(&ids),

@@ -568,15 +568,7 @@ fn ids_bytearray<'py>(
             .map(|b| b.cast_into_unchecked::<PyByteArray>())
         };
     }
-    // SAFETY: a null source makes a bytearray of `len` bytes not yet written; a null result is
-    // an exception, which `from_owned_ptr_or_err` returns.
-    let array = unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len),
-        )?
-        .cast_into_unchecked::<PyByteArray>()
-    };
+    let array = uninit_bytearray(py, ids.len() * width)?;
     // SAFETY: the bytearray's buffer holds `len` bytes, not yet written, and nothing else
     // refers to it yet; as `MaybeUninit` bytes they are only written, never read.
     let buf = unsafe {
@@ -587,6 +579,22 @@ fn ids_bytearray<'py>(
     };
     crate::encode::write_le_ids(ids, width, buf);
     Ok(array)
+}
+
+/// A bytearray of `len` bytes not yet written (its memory is backed by the system only where
+/// it is later written).
+fn uninit_bytearray(py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyByteArray>> {
+    let len = pyo3::ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| PyValueError::new_err(format!("{len} bytes do not fit a bytearray")))?;
+    // SAFETY: a null source makes a bytearray of `len` bytes not yet written; a null result is
+    // an exception, which `from_owned_ptr_or_err` returns.
+    unsafe {
+        Ok(Bound::from_owned_ptr_or_err(
+            py,
+            pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len),
+        )?
+        .cast_into_unchecked::<PyByteArray>())
+    }
 }
 
 /// A fixed vocabulary ready to encode and decode.
@@ -882,10 +890,56 @@ impl CoreEncoder {
         with_specials: bool,
     ) -> PyResult<Bound<'py, PyByteArray>> {
         self.check_width(width)?;
-        let ids = detach_polling(py, |budget| {
-            self.enc.encode_with_budget(text, with_specials, budget)
+        // Each id takes at least one byte of the text, so `width` bytes per byte of text hold
+        // them all; the system backs only the pages written, so the rest costs address space,
+        // not memory. The ids go straight in, a window of text at a time, instead of first
+        // into a vector of 4-byte ids as long as the result. Where the system will not give
+        // that much address space, the ids are gathered first, as for a list.
+        let Some(array) = text
+            .len()
+            .checked_mul(width)
+            .and_then(|n| uninit_bytearray(py, n).ok())
+        else {
+            let ids = detach_polling(py, |budget| {
+                self.enc.encode_with_budget(text, with_specials, budget)
+            })?;
+            return ids_bytearray(py, &ids, width);
+        };
+        let room = text.len() * width;
+        // The address, as an integer, to go to the thread that runs without the GIL; nothing
+        // else can reach the new bytearray meanwhile.
+        // SAFETY: `array` is a bytearray.
+        let start = unsafe { pyo3::ffi::PyByteArray_AsString(array.as_ptr()) } as usize;
+        let (written, fits) = detach_polling(py, move |budget| {
+            // SAFETY: the bytearray's buffer holds `room` bytes, not yet written, which only
+            // this thread touches until the call is over; as `MaybeUninit` they are only
+            // written, never read.
+            let buf = unsafe {
+                std::slice::from_raw_parts_mut(start as *mut std::mem::MaybeUninit<u8>, room)
+            };
+            let (mut at, mut fits) = (0usize, true);
+            self.enc
+                .encode_to_sink(text, with_specials, budget, &mut |ids| {
+                    let room = buf.get_mut(at..).unwrap_or_default();
+                    let n = crate::encode::write_le_ids(ids, width, room);
+                    fits &= n == ids.len() * width;
+                    at += n;
+                })
+                .map(|()| (at, fits))
         })?;
-        ids_bytearray(py, &ids, width)
+        if !fits {
+            return Err(PyRuntimeError::new_err(
+                "encode_to_numpy: more ids than bytes of text (a bug in fastbpe; please report it)",
+            ));
+        }
+        let len = pyo3::ffi::Py_ssize_t::try_from(written).map_err(|_| {
+            PyValueError::new_err(format!("{written} bytes do not fit a bytearray"))
+        })?;
+        // SAFETY: `array` is a bytearray, made smaller: its first `written` bytes were written.
+        if unsafe { pyo3::ffi::PyByteArray_Resize(array.as_ptr(), len) } != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(array)
     }
 
     #[pyo3(signature = (texts, num_threads, with_specials=true))]

@@ -442,6 +442,24 @@ def test_encode_to_numpy(request, name, dtype):
     assert empty.dtype == np.dtype(dtype) and empty.size == 0
 
 
+@pytest.mark.parametrize("name", ["gpt2", "cl100k"])
+def test_encode_to_numpy_over_many_windows(request, name):
+    """The array is filled a window of text (about 1 MB) at a time: a text of several windows,
+    special tokens strewn through it, gives encode's ids in order."""
+    tok = request.getfixturevalue(name)
+    text = with_specials(corpus("enwiki_100M.txt.gz")[:2_700_000], tok.special_tokens, every=65_537)
+    assert_ids_equal(tok.encode_to_numpy(text).tolist(), tok.encode(text), tok)
+    assert_ids_equal(tok.encode_ordinary_to_numpy(text).tolist(), tok.encode_ordinary(text), tok)
+
+
+def test_encode_to_numpy_with_as_many_ids_as_bytes():
+    """Room for one id per byte of text is what the array starts with: a vocabulary of single
+    bytes fills it exactly, across windows and two-byte characters, and loses nothing."""
+    tok = fastbpe.Tokenizer({i: bytes([i]) for i in range(256)}, [])
+    text = "é" * 700_000 + " ab"
+    assert tok.encode_to_numpy(text).tolist() == list(text.encode())
+
+
 # ---- 6. encode_iterable ------------------------------------------------------------------------
 
 STREAM_TEXT = st.lists(
