@@ -367,7 +367,8 @@ pub fn count_file(
     num_threads: usize,
     hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
 ) -> Result<Counts, InputError> {
-    let mut reader = ChunkReader::open(path, pattern, specials, COUNT_BLOCK)?;
+    let mut reader = ChunkReader::open(path, pattern, specials, COUNT_BLOCK)?
+        .spread_over(thread_count(num_threads));
     let maps = pipeline::unordered(
         COUNT_FILE,
         num_threads,

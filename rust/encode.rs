@@ -958,7 +958,8 @@ impl Encoder {
         hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
     ) -> Result<Written, InputError> {
         let mut writer = IdsFile::create(out, width, self)?;
-        let mut reader = ChunkReader::open(path, self.pattern, &self.specials, FILE_BLOCK)?;
+        let mut reader = ChunkReader::open(path, self.pattern, &self.specials, FILE_BLOCK)?
+            .spread_over(pipeline::thread_count(num_threads));
         pipeline::ordered(
             ENCODE_FILE,
             num_threads,

@@ -148,6 +148,10 @@ pub struct ChunkReader<'a> {
     pattern: Pattern,
     specials: &'a SpecialSplitter,
     block: usize,
+    /// The file's length when opened, where it is a regular file.
+    size: Option<u64>,
+    /// The workers the chunks go to (`spread_over`).
+    workers: usize,
     buf: Vec<u8>,
     /// File offset of buf[0].
     offset: u64,
@@ -165,17 +169,46 @@ impl<'a> ChunkReader<'a> {
         block: usize,
     ) -> Result<Self, InputError> {
         let block = block.max(1);
+        let file = open_file(path)?;
+        let meta = file.metadata()?;
         Ok(ChunkReader {
-            file: open_file(path)?,
+            file,
             pattern,
             specials,
             block,
+            size: meta.is_file().then_some(meta.len()),
+            workers: 1,
             buf: Vec::with_capacity(block * 2),
             offset: 0,
             read_total: 0,
             split_at: block * 2,
             eof: false,
         })
+    }
+
+    /// Chunks for `workers` workers: smaller ones towards the end of the file (down to
+    /// `TAIL_BLOCK`), so that the workers finish together instead of all but one waiting
+    /// while the last full chunk is encoded.
+    pub fn spread_over(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// The smallest chunk read towards the end of a file (`spread_over`).
+    const TAIL_BLOCK: usize = 1 << 16;
+
+    /// How much to read next: `block`, or towards the end of a file spread over several
+    /// workers, a share of what is left (a file that grew, or one of unknown length, is read in
+    /// whole blocks).
+    fn next_block(&self) -> usize {
+        let left = self.size.map_or(0, |s| s.saturating_sub(self.read_total));
+        if self.workers < 2 || left == 0 {
+            return self.block;
+        }
+        let share = left / (2 * self.workers as u64);
+        usize::try_from(share)
+            .unwrap_or(usize::MAX)
+            .clamp(Self::TAIL_BLOCK.min(self.block), self.block)
     }
 
     /// Bytes read from the file so far.
@@ -191,7 +224,8 @@ impl<'a> ChunkReader<'a> {
     ) -> Result<Option<(u64, Vec<u8>)>, InputError> {
         while !self.eof {
             let old_len = self.buf.len();
-            let n = read_more(&mut self.file, &mut self.buf, self.block)?;
+            let want = self.next_block();
+            let n = read_more(&mut self.file, &mut self.buf, want)?;
             self.read_total += n as u64;
             self.eof = n == 0;
             hook(self.read_total)?;
@@ -270,18 +304,57 @@ mod tests {
     use super::*;
 
     fn chunk_sizes(text: &str, pattern: Pattern, specials: &[&str]) -> Vec<usize> {
+        spread_chunks(text, pattern, specials, 1 << 16, 1)
+    }
+
+    /// The sizes of the chunks of `text` read in blocks of `block` for `workers` workers,
+    /// checked to be the text, in order.
+    fn spread_chunks(
+        text: &str,
+        pattern: Pattern,
+        specials: &[&str],
+        block: usize,
+        workers: usize,
+    ) -> Vec<usize> {
         let dir = std::env::temp_dir().join(format!("fastbpe_chunks_{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{pattern:?}.txt"));
+        let path = dir.join(format!("{pattern:?}_{block}_{workers}.txt"));
         std::fs::write(&path, text).unwrap();
         let sp = SpecialSplitter::new(specials).unwrap();
-        let mut reader = ChunkReader::open(&path, pattern, &sp, 1 << 16).unwrap();
-        let mut sizes = Vec::new();
-        while let Some((_, chunk)) = reader.next_chunk(&mut |_| Ok(())).unwrap() {
+        let mut reader = ChunkReader::open(&path, pattern, &sp, block)
+            .unwrap()
+            .spread_over(workers);
+        let (mut sizes, mut whole) = (Vec::new(), Vec::new());
+        while let Some((offset, chunk)) = reader.next_chunk(&mut |_| Ok(())).unwrap() {
+            assert_eq!(offset, whole.len() as u64);
             sizes.push(chunk.len());
+            whole.extend_from_slice(&chunk);
         }
         std::fs::remove_file(&path).unwrap();
+        assert!(whole == text.as_bytes());
         sizes
+    }
+
+    #[test]
+    fn chunks_shrink_towards_the_end_when_spread_over_workers() {
+        let text = "The cat sat on the mat.\n".repeat(200_000); // 4.8 MB
+        let block = 1 << 20;
+        let one = spread_chunks(&text, Pattern::Gpt2, &[], block, 1);
+        // One worker: whole blocks, but for what the last read leaves.
+        let short = one.iter().filter(|&&n| n < block - 30).count();
+        assert!(short <= 2, "{one:?}");
+        let two = spread_chunks(&text, Pattern::Gpt2, &[], block, 2);
+        // Whole blocks while a quarter of what is left is more, then a quarter of what is left,
+        // down to the tail block.
+        assert!(two.len() > one.len() + 4, "{two:?}");
+        assert!(two[0] > block - 30 && two[0] <= block, "{two:?}");
+        assert!(
+            two.windows(2).rev().skip(1).all(|w| w[1] <= w[0] + 30),
+            "{two:?}"
+        );
+        let tail = ChunkReader::TAIL_BLOCK;
+        assert!(two.iter().rev().skip(2).all(|&n| n + 30 > tail), "{two:?}");
+        assert!(two.iter().any(|&n| n < 2 * tail), "{two:?}");
     }
 
     #[test]
