@@ -35,6 +35,8 @@ import errno
 import json
 import os
 import re
+import stat
+import threading
 import zlib
 from collections.abc import Iterator
 
@@ -255,9 +257,36 @@ def write_tokens(path: str | os.PathLike, ids, dtype=None, metadata: dict | None
 
 
 def remove_data(path: str | os.PathLike) -> None:
-    """Remove the data file `path` if it exists (its sidecar stays)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.fspath(path))
+    """Remove the data file `path` if it exists (its sidecar stays).
+
+    The file system frees a file's blocks when its name is gone and its last descriptor
+    closes, a few milliseconds per hundred megabytes; here that last close happens on a thread
+    of its own, so a call that replaces a token file does not wait for it (the name is gone
+    when this returns, and the blocks are freed by the process's exit at the latest)."""
+    path = os.fspath(path)
+    held = _hold(path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    finally:
+        if held is not None:
+            threading.Thread(target=os.close, args=(held,), name="fastbpe-free", daemon=True).start()
+
+
+def _hold(path: str) -> int | None:
+    """A descriptor of regular file `path` for `remove_data`, else None (no such file, not a
+    regular file, or where an open file cannot be removed: Windows)."""
+    if os.name != "posix":
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO does not block
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
 
 
 def remove(path: str | os.PathLike) -> None:

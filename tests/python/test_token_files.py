@@ -194,6 +194,39 @@ def test_commit_puts_the_data_last_and_removes_the_old_data_first(tmp_path, monk
     assert temporaries(tmp_path) == []
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
+def test_replaced_data_is_freed_on_a_thread_of_its_own(tmp_path, monkeypatch):
+    """The old data's name is gone when the call returns while its last descriptor is closed by
+    a thread of its own (where the file system frees its blocks), leaving no descriptor open;
+    what stands at the path but is not a regular file (a FIFO, which an open would block on) is
+    removed without waiting."""
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    started = []
+
+    class Thread:  # runs its target only when the test says
+        def __init__(self, target, args, name, daemon):
+            started.append((target, args, name, daemon))
+
+        def start(self):
+            pass
+
+    monkeypatch.setattr(token_files.threading, "Thread", Thread)
+    path = tmp_path / "t.bin"
+    write_tokens(path, np.arange(1000))
+    before = fds()
+    write_tokens(path, np.arange(7))
+    assert read_tokens(path)[0].tolist() == list(range(7))
+    assert fds() == before + 1 and [s[2:] for s in started] == [("fastbpe-free", True)]
+    target, args = started[0][:2]
+    target(*args)
+    assert fds() == before
+    fifo = tmp_path / "fifo.bin"
+    os.mkfifo(fifo)
+    token_files.remove_data(fifo)
+    assert not fifo.exists() and len(started) == 1
+    token_files.remove_data(tmp_path / "missing.bin")  # nothing there: nothing to do
+
+
 # ---- reading ------------------------------------------------------------------------------------
 
 
