@@ -411,7 +411,13 @@ def test_id_lists_hold_one_reference_per_item(gpt2, length):
     after = refs()
     immortal = [sys.version_info >= (3, 12) and b >= 2**30 for b in before]
     assert after == [b if i else b + again.count(v) for v, b, i in zip(values, before, immortal)]
-    del again
+    # A long list is filled in place: it behaves as any list after (grows, shrinks, sorts).
+    copy = list(again)
+    again.append(-1)
+    del again[:3]
+    again.sort()
+    assert again == sorted(copy[3:] + [-1]) and len(again) == len(copy) - 2
+    del again, copy
     assert refs()[1:] == before[1:]  # the ints only the encoder makes: as many references as before
 
     big = 10**9
