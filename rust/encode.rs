@@ -1493,8 +1493,9 @@ pub(crate) struct IdsFile {
 
 impl IdsFile {
     /// Bytes written between two requests that the system start writing them to disk: the
-    /// final `sync_all` then waits for the last few only, not for the whole file.
-    const WRITEBACK: u64 = 4 << 20;
+    /// final `sync_all` then waits for the last megabyte only, not for the whole file (9 MB of
+    /// ids: 0.6-1.0 ms against 2.2-3.2 with requests every 4 MB).
+    const WRITEBACK: u64 = 1 << 20;
     /// Bytes gathered before a write (a file call's chunks give about 0.5 MB of ids each).
     const BUFFER: usize = 1 << 18;
 
