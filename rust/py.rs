@@ -539,48 +539,6 @@ impl std::fmt::Debug for PyBytesRepr<'_> {
     }
 }
 
-/// `ids` as little-endian integers of `width` bytes (2 or 4) in a new bytearray, for numpy:
-/// written once into it (`PyByteArray::new_with` would first fill it with zeros, a pass over
-/// megabytes for a long text).
-fn ids_bytearray<'py>(
-    py: Python<'py>,
-    ids: &[u32],
-    width: usize,
-) -> PyResult<Bound<'py, PyByteArray>> {
-    let bytes = ids
-        .len()
-        .checked_mul(width)
-        .filter(|&n| n <= isize::MAX as usize);
-    let Some(len) = bytes.and_then(|n| pyo3::ffi::Py_ssize_t::try_from(n).ok()) else {
-        return Err(PyValueError::new_err(format!(
-            "{} ids do not fit in a bytearray",
-            ids.len()
-        )));
-    };
-    if width == 4 && cfg!(target_endian = "little") {
-        // SAFETY: `ids` holds `len` bytes, which CPython copies into the new bytearray; a null
-        // result is an exception, which `from_owned_ptr_or_err` returns.
-        return unsafe {
-            Bound::from_owned_ptr_or_err(
-                py,
-                pyo3::ffi::PyByteArray_FromStringAndSize(ids.as_ptr().cast(), len),
-            )
-            .map(|b| b.cast_into_unchecked::<PyByteArray>())
-        };
-    }
-    let array = uninit_bytearray(py, ids.len() * width)?;
-    // SAFETY: the bytearray's buffer holds `len` bytes, not yet written, and nothing else
-    // refers to it yet; as `MaybeUninit` bytes they are only written, never read.
-    let buf = unsafe {
-        std::slice::from_raw_parts_mut(
-            pyo3::ffi::PyByteArray_AsString(array.as_ptr()).cast::<std::mem::MaybeUninit<u8>>(),
-            ids.len() * width,
-        )
-    };
-    crate::encode::write_le_ids(ids, width, buf);
-    Ok(array)
-}
-
 /// A bytearray of `len` bytes not yet written (its memory is backed by the system only where
 /// it is later written).
 fn uninit_bytearray(py: Python<'_>, len: usize) -> PyResult<Bound<'_, PyByteArray>> {
@@ -948,54 +906,60 @@ impl CoreEncoder {
         with_specials: bool,
     ) -> PyResult<Bound<'py, PyByteArray>> {
         self.check_width(width)?;
-        // Each id takes at least one byte of the text, so `width` bytes per byte of text hold
-        // them all; the system backs only the pages written, so the rest costs address space,
-        // not memory. The ids go straight in, a window of text at a time, instead of first
-        // into a vector of 4-byte ids as long as the result. Where the system will not give
-        // that much address space, the ids are gathered first, as for a list.
-        let Some(array) = text
-            .len()
-            .checked_mul(width)
-            .and_then(|n| uninit_bytearray(py, n).ok())
-        else {
-            let ids = detach_polling(py, |budget| {
-                self.enc.encode_with_budget(text, with_specials, budget)
-            })?;
-            return ids_bytearray(py, &ids, width);
-        };
-        let room = text.len() * width;
+        // The ids go straight into the array, a window of text at a time, instead of first into
+        // a vector of 4-byte ids as long as the result. The array starts with room for as many
+        // ids as that vector did (one per 4 bytes of text: English takes about 4.5 a token), so
+        // that memory freed by earlier calls serves again (room for one id per byte, always
+        // enough, was always new memory from the system, each page faulted in: 7 ms of a 60 ms
+        // call); ids past the room wait in a vector, copied in once the array has grown.
+        let room = (text.len() / 4 + 1) * width;
+        let array = uninit_bytearray(py, room)?;
         // The address, as an integer, to go to the thread that runs without the GIL; nothing
         // else can reach the new bytearray meanwhile.
         // SAFETY: `array` is a bytearray.
         let start = unsafe { pyo3::ffi::PyByteArray_AsString(array.as_ptr()) } as usize;
-        let (written, fits) = detach_polling(py, move |budget| {
+        let (written, rest) = detach_polling(py, move |budget| {
             // SAFETY: the bytearray's buffer holds `room` bytes, not yet written, which only
             // this thread touches until the call is over; as `MaybeUninit` they are only
             // written, never read.
             let buf = unsafe {
                 std::slice::from_raw_parts_mut(start as *mut std::mem::MaybeUninit<u8>, room)
             };
-            let (mut at, mut fits) = (0usize, true);
+            let (mut at, mut rest) = (0usize, Vec::new());
             self.enc
                 .encode_to_sink(text, with_specials, budget, &mut |ids| {
-                    let room = buf.get_mut(at..).unwrap_or_default();
-                    let n = crate::encode::write_le_ids(ids, width, room);
-                    fits &= n == ids.len() * width;
-                    at += n;
+                    let free = buf.get_mut(at..).unwrap_or_default();
+                    let (now, later) = ids.split_at(ids.len().min(free.len() / width));
+                    at += crate::encode::write_le_ids(now, width, free);
+                    rest.extend_from_slice(later);
                 })
-                .map(|()| (at, fits))
+                .map(|()| (at, rest))
         })?;
-        if !fits {
-            return Err(PyRuntimeError::new_err(
-                "encode_to_numpy: more ids than bytes of text (a bug in fastbpe; please report it)",
-            ));
-        }
-        let len = pyo3::ffi::Py_ssize_t::try_from(written).map_err(|_| {
-            PyValueError::new_err(format!("{written} bytes do not fit a bytearray"))
-        })?;
-        // SAFETY: `array` is a bytearray, made smaller: its first `written` bytes were written.
-        if unsafe { pyo3::ffi::PyByteArray_Resize(array.as_ptr(), len) } != 0 {
+        let total = rest
+            .len()
+            .checked_mul(width)
+            .and_then(|n| n.checked_add(written))
+            .and_then(|n| pyo3::ffi::Py_ssize_t::try_from(n).ok())
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("{} more ids do not fit a bytearray", rest.len()))
+            })?;
+        // SAFETY: `array` is a bytearray; its first `written` bytes were written, and the
+        // rest of its `total` bytes are written below.
+        if unsafe { pyo3::ffi::PyByteArray_Resize(array.as_ptr(), total) } != 0 {
             return Err(PyErr::fetch(py));
+        }
+        if !rest.is_empty() {
+            // SAFETY: the grown bytearray holds `total` bytes, the last `total - written` of
+            // them not yet written; as `MaybeUninit` they are only written.
+            let tail = unsafe {
+                std::slice::from_raw_parts_mut(
+                    pyo3::ffi::PyByteArray_AsString(array.as_ptr())
+                        .add(written)
+                        .cast::<std::mem::MaybeUninit<u8>>(),
+                    rest.len() * width,
+                )
+            };
+            crate::encode::write_le_ids(&rest, width, tail);
         }
         Ok(array)
     }
