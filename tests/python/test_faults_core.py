@@ -607,7 +607,7 @@ try:
         else:
             text = open(data, encoding="utf-8").read()
             progress(0)
-            tok.encode(text)
+            tok.encode_to_numpy(text) if mode == "encode_to_numpy" else tok.encode(text)
 except KeyboardInterrupt:
     print("interrupted", flush=True)
     sys.exit(0)
@@ -666,6 +666,7 @@ CTRL_C_CASES = [
     ("encode_batch", "cl100k", "runs"),
     ("encode_batch", "none", "runs"),
     ("encode", "gpt2", "runs"),
+    ("encode_to_numpy", "gpt2", "runs"),
     ("encode", "none", "whole"),
 ]
 
