@@ -821,12 +821,15 @@ impl Encoder {
 
     /// A piece cache for one worker of a batch or file call: one an earlier call's worker gave
     /// back, else a new one. It goes back when the worker is done with it (`LentCache`'s drop).
-    pub(crate) fn lend_cache(&self) -> LentCache<'_> {
+    /// `bytes`: the size of the call's whole input (None if unknown), for making the shared
+    /// table (`SharedTable::new`'s `prefault` from `PREFAULT_BYTES` on).
+    pub(crate) fn lend_cache(&self, bytes: Option<u64>) -> LentCache<'_> {
         let spare = self.spare_caches.lock().ok().and_then(|mut s| s.pop());
         let mut cache = spare.unwrap_or_default();
+        let prefault = bytes.is_none_or(|b| b >= PREFAULT_BYTES);
         cache.shared = self
             .shared
-            .get_or_init(|| SharedTable::new().map(Arc::new))
+            .get_or_init(|| SharedTable::new(prefault).map(Arc::new))
             .clone();
         LentCache {
             cache,
@@ -891,11 +894,12 @@ impl Encoder {
         W: FnMut(&(dyn Fn() -> Option<Done<Group>> + Sync)) -> Option<Done<Group>>,
         E: Send + From<Panicked>,
     {
+        let bytes: usize = texts.iter().map(|t| t.as_ref().len()).sum();
         pipeline::ordered_groups(
             ENCODE_BATCH,
             texts,
             num_threads,
-            || self.lend_cache(),
+            || self.lend_cache(Some(bytes as u64)),
             |cache, part: &[S], poll| {
                 let mut budget = Budget::new(poll);
                 let bytes: usize = part.iter().map(|t| t.as_ref().len()).sum();
@@ -960,6 +964,7 @@ impl Encoder {
         let mut writer = IdsFile::create(out, width, self)?;
         let mut reader = ChunkReader::open(path, self.pattern, &self.specials, FILE_BLOCK)?
             .spread_over(pipeline::thread_count(num_threads));
+        let bytes = reader.size();
         pipeline::ordered(
             ENCODE_FILE,
             num_threads,
@@ -967,7 +972,7 @@ impl Encoder {
                 reader: &mut reader,
                 hook,
             },
-            || self.lend_cache(),
+            || self.lend_cache(bytes),
             |cache, (offset, chunk), stop| {
                 let text = chunk_text(offset, &chunk)?;
                 let mut ids = Vec::with_capacity(text.len() / 4 + 1);
@@ -1070,6 +1075,10 @@ pub(crate) struct LentCache<'a> {
     cache: PieceCache,
     home: &'a Mutex<Vec<PieceCache>>,
 }
+
+/// Inputs from this size on put enough pieces in a new shared table to touch most of its pages
+/// (about 8,000 distinct pieces a megabyte of English, over 4,096 pages of 4 KB).
+const PREFAULT_BYTES: u64 = 1 << 20;
 
 /// Spare caches an encoder keeps between calls: enough for the workers of a machine of this
 /// size without holding hundreds of megabytes on one with many cores.
@@ -1367,7 +1376,7 @@ fn with_huge_pages<T>(n: usize) -> Vec<T> {
 
 /// Asks for the whole 2 MB pages within `len` bytes from address `start`, memory of this
 /// process's own allocation, to be backed by huge pages (see `with_huge_pages`).
-pub(crate) fn advise_huge_pages(start: usize, len: usize) {
+fn advise_huge_pages(start: usize, len: usize) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 1 << 21;

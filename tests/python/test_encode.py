@@ -576,6 +576,23 @@ def _rss() -> int:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc/self/statm")
+def test_a_small_first_batch_leaves_the_shared_table_untouched():
+    """The table that the workers of batch and file calls share (16 MB of slots) is made at a
+    tokenizer's first such call; a small call touches only the pages it uses, so neither its time
+    nor the process's resident memory pays for the whole table."""
+    tok = fastbpe.Tokenizer.from_files(shared_file("gpt2", "vocab.json"), shared_file("gpt2", "merges.txt"), [EOT])
+    texts = ["hello world", "a few short texts", EOT + " in a batch"] * 4
+    want = [tok.encode(t) for t in texts]
+    before = _rss()
+    assert tok.encode_batch(texts, num_threads=2) == want
+    grown = _rss() - before
+    assert grown < 8_000_000, f"a first batch of {len(texts)} short texts grew resident memory by {grown / 1e6:.1f} MB"
+    # A large call on the same tokenizer still finds the pieces the small one put in the table.
+    big = [corpus("enwiki_100M.txt.gz")[:200_000]] * 2
+    assert tok.encode_batch(big, num_threads=2) == [tok.encode(t) for t in big]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc/self/statm")
 def test_encode_iterable_memory_is_bounded_200mb(gpt2):
     """200 MB of "hello world" lines (1,000 per item): resident memory (Python and Rust), sampled
     by a thread while the ids are consumed, stays within 50 MB of where it started."""
