@@ -821,16 +821,19 @@ impl Encoder {
 
     /// A piece cache for one worker of a batch or file call: one an earlier call's worker gave
     /// back, else a new one. It goes back when the worker is done with it (`LentCache`'s drop).
-    /// `bytes`: the size of the call's whole input (None if unknown), for making the shared
-    /// table (`SharedTable::new`'s `prefault` from `PREFAULT_BYTES` on).
+    /// `bytes`: the size of the call's whole input (None if unknown); from `PREFAULT_BYTES` on,
+    /// the shared table's memory is backed at once (`SharedTable::populate`).
     pub(crate) fn lend_cache(&self, bytes: Option<u64>) -> LentCache<'_> {
         let spare = self.spare_caches.lock().ok().and_then(|mut s| s.pop());
         let mut cache = spare.unwrap_or_default();
-        let prefault = bytes.is_none_or(|b| b >= PREFAULT_BYTES);
-        cache.shared = self
-            .shared
-            .get_or_init(|| SharedTable::new(prefault).map(Arc::new))
-            .clone();
+        let shared = self.shared.get_or_init(|| SharedTable::new().map(Arc::new));
+        if let Some(table) = shared
+            .as_ref()
+            .filter(|_| bytes.is_none_or(|b| b >= PREFAULT_BYTES))
+        {
+            table.populate();
+        }
+        cache.shared = shared.clone();
         LentCache {
             cache,
             home: &self.spare_caches,

@@ -55,17 +55,20 @@ pub(crate) struct SharedTable {
     ids_len: Alone<AtomicUsize>,
     /// Set when an insert finds `LIMIT` entries in; read for every piece, written once.
     full: Alone<AtomicBool>,
+    /// Whether `populate` has run.
+    populated: AtomicBool,
 }
 
 impl SharedTable {
     /// An empty table; None when the system will not give the memory (the workers then keep
-    /// only their own caches). With `prefault`, for a call that will fill much of the table,
-    /// the slots are zeroed now, all their pages at once (`Zeroed::new`'s `eager`); otherwise a
-    /// small call touches only the pages it uses, instead of paying for 16 MB first (10 ms).
-    pub(crate) fn new(prefault: bool) -> Option<Self> {
+    /// only their own caches). Its memory is backed only where it is written, so a small call
+    /// pays only for the pages it touches (a first batch of a few short texts no longer took
+    /// 10 ms and 16 MB); a large one calls `populate` first.
+    pub(crate) fn new() -> Option<Self> {
         Some(SharedTable {
-            slots: Zeroed::new(SLOTS, prefault)?,
-            ids: Zeroed::new(MAX_IDS, false)?,
+            slots: Zeroed::new(SLOTS)?,
+            ids: Zeroed::new(MAX_IDS)?,
+            populated: AtomicBool::new(false),
             len: Alone(AtomicUsize::new(0)),
             ids_len: Alone(AtomicUsize::new(0)),
             full: Alone(AtomicBool::new(false)),
@@ -82,6 +85,15 @@ impl SharedTable {
     #[inline(always)]
     pub(crate) fn prefetch(&self, key: u128) {
         packed::prefetch(self.slots.as_ptr().wrapping_add(Self::home(key)));
+    }
+
+    /// Has the system back all the slots' pages now, in one pass, once: a call that will fill
+    /// much of the table then does not fault them in one by one, at random, while its workers
+    /// encode (they wait on each other's faults: 10 ms of a cold 20 MB file on two cores).
+    pub(crate) fn populate(&self) {
+        if !self.populated.swap(true, Relaxed) {
+            self.slots.populate();
+        }
     }
 
     /// Whether the table takes no more entries.
@@ -190,7 +202,10 @@ unsafe trait Zeroable {}
 unsafe impl Zeroable for AtomicU32 {}
 unsafe impl Zeroable for Slot {}
 
-/// `len` zeroed values in a block of their own, aligned for them.
+/// `len` zeroed values in a block the allocator hands out zeroed without writing it (a block
+/// this large comes fresh from the system, backed only where it is written), aligned for the
+/// values by hand: asked for alignment past 16 bytes (a `Slot`'s 32), the allocator would
+/// write the zeros itself, every page, at once.
 struct Zeroed<T> {
     items: NonNull<T>,
     len: usize,
@@ -199,19 +214,13 @@ struct Zeroed<T> {
 }
 
 impl<T: Zeroable> Zeroed<T> {
-    /// None when the system will not give the memory. `eager`: the allocator writes the zeros
-    /// now, every page at once. Otherwise the block is one the allocator hands out zeroed
-    /// without writing it (a block this large comes fresh from the system, backed only where
-    /// it is written), aligned for the values by hand: asked for alignment past 16 bytes (a
-    /// `Slot`'s 32), the allocator writes the zeros itself. A call that fills the table
-    /// (a cold 20 MB file on two cores) was 10 ms faster with the zeros written at once than
-    /// with the workers faulting the pages in one by one as they went.
-    fn new(len: usize, eager: bool) -> Option<Self> {
+    /// None when the system will not give the memory.
+    fn new(len: usize) -> Option<Self> {
         let (size, align) = (
             std::mem::size_of::<T>().checked_mul(len)?,
             std::mem::align_of::<T>(),
         );
-        let block_align = if eager { align } else { align.min(16) };
+        let block_align = align.min(16);
         let layout =
             Layout::from_size_align(size.checked_add(align - block_align)?, block_align).ok()?;
         if size == 0 || std::mem::needs_drop::<T>() {
@@ -230,6 +239,31 @@ impl<T: Zeroable> Zeroed<T> {
             block,
             layout,
         })
+    }
+}
+
+impl<T> Zeroed<T> {
+    /// Asks the system to back the whole pages of the values now, as writing them would,
+    /// without changing them (Linux 5.14 on; elsewhere, or where refused, they are backed as
+    /// they are first written, as before).
+    fn populate(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            const PAGE: usize = 4096;
+            let start = self.items.as_ptr() as usize;
+            let end = start + self.len * std::mem::size_of::<T>();
+            let (first, last) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
+            if last > first {
+                // SAFETY: the range lies within this block; populating changes no contents.
+                unsafe {
+                    libc::madvise(
+                        first as *mut libc::c_void,
+                        last - first,
+                        libc::MADV_POPULATE_WRITE,
+                    )
+                };
+            }
+        }
     }
 }
 
@@ -280,24 +314,33 @@ mod tests {
     }
 
     #[test]
-    fn zeroed_blocks_are_aligned_and_zero_either_way() {
-        for eager in [true, false] {
+    fn zeroed_blocks_are_aligned_and_zero_populated_or_not() {
+        for populate in [true, false] {
             for len in [1, 3, 1000, 1 << 16] {
-                let slots = Zeroed::<Slot>::new(len, eager).unwrap();
+                let slots = Zeroed::<Slot>::new(len).unwrap();
+                if populate {
+                    slots.populate();
+                }
                 assert_eq!(slots.len(), len);
-                assert_eq!(slots.as_ptr() as usize % 32, 0, "eager {eager}, len {len}");
-                assert!(slots.iter().all(|s| s.n.load(Relaxed) == 0 && s.lo.load(Relaxed) == 0));
+                assert_eq!(
+                    slots.as_ptr() as usize % 32,
+                    0,
+                    "populate {populate}, len {len}"
+                );
+                assert!(slots
+                    .iter()
+                    .all(|s| s.n.load(Relaxed) == 0 && s.lo.load(Relaxed) == 0));
                 slots[len - 1].n.store(7, Relaxed);
                 assert_eq!(slots[len - 1].n.load(Relaxed), 7);
             }
         }
-        assert!(Zeroed::<Slot>::new(0, false).is_none());
-        assert!(Zeroed::<Slot>::new(usize::MAX / 8, false).is_none());
+        assert!(Zeroed::<Slot>::new(0).is_none());
+        assert!(Zeroed::<Slot>::new(usize::MAX / 8).is_none());
     }
 
     #[test]
     fn entries_read_back_whole_while_threads_write() {
-        let t = SharedTable::new(true).unwrap();
+        let t = SharedTable::new().unwrap();
         let n = 60_000u64;
         std::thread::scope(|s| {
             for w in 0..4u64 {
@@ -334,7 +377,7 @@ mod tests {
 
     #[test]
     fn a_full_table_refuses_and_keeps_what_it_has() {
-        let t = SharedTable::new(false).unwrap();
+        let t = SharedTable::new().unwrap();
         let over = LIMIT as u64 + 1000;
         let taken = (0..LIMIT as u64)
             .filter(|&i| t.insert(key(i), &ids(i)))
@@ -354,7 +397,7 @@ mod tests {
 
     #[test]
     fn entries_with_many_ids_stop_at_the_ids_room() {
-        let t = SharedTable::new(false).unwrap();
+        let t = SharedTable::new().unwrap();
         let long: Vec<u32> = (0..1000).collect();
         let fits = MAX_IDS / long.len();
         let taken = (0..fits as u64 + 10)

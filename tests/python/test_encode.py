@@ -587,8 +587,9 @@ def test_a_small_first_batch_leaves_the_shared_table_untouched():
     assert tok.encode_batch(texts, num_threads=2) == want
     grown = _rss() - before
     assert grown < 8_000_000, f"a first batch of {len(texts)} short texts grew resident memory by {grown / 1e6:.1f} MB"
-    # A large call on the same tokenizer still finds the pieces the small one put in the table.
-    big = [corpus("enwiki_100M.txt.gz")[:200_000]] * 2
+    # A large call on the same tokenizer (over 1 MB: the table's pages are backed at once) finds
+    # the pieces the small one put in the table, and its own.
+    big = [corpus("enwiki_100M.txt.gz")[:700_000]] * 2 + texts
     assert tok.encode_batch(big, num_threads=2) == [tok.encode(t) for t in big]
 
 
