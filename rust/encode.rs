@@ -821,16 +821,13 @@ impl Encoder {
 
     /// A piece cache for one worker of a batch or file call: one an earlier call's worker gave
     /// back, else a new one. It goes back when the worker is done with it (`LentCache`'s drop).
-    /// `bytes`: the size of the call's whole input (None if unknown); from `PREFAULT_BYTES` on,
-    /// the shared table's memory is backed at once (`SharedTable::populate`).
-    pub(crate) fn lend_cache(&self, bytes: Option<u64>) -> LentCache<'_> {
+    /// `large`: the call will put many pieces in the shared table, whose memory is then backed
+    /// at once (`SharedTable::populate`).
+    pub(crate) fn lend_cache(&self, large: bool) -> LentCache<'_> {
         let spare = self.spare_caches.lock().ok().and_then(|mut s| s.pop());
         let mut cache = spare.unwrap_or_default();
         let shared = self.shared.get_or_init(|| SharedTable::new().map(Arc::new));
-        if let Some(table) = shared
-            .as_ref()
-            .filter(|_| bytes.is_none_or(|b| b >= PREFAULT_BYTES))
-        {
+        if let Some(table) = shared.as_ref().filter(|_| large) {
             table.populate();
         }
         cache.shared = shared.clone();
@@ -902,7 +899,7 @@ impl Encoder {
             ENCODE_BATCH,
             texts,
             num_threads,
-            || self.lend_cache(Some(bytes as u64)),
+            || self.lend_cache(bytes >= PREFAULT_BYTES),
             |cache, part: &[S], poll| {
                 let mut budget = Budget::new(poll);
                 let bytes: usize = part.iter().map(|t| t.as_ref().len()).sum();
@@ -967,7 +964,6 @@ impl Encoder {
         let mut writer = IdsFile::create(out, width, self)?;
         let mut reader = ChunkReader::open(path, self.pattern, &self.specials, FILE_BLOCK)?
             .spread_over(pipeline::thread_count(num_threads));
-        let bytes = reader.size();
         pipeline::ordered(
             ENCODE_FILE,
             num_threads,
@@ -975,7 +971,9 @@ impl Encoder {
                 reader: &mut reader,
                 hook,
             },
-            || self.lend_cache(bytes),
+            // A file is taken for a corpus, however small: its call backs the shared table in
+            // full, as a batch of `PREFAULT_BYTES` does.
+            || self.lend_cache(true),
             |cache, (offset, chunk), stop| {
                 let text = chunk_text(offset, &chunk)?;
                 let mut ids = Vec::with_capacity(text.len() / 4 + 1);
@@ -1079,9 +1077,9 @@ pub(crate) struct LentCache<'a> {
     home: &'a Mutex<Vec<PieceCache>>,
 }
 
-/// Inputs from this size on put enough pieces in a new shared table to touch most of its pages
+/// Batches from this size on put enough pieces in a new shared table to touch most of its pages
 /// (about 8,000 distinct pieces a megabyte of English, over 4,096 pages of 4 KB).
-const PREFAULT_BYTES: u64 = 1 << 20;
+const PREFAULT_BYTES: usize = 1 << 20;
 
 /// Spare caches an encoder keeps between calls: enough for the workers of a machine of this
 /// size without holding hundreds of megabytes on one with many cores.

@@ -211,11 +211,6 @@ impl<'a> ChunkReader<'a> {
             .clamp(Self::TAIL_BLOCK.min(self.block), self.block)
     }
 
-    /// The file's length when opened, where it is a regular file.
-    pub fn size(&self) -> Option<u64> {
-        self.size
-    }
-
     /// Bytes read from the file so far.
     pub fn bytes_read(&self) -> u64 {
         self.read_total
