@@ -249,10 +249,14 @@ impl<T> Zeroed<T> {
     fn populate(&self) {
         #[cfg(target_os = "linux")]
         {
-            const PAGE: usize = 4096;
+            // SAFETY: sysconf only reads a system setting.
+            let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+            let Some(page) = Some(page).filter(|p| p.is_power_of_two()) else {
+                return;
+            };
             let start = self.items.as_ptr() as usize;
             let end = start + self.len * std::mem::size_of::<T>();
-            let (first, last) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
+            let (first, last) = (start.next_multiple_of(page), end / page * page);
             if last > first {
                 // SAFETY: the range lies within this block; populating changes no contents.
                 unsafe {
@@ -331,7 +335,10 @@ mod tests {
                     .iter()
                     .all(|s| s.n.load(Relaxed) == 0 && s.lo.load(Relaxed) == 0));
                 slots[len - 1].n.store(7, Relaxed);
+                // Populating a table in use (as a later large call does) changes nothing in it.
+                slots.populate();
                 assert_eq!(slots[len - 1].n.load(Relaxed), 7);
+                assert!(slots[..len - 1].iter().all(|s| s.n.load(Relaxed) == 0));
             }
         }
         assert!(Zeroed::<Slot>::new(0).is_none());
