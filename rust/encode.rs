@@ -894,12 +894,12 @@ impl Encoder {
         W: FnMut(&(dyn Fn() -> Option<Done<Group>> + Sync)) -> Option<Done<Group>>,
         E: Send + From<Panicked>,
     {
-        let bytes: usize = texts.iter().map(|t| t.as_ref().len()).sum();
+        let large = texts.iter().map(|t| t.as_ref().len()).sum::<usize>() >= PREFAULT_BYTES;
         pipeline::ordered_groups(
             ENCODE_BATCH,
             texts,
             num_threads,
-            || self.lend_cache(bytes >= PREFAULT_BYTES),
+            || self.lend_cache(large),
             |cache, part: &[S], poll| {
                 let mut budget = Budget::new(poll);
                 let bytes: usize = part.iter().map(|t| t.as_ref().len()).sum();

@@ -91,7 +91,9 @@ impl SharedTable {
     /// much of the table then does not fault them in one by one, at random, while its workers
     /// encode (they wait on each other's faults: 10 ms of a cold 20 MB file on two cores).
     pub(crate) fn populate(&self) {
-        if !self.populated.swap(true, Relaxed) {
+        // Read first: every call's workers come here, and a write would take from the other
+        // cores the line that their lookups read (`slots`, `ids`).
+        if !self.populated.load(Relaxed) && !self.populated.swap(true, Relaxed) {
             self.slots.populate();
         }
     }
