@@ -202,12 +202,56 @@ fn last_bpe_merge(
     last
 }
 
+/// The (rank, merged id) of every pair of ids below `SmallPairs::IDS` in a plain array: the
+/// pairs BPE looks up most (the bytes of a new word, and the first merges, which make the
+/// commonest tokens), found by indexing instead of hashing. In a hash map those lookups land
+/// anywhere in the table; here the few rows that letters and their first merges use stay in
+/// the core's cache while the piece cache streams past. Measured on 20 MB of English, one
+/// thread, from a new tokenizer warmed on other text: cl100k 84 ms against 87, GPT-2 77.5
+/// against 78.5; cl100k's first 20 MB 106.5 against 117.5 (medians of 6-8 alternating
+/// processes). 2 MB of memory; 1,024 ids (8 MB) measured no better.
+struct SmallPairs {
+    /// Row `a`, column `b`; (`u32::MAX`, 0) where the pair does not merge. Empty where some
+    /// pair's rank is `u32::MAX` itself (which `rank` must then report as a merge).
+    cells: Vec<(u32, u32)>,
+}
+
+impl SmallPairs {
+    const IDS: u32 = 512;
+    const NONE: (u32, u32) = (u32::MAX, 0);
+
+    fn new(pairs: &FxHashMap<Pair, (u32, u32)>) -> Self {
+        if pairs.values().any(|&(rank, _)| rank == u32::MAX) {
+            return SmallPairs { cells: Vec::new() };
+        }
+        let mut cells = vec![Self::NONE; (Self::IDS * Self::IDS) as usize];
+        for (&(a, b), &v) in pairs {
+            if a < Self::IDS && b < Self::IDS {
+                cells[(a * Self::IDS + b) as usize] = v;
+            }
+        }
+        SmallPairs { cells }
+    }
+
+    /// Some(the pair's merge, if any) for a pair of small ids; None for others.
+    #[inline(always)]
+    fn get(&self, a: u32, b: u32) -> Option<Option<(u32, u32)>> {
+        if a >= Self::IDS || b >= Self::IDS {
+            return None;
+        }
+        let cell = *self.cells.get((a * Self::IDS + b) as usize)?;
+        Some(Some(cell).filter(|&c| c != Self::NONE))
+    }
+}
+
 pub struct Encoder {
     tokens: TokenTable,
     /// The id of each single byte.
     byte_ids: [u32; 256],
     /// (left id, right id) -> (rank, merged id).
     pairs: FxHashMap<Pair, (u32, u32)>,
+    /// The same for the pairs of small ids, looked up most.
+    small_pairs: SmallPairs,
     /// Token bytes -> id, for pieces that encode to exactly one token.
     whole: BytesMap<u32>,
     specials: SpecialSplitter,
@@ -299,6 +343,7 @@ impl Encoder {
         let mut enc = Encoder {
             tokens,
             byte_ids,
+            small_pairs: SmallPairs::new(&pairs),
             pairs,
             whole: BytesMap::default(),
             specials: SpecialSplitter::none(),
@@ -368,6 +413,7 @@ impl Encoder {
         let mut enc = Encoder {
             tokens,
             byte_ids,
+            small_pairs: SmallPairs::new(&pairs),
             pairs,
             whole,
             specials: SpecialSplitter::none(),
@@ -494,9 +540,12 @@ impl Encoder {
         let _ = self.bpe(piece, out, &mut Budget::never());
     }
 
-    #[inline]
+    #[inline(always)]
     fn rank(&self, a: u32, b: u32) -> Option<(u32, u32)> {
-        self.pairs.get(&(a, b)).copied()
+        match self.small_pairs.get(a, b) {
+            Some(found) => found,
+            None => self.pairs.get(&(a, b)).copied(),
+        }
     }
 
     /// The merge loop itself (no whole-piece lookup); an empty piece adds nothing.
@@ -2020,6 +2069,54 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn small_pairs_answer_as_the_map_does() {
+        // Ids on both sides of `SmallPairs::IDS`, ranked at random.
+        let mut rng = Rng(31337);
+        let mut vocab = bytes_vocab();
+        let mut seen: std::collections::HashSet<Vec<u8>> = Default::default();
+        let mut ids: Vec<u32> = (256..1200).collect();
+        for i in (1..ids.len()).rev() {
+            ids.swap(i, rng.below(i + 1));
+        }
+        for &id in &ids {
+            let t: Vec<u8> = (0..2 + rng.below(5))
+                .map(|_| b"abcd"[rng.below(4)])
+                .collect();
+            if seen.insert(t.clone()) {
+                vocab.push((id, t));
+            }
+        }
+        let ranks: Vec<(Vec<u8>, u32)> = vocab.iter().map(|(i, t)| (t.clone(), *i)).collect();
+        let e = Encoder::from_ranks(&ranks, &[], Pattern::Whole).unwrap();
+        assert!(!e.small_pairs.cells.is_empty());
+        let small = e
+            .pairs
+            .keys()
+            .filter(|&&(a, b)| a.max(b) < SmallPairs::IDS)
+            .count();
+        assert!(small > 0 && small < e.pairs.len());
+        for (&pair, &v) in &e.pairs {
+            assert_eq!(e.rank(pair.0, pair.1), Some(v), "{pair:?}");
+        }
+        for a in 0..1200 {
+            for b in [0, 97, 100, 255, 256, 511, 512, 513, 1199, a] {
+                assert_eq!(e.rank(a, b), e.pairs.get(&(a, b)).copied(), "({a}, {b})");
+            }
+        }
+        // A rank of u32::MAX, which the array cannot hold apart from "no merge", leaves the map
+        // to answer every pair.
+        let mut ranks = bytes_vocab()
+            .into_iter()
+            .map(|(i, t)| (t, i))
+            .collect::<Vec<_>>();
+        ranks.push((b"ab".to_vec(), u32::MAX));
+        let e = Encoder::from_ranks(&ranks, &[], Pattern::Whole).unwrap();
+        assert!(e.small_pairs.cells.is_empty());
+        assert_eq!(e.rank(97, 98), Some((u32::MAX, u32::MAX)));
+        assert_eq!(e.rank(98, 97), None);
     }
 
     #[test]
