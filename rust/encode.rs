@@ -2028,19 +2028,7 @@ mod tests {
         for round in 0..20 {
             // Random tokens over three letters, ranked at random: most have several ways of
             // being cut into two tokens, and some are not what BPE makes of their bytes.
-            let mut vocab = bytes_vocab();
-            let mut seen: std::collections::HashSet<Vec<u8>> = Default::default();
-            let mut ids: Vec<u32> = (256..456).collect();
-            for i in (1..ids.len()).rev() {
-                ids.swap(i, rng.below(i + 1));
-            }
-            for &id in &ids {
-                let len = 2 + rng.below(5);
-                let t: Vec<u8> = (0..len).map(|_| b"abc"[rng.below(3)]).collect();
-                if seen.insert(t.clone()) {
-                    vocab.push((id, t));
-                }
-            }
+            let vocab = random_vocab(&mut rng, 256..456, b"abc");
             let ranks: Vec<(Vec<u8>, u32)> = vocab.iter().map(|(i, t)| (t.clone(), *i)).collect();
             let e = Encoder::from_ranks(&ranks, &[], Pattern::Whole).unwrap();
             // The pairs before any is left out, as `from_ranks` makes them.
@@ -2074,21 +2062,7 @@ mod tests {
     #[test]
     fn small_pairs_answer_as_the_map_does() {
         // Ids on both sides of `SmallPairs::IDS`, ranked at random.
-        let mut rng = Rng(31337);
-        let mut vocab = bytes_vocab();
-        let mut seen: std::collections::HashSet<Vec<u8>> = Default::default();
-        let mut ids: Vec<u32> = (256..1200).collect();
-        for i in (1..ids.len()).rev() {
-            ids.swap(i, rng.below(i + 1));
-        }
-        for &id in &ids {
-            let t: Vec<u8> = (0..2 + rng.below(5))
-                .map(|_| b"abcd"[rng.below(4)])
-                .collect();
-            if seen.insert(t.clone()) {
-                vocab.push((id, t));
-            }
-        }
+        let vocab = random_vocab(&mut Rng(31337), 256..1200, b"abcd");
         let ranks: Vec<(Vec<u8>, u32)> = vocab.iter().map(|(i, t)| (t.clone(), *i)).collect();
         let e = Encoder::from_ranks(&ranks, &[], Pattern::Whole).unwrap();
         assert!(!e.small_pairs.cells.is_empty());
@@ -2290,6 +2264,31 @@ mod tests {
 
     fn bytes_vocab() -> Vec<(u32, Vec<u8>)> {
         (0..=255u8).map(|b| (b as u32, vec![b])).collect()
+    }
+
+    /// The bytes, then tokens of 2 to 6 of `letters` with the `ids` in random order (a token
+    /// drawn twice is kept once).
+    fn random_vocab(
+        rng: &mut Rng,
+        ids: std::ops::Range<u32>,
+        letters: &[u8],
+    ) -> Vec<(u32, Vec<u8>)> {
+        let mut vocab = bytes_vocab();
+        let mut seen: std::collections::HashSet<Vec<u8>> = Default::default();
+        let mut ids: Vec<u32> = ids.collect();
+        for i in (1..ids.len()).rev() {
+            ids.swap(i, rng.below(i + 1));
+        }
+        for &id in &ids {
+            let len = 2 + rng.below(5);
+            let t: Vec<u8> = (0..len)
+                .map(|_| letters[rng.below(letters.len())])
+                .collect();
+            if seen.insert(t.clone()) {
+                vocab.push((id, t));
+            }
+        }
+        vocab
     }
 
     #[test]
