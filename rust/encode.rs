@@ -1424,12 +1424,14 @@ fn with_huge_pages<T>(n: usize) -> Vec<T> {
     v
 }
 
+/// The size of the huge pages the tables ask for.
+pub(crate) const HUGE: usize = 1 << 21;
+
 /// Asks for the whole 2 MB pages within `len` bytes from address `start`, memory of this
 /// process's own allocation, to be backed by huge pages (see `with_huge_pages`).
-fn advise_huge_pages(start: usize, len: usize) {
+pub(crate) fn advise_huge_pages(start: usize, len: usize) {
     #[cfg(target_os = "linux")]
     {
-        const HUGE: usize = 1 << 21;
         let first = start.next_multiple_of(HUGE);
         let end = start.saturating_add(len) / HUGE * HUGE;
         if len >= 2 * HUGE && end > first {

@@ -15,7 +15,7 @@ use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
-use crate::encode::Cached;
+use crate::encode::{advise_huge_pages, Cached, HUGE};
 use crate::packed;
 
 /// Entries kept (the table has twice as many slots: 16 MB).
@@ -25,8 +25,6 @@ const SLOTS: usize = 2 * LIMIT;
 const MAX_IDS: usize = 1 << 22;
 /// The count of a slot that a writer has claimed and not yet published.
 const WRITING: u32 = u32::MAX;
-/// The size of the large pages `populate` asks for; the slots start on such a boundary.
-const HUGE: usize = 1 << 21;
 
 #[repr(C, align(32))]
 struct Slot {
@@ -266,17 +264,18 @@ impl<T> Zeroed<T> {
                 return;
             };
             let start = self.items.as_ptr() as usize;
-            let end = start + self.len * std::mem::size_of::<T>();
-            for (page, advice) in [
-                (HUGE, libc::MADV_HUGEPAGE),
-                (page, libc::MADV_POPULATE_WRITE),
-            ] {
-                let (first, last) = (start.next_multiple_of(page), end / page * page);
-                if last > first {
-                    // SAFETY: the range lies within this block; neither advice changes its
-                    // contents.
-                    unsafe { libc::madvise(first as *mut libc::c_void, last - first, advice) };
-                }
+            let len = self.len * std::mem::size_of::<T>();
+            advise_huge_pages(start, len);
+            let (first, last) = (start.next_multiple_of(page), (start + len) / page * page);
+            if last > first {
+                // SAFETY: the range lies within this block; populating changes no contents.
+                unsafe {
+                    libc::madvise(
+                        first as *mut libc::c_void,
+                        last - first,
+                        libc::MADV_POPULATE_WRITE,
+                    )
+                };
             }
         }
     }
