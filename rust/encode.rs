@@ -60,16 +60,21 @@ type Pair = (u32, u32);
 /// Pieces at most this long (in bytes) use the quadratic loop; longer ones the heap.
 const SMALL: usize = 64;
 
-/// How many pieces `encode_segment` finds ahead of the one it looks up (a power of two).
-const AHEAD: usize = 32;
+/// How many pieces `encode_segment` finds before it looks them up: each piece's cache slot is
+/// asked for (into the core's second-level cache) when the piece is found, a batch of lookups
+/// earlier, and the loop that finds pieces does nothing else, so its state stays in registers.
+const BATCH: usize = 256;
+/// How many lookups ahead the slot is asked for again, into the first-level cache.
+const AHEAD: usize = 16;
 
-/// A piece waiting in `encode_segment`: `window[at..at + len]` and its packed key
-/// (`Queued::LONG` for a piece too long to pack), in 32 bytes.
+/// A piece waiting in `encode_segment`: it starts at `window[at]` and ends where the next one
+/// starts; its packed key (`Queued::LONG` for a piece too long to pack) and the key's hash, in
+/// 32 bytes.
 #[derive(Clone, Copy, Default)]
 struct Queued {
     key: u128,
+    hash: u64,
     at: usize,
-    len: usize,
 }
 
 impl Queued {
@@ -471,15 +476,34 @@ impl Encoder {
             Ok(())
         } else {
             let key = packed::pack(piece);
-            self.encode_cached_piece(piece, key, out, cache, budget)
+            let hash = key.map_or(0, packed::hash);
+            self.encode_cached_piece(piece, key, hash, out, cache, budget)
         }
     }
 
     /// One piece of two bytes or more: the cache, else the whole-token table, else BPE; the
     /// result goes into the cache, so a piece seen before costs one lookup. A piece whose BPE
-    /// was stopped midway is not kept.
+    /// was stopped midway is not kept. `hash` is `packed::hash(key)` (anything for None).
     #[inline(always)]
     fn encode_cached_piece(
+        &self,
+        piece: &[u8],
+        key: Option<u128>,
+        hash: u64,
+        out: &mut Vec<u32>,
+        cache: &mut PieceCache,
+        budget: &mut Budget,
+    ) -> Result<(), Interrupted> {
+        if cache.extend_hashed(key, hash, piece, out) {
+            return Ok(());
+        }
+        self.encode_new_piece(piece, key, out, cache, budget)
+    }
+
+    /// `encode_cached_piece` for a piece the cache does not have.
+    #[cold]
+    #[inline(never)]
+    fn encode_new_piece(
         &self,
         piece: &[u8],
         key: Option<u128>,
@@ -487,9 +511,6 @@ impl Encoder {
         cache: &mut PieceCache,
         budget: &mut Budget,
     ) -> Result<(), Interrupted> {
-        if cache.extend(key, piece, out) {
-            return Ok(());
-        }
         if let Some(&id) = self.whole.get_keyed(key, piece) {
             out.push(id);
             cache.insert(key, piece, &[id]);
@@ -701,36 +722,32 @@ impl Encoder {
             budget.spend(end - start)?;
             let window = text.get(start..end).unwrap_or_default();
             let bytes = window.as_bytes();
-            // Each piece waits in `queue` while the next AHEAD pieces are found, its cache
-            // slot being loaded meanwhile: a lookup then rarely waits on memory.
-            let mut queue = [Queued::default(); AHEAD];
-            let (mut head, mut waiting) = (0usize, 0usize);
+            // The pieces are found a batch at a time, then looked up (`encode_pieces`); the
+            // entries past a full batch are for `encode_pieces`' look ahead. The pieces tile
+            // the window (every pattern splits all of its text), so each ends where the next
+            // starts.
+            let mut batch = [Queued::default(); BATCH + AHEAD];
+            let mut n = 0;
             self.pattern.for_each_piece(window, |p| {
                 let piece = p.as_bytes();
                 // The piece lies in `window`: pack it from there, without branching on its
                 // length.
                 let at = piece.as_ptr() as usize - bytes.as_ptr() as usize;
-                let key = packed::pack_within(bytes, at, piece.len());
-                if let Some(k) = key {
-                    cache.prefetch(k);
-                }
-                let next = Queued {
-                    key: key.unwrap_or(Queued::LONG),
-                    at,
-                    len: piece.len(),
+                let (key, hash) = match packed::pack_within(bytes, at, piece.len()) {
+                    Some(k) => (k, packed::hash(k)),
+                    None => (Queued::LONG, 0),
                 };
-                if waiting < AHEAD {
-                    queue[(head + waiting) % AHEAD] = next;
-                    waiting += 1;
-                } else {
-                    let first = std::mem::replace(&mut queue[head % AHEAD], next);
-                    head += 1;
-                    self.encode_queued(bytes, first, out, cache, budget);
+                cache.prefetch(hash, false);
+                if let Some(q) = batch.get_mut(n) {
+                    *q = Queued { key, hash, at };
+                }
+                n += 1;
+                if n == BATCH {
+                    self.encode_pieces(bytes, &batch, n, at + piece.len(), out, cache, budget);
+                    n = 0;
                 }
             });
-            for i in head..head + waiting {
-                self.encode_queued(bytes, queue[i % AHEAD], out, cache, budget);
-            }
+            self.encode_pieces(bytes, &batch, n, bytes.len(), out, cache, budget);
             budget.check()?;
             if let Some(d) = drain {
                 d(out);
@@ -741,22 +758,41 @@ impl Encoder {
         Ok(())
     }
 
-    /// A piece of `window` that `encode_segment` held back.
-    #[inline(always)]
-    fn encode_queued(
+    /// The first `n` pieces of `batch`, found by `encode_segment` in `window`; the last one ends
+    /// at `end`.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn encode_pieces(
         &self,
         window: &[u8],
-        q: Queued,
+        batch: &[Queued; BATCH + AHEAD],
+        n: usize,
+        end: usize,
         out: &mut Vec<u32>,
         cache: &mut PieceCache,
         budget: &mut Budget,
     ) {
-        // Single bytes too go through the cache (where the few there are stay in the core's
-        // own cache): one path for every piece, with no branch on its length.
-        if let Some(piece) = window.get(q.at..q.at + q.len) {
-            // Stopped midway, the budget says so to `encode_segment`.
-            let key = Some(q.key).filter(|&k| k != Queued::LONG);
-            let _ = self.encode_cached_piece(piece, key, out, cache, budget);
+        let n = n.min(BATCH);
+        for q in &batch[..n.min(AHEAD)] {
+            cache.prefetch(q.hash, true);
+        }
+        for i in 0..n {
+            // Past the batch's `n` pieces the entries are earlier batches' (or empty): asking
+            // for their slots costs nothing wrong.
+            cache.prefetch(batch[i + AHEAD].hash, true);
+            let q = batch[i];
+            if let Some(c) = cache.home_hit(q.key, q.hash) {
+                push_one_or_two(out, c.a, c.b, c.n);
+                continue;
+            }
+            let stop = if i + 1 < n { batch[i + 1].at } else { end };
+            // Single bytes too go through the cache (where the few there are stay in the
+            // core's own cache): one path for every piece, with no branch on its length.
+            if let Some(piece) = window.get(q.at..stop) {
+                let key = Some(q.key).filter(|&k| k != Queued::LONG);
+                // Stopped midway, the budget says so to `encode_segment`.
+                let _ = self.encode_cached_piece(piece, key, q.hash, out, cache, budget);
+            }
         }
     }
 
@@ -1187,32 +1223,56 @@ impl PieceCache {
         self.short.reserve((text_len / 128).min(Self::LIMIT));
     }
 
-    /// Starts loading what a lookup of `key` will read (`encode_segment` asks a few pieces
-    /// ahead).
+    /// Starts loading what a lookup of the key whose hash is `hash` will read: into the
+    /// core's first-level cache with `near`, else its second level (`encode_segment` asks a
+    /// batch ahead, then again a few pieces ahead).
     #[inline(always)]
-    fn prefetch(&self, key: u128) {
+    fn prefetch(&self, hash: u64, near: bool) {
         match &self.shared {
-            Some(shared) if !shared.is_full() => shared.prefetch(key),
+            Some(shared) if !shared.is_full() => shared.prefetch(hash, near),
             Some(shared) => {
-                shared.prefetch(key);
-                self.short.prefetch(key);
+                shared.prefetch(hash, near);
+                self.short.prefetch(hash, near);
             }
-            None => self.short.prefetch(key),
+            None => self.short.prefetch(hash, near),
         }
     }
 
     /// Appends the ids of `piece` to `out` and returns true if the cache has them; `key` is
     /// `packed::pack(piece)`.
-    #[inline(always)]
+    #[cfg(test)]
     fn extend(&self, key: Option<u128>, piece: &[u8], out: &mut Vec<u32>) -> bool {
+        self.extend_hashed(key, key.map_or(0, packed::hash), piece, out)
+    }
+
+    /// The one or two ids of the piece whose packed key is `key` (`Queued::LONG` finds
+    /// nothing) if the first slot its lookup reads holds them: nearly every piece seen before,
+    /// found with no branch but this one. None sends the piece the whole way (`extend_hashed`).
+    #[inline(always)]
+    fn home_hit(&self, key: u128, hash: u64) -> Option<Cached> {
+        match &self.shared {
+            Some(shared) => shared.home_hit(key, hash),
+            None => self.short.home_hit(key, hash),
+        }
+    }
+
+    /// `extend` given the key's hash (`packed::hash`; anything for None).
+    #[inline(always)]
+    fn extend_hashed(
+        &self,
+        key: Option<u128>,
+        hash: u64,
+        piece: &[u8],
+        out: &mut Vec<u32>,
+    ) -> bool {
         if let (Some(shared), Some(k)) = (&self.shared, key) {
-            if let Some(e) = shared.get(k) {
+            if let Some(e) = shared.get_hashed(k, hash) {
                 shared.push_ids(e, out);
                 return true;
             }
         }
         let found = match key {
-            Some(k) => self.short.get(k),
+            Some(k) => self.short.get_hashed(k, hash),
             None => self.long.get(piece),
         };
         let Some(&c) = found else {
@@ -1330,18 +1390,39 @@ impl PackedTable {
     /// The slot where `key`'s probe starts.
     #[inline(always)]
     fn home(&self, key: u128) -> usize {
-        (packed::hash(key) >> self.shift) as usize
+        self.home_of(packed::hash(key))
+    }
+
+    /// The slot where the probe of a key whose hash is `hash` starts.
+    #[inline(always)]
+    fn home_of(&self, hash: u64) -> usize {
+        (hash >> self.shift) as usize
     }
 
     #[inline(always)]
-    fn prefetch(&self, key: u128) {
-        packed::prefetch(self.slots.as_ptr().wrapping_add(self.home(key)));
+    fn prefetch(&self, hash: u64, near: bool) {
+        packed::prefetch_at(self.slots.as_ptr().wrapping_add(self.home_of(hash)), near);
     }
 
-    #[inline(always)]
+    #[cfg(test)]
     fn get(&self, key: u128) -> Option<&Cached> {
+        self.get_hashed(key, packed::hash(key))
+    }
+
+    /// The entry of `key` if it is in its home slot with one or two ids (`PieceCache::home_hit`;
+    /// an empty slot has none).
+    #[inline(always)]
+    fn home_hit(&self, key: u128, hash: u64) -> Option<Cached> {
+        let slot = self.slots.get(self.home_of(hash))?;
+        let hit = (slot.key == key) & (slot.value.n.wrapping_sub(1) < 2);
+        hit.then_some(slot.value)
+    }
+
+    /// `get` given `packed::hash(key)`.
+    #[inline(always)]
+    fn get_hashed(&self, key: u128, hash: u64) -> Option<&Cached> {
         let mask = self.slots.len() - 1;
-        let mut i = self.home(key);
+        let mut i = self.home_of(hash);
         // Ends: at most half the slots are taken.
         loop {
             let slot = self.slots.get(i)?;
@@ -1987,8 +2068,8 @@ mod tests {
     fn encoding_with_the_cache_gives_the_ids_of_each_piece_alone() {
         let mut rng = Rng(12345);
         let e = toy();
-        // Over a million bytes: several windows of `encode_segment`, each ending with pieces
-        // still waiting in its queue.
+        // Over a million bytes: several windows of `encode_segment`, each ending with a batch
+        // of pieces found and not yet looked up (`encode_pieces`).
         let text = random_text(&mut rng, 300_000);
         assert!(text.len() > 2 * POLL_BYTES);
         let mut want = Vec::new();

@@ -75,16 +75,17 @@ impl SharedTable {
         })
     }
 
-    /// The slot where `key`'s probe starts.
+    /// The slot where the probe of a key whose hash (`packed::hash`) is `hash` starts.
     #[inline(always)]
-    fn home(key: u128) -> usize {
-        (packed::hash(key) >> (64 - SLOTS.trailing_zeros())) as usize
+    fn home(hash: u64) -> usize {
+        (hash >> (64 - SLOTS.trailing_zeros())) as usize
     }
 
-    /// Starts loading the slot a lookup of `key` reads first.
+    /// Starts loading the slot a lookup of the key whose hash is `hash` reads first: into the
+    /// core's first-level cache with `near`, else its second level.
     #[inline(always)]
-    pub(crate) fn prefetch(&self, key: u128) {
-        packed::prefetch(self.slots.as_ptr().wrapping_add(Self::home(key)));
+    pub(crate) fn prefetch(&self, hash: u64, near: bool) {
+        packed::prefetch_at(self.slots.as_ptr().wrapping_add(Self::home(hash)), near);
     }
 
     /// Has the system back all the slots' pages now, in one pass, once: a call that will fill
@@ -103,10 +104,32 @@ impl SharedTable {
         self.full.0.load(Relaxed)
     }
 
-    #[inline(always)]
+    #[cfg(test)]
     pub(crate) fn get(&self, key: u128) -> Option<Cached> {
+        self.get_hashed(key, packed::hash(key))
+    }
+
+    /// The entry of `key` if it is in its home slot with one or two ids (`PieceCache::home_hit`;
+    /// an empty slot, or one being written, has none).
+    #[inline(always)]
+    pub(crate) fn home_hit(&self, key: u128, hash: u64) -> Option<Cached> {
+        let slot = self.slots.get(Self::home(hash))?;
+        let n = slot.n.load(Acquire);
+        let hit = (n.wrapping_sub(1) < 2)
+            & (slot.lo.load(Relaxed) == key as u64)
+            & (slot.hi.load(Relaxed) == (key >> 64) as u64);
+        hit.then(|| Cached {
+            n,
+            a: slot.a.load(Relaxed),
+            b: slot.b.load(Relaxed),
+        })
+    }
+
+    /// `get` given `packed::hash(key)`.
+    #[inline(always)]
+    pub(crate) fn get_hashed(&self, key: u128, hash: u64) -> Option<Cached> {
         let (lo, hi) = (key as u64, (key >> 64) as u64);
-        let mut i = Self::home(key);
+        let mut i = Self::home(hash);
         // Ends: at most half the slots are ever claimed.
         loop {
             let slot = self.slots.get(i)?;
@@ -166,7 +189,7 @@ impl SharedTable {
             return false;
         }
         let (lo, hi) = (key as u64, (key >> 64) as u64);
-        let mut i = Self::home(key);
+        let mut i = Self::home(packed::hash(key));
         loop {
             let Some(slot) = self.slots.get(i) else {
                 return false;
