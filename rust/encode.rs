@@ -718,65 +718,54 @@ impl Encoder {
     ) -> Result<(), Interrupted> {
         // The batch lives in the cache from call to call: a short text then does not clear a
         // whole batch (that took a sixth of a 44-byte `encode`).
-        let mut held = std::mem::take(&mut cache.batch);
-        held.resize(BATCH + AHEAD, Queued::default());
-        let done = match <&mut [Queued; BATCH + AHEAD]>::try_from(held.as_mut_slice()) {
-            Ok(batch) => self.encode_windows(text, out, cache, budget, drain, batch),
-            Err(_) => Ok(()),
-        };
-        cache.batch = held;
-        done
-    }
-
-    /// `encode_segment` with the batch that the pieces are gathered in.
-    fn encode_windows(
-        &self,
-        text: &str,
-        out: &mut Vec<u32>,
-        cache: &mut PieceCache,
-        budget: &mut Budget,
-        drain: &mut Drain,
-        batch: &mut [Queued; BATCH + AHEAD],
-    ) -> Result<(), Interrupted> {
-        let mut start = 0;
-        while start < text.len() {
-            let end = self.window_end(text, start);
-            budget.spend(end - start)?;
-            let window = text.get(start..end).unwrap_or_default();
-            let bytes = window.as_bytes();
-            // The pieces are found a batch at a time, then looked up (`encode_pieces`); the
-            // entries past a full batch are for `encode_pieces`' look ahead. The pieces tile
-            // the window (every pattern splits all of its text), so each ends where the next
-            // starts.
-            let mut n = 0;
-            self.pattern.for_each_piece(window, |p| {
-                let piece = p.as_bytes();
-                // The piece lies in `window`: pack it from there, without branching on its
-                // length.
-                let at = piece.as_ptr() as usize - bytes.as_ptr() as usize;
-                let (key, hash) = match packed::pack_within(bytes, at, piece.len()) {
-                    Some(k) => (k, packed::hash(k)),
-                    None => (Queued::LONG, 0),
-                };
-                cache.prefetch(hash, false);
-                if let Some(q) = batch.get_mut(n) {
-                    *q = Queued { key, hash, at };
+        let mut batch = cache
+            .batch
+            .take()
+            .unwrap_or_else(|| Box::new([Queued::default(); BATCH + AHEAD]));
+        let mut windows = || -> Result<(), Interrupted> {
+            let mut start = 0;
+            while start < text.len() {
+                let end = self.window_end(text, start);
+                budget.spend(end - start)?;
+                let window = text.get(start..end).unwrap_or_default();
+                let bytes = window.as_bytes();
+                // The pieces are found a batch at a time, then looked up (`encode_pieces`); the
+                // entries past a full batch are for `encode_pieces`' look ahead. The pieces tile
+                // the window (every pattern splits all of its text), so each ends where the next
+                // starts.
+                let mut n = 0;
+                self.pattern.for_each_piece(window, |p| {
+                    let piece = p.as_bytes();
+                    // The piece lies in `window`: pack it from there, without branching on its
+                    // length.
+                    let at = piece.as_ptr() as usize - bytes.as_ptr() as usize;
+                    let (key, hash) = match packed::pack_within(bytes, at, piece.len()) {
+                        Some(k) => (k, packed::hash(k)),
+                        None => (Queued::LONG, 0),
+                    };
+                    cache.prefetch(hash, false);
+                    if let Some(q) = batch.get_mut(n) {
+                        *q = Queued { key, hash, at };
+                    }
+                    n += 1;
+                    if n == BATCH {
+                        self.encode_pieces(bytes, &batch, n, at + piece.len(), out, cache, budget);
+                        n = 0;
+                    }
+                });
+                self.encode_pieces(bytes, &batch, n, bytes.len(), out, cache, budget);
+                budget.check()?;
+                if let Some(d) = drain {
+                    d(out);
+                    out.clear();
                 }
-                n += 1;
-                if n == BATCH {
-                    self.encode_pieces(bytes, batch, n, at + piece.len(), out, cache, budget);
-                    n = 0;
-                }
-            });
-            self.encode_pieces(bytes, batch, n, bytes.len(), out, cache, budget);
-            budget.check()?;
-            if let Some(d) = drain {
-                d(out);
-                out.clear();
+                start = end;
             }
-            start = end;
-        }
-        Ok(())
+            Ok(())
+        };
+        let done = windows();
+        cache.batch = Some(batch);
+        done
     }
 
     /// The first `n` pieces of `batch`, found by `encode_segment` in `window`; the last one ends
@@ -1176,7 +1165,7 @@ pub(crate) struct PieceCache {
     ids: Vec<u32>,
     /// Where `encode_segment` gathers the pieces it has found and not yet looked up, kept from
     /// call to call (taken out while a call runs).
-    batch: Vec<Queued>,
+    batch: Option<Box<[Queued; BATCH + AHEAD]>>,
 }
 
 /// A piece cache lent to a worker by `Encoder::lend_cache`; dropped, it goes back to the
