@@ -3,25 +3,20 @@
 //! hashes and compares one integer instead of hashing and comparing memory behind a pointer;
 //! and `prefetch`, with which those tables (and the merge loop's words) ask for memory ahead.
 
-/// Asks the CPU to start loading the cache line at `p`: the tables are far larger than the
-/// cache, and a lookup asked for a few pieces ahead then rarely waits on memory.
+/// Asks the CPU to start loading the cache line at `p` into its first-level cache: the tables
+/// are far larger than the cache, and a lookup asked for a few pieces ahead then rarely waits
+/// on memory.
 #[inline(always)]
 pub fn prefetch<T>(p: *const T) {
-    // SAFETY: a prefetch is only a hint: it reads nothing into the program and cannot fault,
-    // whatever the address.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    prefetch_at(p, true);
 }
 
 /// `prefetch` into the core's first-level cache with `near`, else into its second level
 /// (for memory wanted a while later, which should not push out what is used now).
 #[inline(always)]
 pub fn prefetch_at<T>(p: *const T, near: bool) {
-    // SAFETY: as in `prefetch`.
+    // SAFETY: a prefetch is only a hint: it reads nothing into the program and cannot fault,
+    // whatever the address.
     #[cfg(target_arch = "x86_64")]
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
