@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rustc_hash::FxHashMap;
 
-use crate::input::{chunk_text, ChunkReader, HookedReader, InputError, Interrupted, Panicked};
+use crate::input::{chunk_text, ChunkReader, InputError, Interrupted, Panicked};
 use crate::packed;
 use crate::pipeline::{self, Done, Halt, Stages};
 use crate::pretok::{is_safe_cut, Pattern};
@@ -1062,10 +1062,8 @@ impl Encoder {
         pipeline::ordered(
             ENCODE_FILE,
             num_threads,
-            &mut HookedReader {
-                reader: &mut reader,
-                hook,
-            },
+            &mut reader,
+            hook,
             // A file is taken for a corpus, however small: its call backs the shared table in
             // full, as a batch of `PREFAULT_BYTES` does.
             || self.lend_cache(true),

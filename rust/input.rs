@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-use crate::pipeline::Source;
+use crate::pipeline::{Pull, Source};
 use crate::pretok::{is_safe_cut, Pattern};
 use crate::specials::SpecialSplitter;
 
@@ -280,6 +280,22 @@ impl Source for HookedReader<'_, '_> {
 
     fn idle(&mut self) -> Result<(), Interrupted> {
         (self.hook)(self.reader.bytes_read())
+    }
+}
+
+impl Pull for ChunkReader<'_> {
+    type Item = (u64, Vec<u8>);
+    type Error = InputError;
+
+    fn next(
+        &mut self,
+        poll: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
+    ) -> Result<Option<Self::Item>, InputError> {
+        self.next_chunk(poll)
+    }
+
+    fn progress(&self) -> u64 {
+        self.read_total
     }
 }
 

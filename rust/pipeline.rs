@@ -1,8 +1,9 @@
 //! Parallel pipelines, written once for counting and encoding (named patterns and custom
 //! regexes alike):
 //!
-//! - `ordered`: the calling thread produces items (reads a file), workers transform them, and
-//!   one consumer thread takes the results in input order (writes ids, stitches splittings).
+//! - `ordered`: workers take turns reading the next item (a chunk of a file), transform it, and
+//!   whoever finishes the item whose turn has come hands it and those done after it on, in
+//!   input order (writes ids, stitches splittings); the calling thread reports progress.
 //! - `unordered`: the calling thread produces items, each worker folds them into its own state
 //!   (a map of counts), and the states come back at the end to be merged.
 //! - `ordered_groups`: a slice cut into groups claimed by workers and by the calling thread,
@@ -10,8 +11,8 @@
 //!
 //! Whatever stops the work, every thread ends before the call returns: an error of a worker
 //! is returned as the first one in input order, a panicking thread becomes `Panicked` naming
-//! its stage, and the calling thread's `idle` poll (Ctrl-C) becomes `Interrupted` within one
-//! item (workers see `Stop` and give up the item they hold).
+//! its stage, and the calling thread's poll (Ctrl-C) becomes `Interrupted` within one item
+//! (workers see `Stop` and give up the item they hold).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -189,51 +190,207 @@ fn guarded<T, E: From<Panicked>>(
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(stages.panicked(stage).into()))
 }
 
-/// Hands every item of `source` to a worker (`init` makes each worker's state, `work` turns an
-/// item into a result) and the results, in input order, to `consume` on a thread of its own.
-/// At most about twice `threads` items are in memory at once. Returns the first error in input
-/// order (a worker's or the consumer's), or the source's, or `Interrupted` when `idle` asked
+/// Where `ordered`'s items come from: read by whichever worker is free, one worker at a time,
+/// so that a chunk is read on the core that encodes it and no thread does nothing but read.
+pub trait Pull: Send {
+    type Item: Send;
+    type Error;
+    /// The next item; None at the end. `poll(progress)` runs after every block read; its error
+    /// stops the reading (the work was stopped).
+    fn next(
+        &mut self,
+        poll: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
+    ) -> Result<Option<Self::Item>, Self::Error>;
+    /// How far the reading has got (bytes read), for the progress hook.
+    fn progress(&self) -> u64;
+}
+
+/// `ordered`'s reading side: the source and the number of the next item.
+struct Feed<'s, Src> {
+    source: &'s mut Src,
+    seq: usize,
+    ended: bool,
+}
+
+/// `ordered`'s consuming side: results waiting for their turn, and the first failure.
+struct Turn<O, E, C> {
+    next: usize,
+    pending: BTreeMap<usize, Result<O, E>>,
+    consume: C,
+    failed: Option<E>,
+}
+
+/// Room for items in memory (read and not yet consumed), which workers wait for.
+struct Room {
+    left: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Room {
+    /// Takes room for one item; false once the work has stopped.
+    fn take(&self, stop: &Stop) -> bool {
+        let mut left = lock(&self.left);
+        while *left == 0 && !stop.is_set() {
+            left = self
+                .changed
+                .wait_timeout(left, WAIT_POLL)
+                .map_or_else(|e| e.into_inner().0, |r| r.0);
+        }
+        if stop.is_set() {
+            return false;
+        }
+        *left -= 1;
+        true
+    }
+
+    fn give(&self) {
+        *lock(&self.left) += 1;
+        self.changed.notify_one();
+    }
+
+    fn wake_all(&self) {
+        let _held = lock(&self.left);
+        self.changed.notify_all();
+    }
+}
+
+/// Turns every item of `source` into a result on `threads` worker threads (`init` makes each
+/// worker's state, `work` turns an item into a result) and hands the results, in input order,
+/// to `consume`. A free worker reads the next item itself, and the worker that finishes the
+/// item whose turn it is consumes it and any finished ones after it; the calling thread only
+/// calls `hook(progress)` every `WAIT_POLL` (and once at the end) and may stop the work with
+/// it. At most about twice `threads` items are in memory at once. Returns the first error in
+/// input order (the source's, a worker's or the consumer's), or `Interrupted` when `hook` asked
 /// to stop, or `Panicked`.
 pub fn ordered<Src, O, S, E>(
     stages: Stages,
     threads: usize,
     source: &mut Src,
+    hook: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
     init: impl Fn() -> S + Sync,
     work: impl Fn(&mut S, Src::Item, &Stop) -> Result<O, E> + Sync,
-    mut consume: impl FnMut(O) -> Result<(), E> + Send,
+    consume: impl FnMut(O) -> Result<(), E> + Send,
 ) -> Result<(), E>
 where
-    Src: Source<Error = E>,
+    Src: Pull<Error = E>,
     O: Send,
     E: PipelineError,
 {
     let threads = thread_count(threads);
-    let in_flight = threads * 2 + 2;
-    let tickets = Tickets::new(in_flight);
-    let (work_tx, work_rx) = mpsc::sync_channel::<(usize, Src::Item)>(in_flight);
-    let work_rx = Mutex::new(work_rx);
-    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<O, E>)>();
-    let (result_tx, result_rx) = mpsc::channel::<(usize, Result<(), E>)>();
+    let feed = Mutex::new(Feed {
+        source,
+        seq: 0,
+        ended: false,
+    });
+    let turn = Mutex::new(Turn {
+        next: 0,
+        pending: BTreeMap::new(),
+        consume,
+        failed: None,
+    });
+    let room = Room {
+        left: Mutex::new(threads * 2 + 2),
+        changed: Condvar::new(),
+    };
+    let progress = std::sync::atomic::AtomicU64::new(0);
     let stop = Stop::default();
+    // Set by a worker that panicked outside the guarded calls (it hands nothing in).
+    let lost = AtomicBool::new(false);
     let (init, work, stages) = (&init, &work, &stages);
-    std::thread::scope(|scope| {
+    let (feed, turn, room, progress, stop, lost) = (&feed, &turn, &room, &progress, &stop, &lost);
+
+    // Hands in item `seq`'s result, and consumes every result whose turn has come.
+    let hand_in = move |seq: usize, r: Result<O, E>| {
+        let mut guard = lock(turn);
+        let t = &mut *guard;
+        if t.failed.is_some() {
+            return;
+        }
+        t.pending.insert(seq, r);
+        while let Some(r) = t.pending.remove(&t.next) {
+            t.next += 1;
+            let consume = &mut t.consume;
+            let r = r.and_then(|o| guarded(stages, stages.consumer, || consume(o)));
+            room.give();
+            if let Err(e) = r {
+                t.failed = Some(e);
+                t.pending.clear();
+                stop.set();
+                room.wake_all();
+                break;
+            }
+        }
+    };
+    // The next item and its number, read by the calling worker; None when there is none to
+    // work on (the end, a failure, a stop).
+    let take = move || -> Option<(usize, Src::Item)> {
+        if !room.take(stop) {
+            return None;
+        }
+        let mut f = lock(feed);
+        if f.ended || stop.is_set() {
+            drop(f);
+            room.give();
+            return None;
+        }
+        let seq = f.seq;
+        let mut poll = |n: u64| {
+            progress.store(n, Ordering::Relaxed);
+            if stop.is_set() {
+                Err(Interrupted)
+            } else {
+                Ok(())
+            }
+        };
+        let source = &mut *f.source;
+        let r = guarded(stages, stages.producer, || source.next(&mut poll));
+        progress.store(f.source.progress(), Ordering::Relaxed);
+        match r {
+            Ok(Some(item)) => {
+                f.seq += 1;
+                Some((seq, item))
+            }
+            Ok(None) => {
+                f.ended = true;
+                drop(f);
+                room.give();
+                None
+            }
+            Err(e) => {
+                // In input order, after the items read before it.
+                f.ended = true;
+                f.seq += 1;
+                drop(f);
+                hand_in(seq, Err(e));
+                None
+            }
+        }
+    };
+
+    let interrupted = std::thread::scope(|scope| -> Result<Option<Interrupted>, E> {
+        let (alive_tx, alive_rx) = mpsc::channel::<()>();
         let mut workers = 0;
         for _ in 0..threads {
-            let done_tx = done_tx.clone();
-            let (work_rx, stop) = (&work_rx, &stop);
+            let alive = alive_tx.clone();
             let started = spawn(scope, move || {
-                let mut state = None;
-                while let Some((seq, item)) = recv_shared(work_rx) {
-                    if stop.is_set() {
-                        break; // the work has stopped and its result is known
+                let _alive = alive; // dropped when this worker ends, however it ends
+                let body = AssertUnwindSafe(|| {
+                    let mut state = None;
+                    while let Some((seq, item)) = take() {
+                        let r = guarded(stages, stages.worker, || {
+                            work(state.get_or_insert_with(init), item, stop)
+                        });
+                        let failed = r.is_err();
+                        hand_in(seq, r);
+                        if failed {
+                            break; // this worker's state is suspect
+                        }
                     }
-                    let r = guarded(stages, stages.worker, || {
-                        work(state.get_or_insert_with(init), item, stop)
-                    });
-                    let failed = r.is_err();
-                    if done_tx.send((seq, r)).is_err() || failed {
-                        break; // the consumer has stopped, or this worker's state is suspect
-                    }
+                });
+                if catch_unwind(body).is_err() {
+                    lost.store(true, Ordering::Relaxed);
+                    stop.set();
+                    room.wake_all();
                 }
             });
             match started {
@@ -243,70 +400,40 @@ where
                 Err(e) => return Err(e.into()),
             }
         }
-        drop(done_tx);
-        let ticket_tx = tickets.tx;
-        let stop_ref = &stop;
-        let consumer = spawn(scope, move || {
-            let mut next = 0usize;
-            let r = guarded(stages, stages.consumer, || {
-                let mut pending: BTreeMap<usize, Result<O, E>> = BTreeMap::new();
-                for (seq, r) in done_rx {
-                    pending.insert(seq, r);
-                    while let Some(r) = pending.remove(&next) {
-                        next += 1;
-                        consume(r?)?;
-                        let _ = ticket_tx.send(());
-                    }
-                }
-                Ok(())
-            });
-            if r.is_err() {
-                stop_ref.set();
-            }
-            let _ = result_tx.send((next, r));
-        })?;
-        // The producer (this thread).
-        let mut produce = || -> Result<usize, E> {
-            let mut seq = 0usize;
-            while let Some(item) = guarded(stages, stages.producer, || source.next())? {
-                // No ticket: the consumer has stopped, and its result says why.
-                if !take_ticket(&tickets.rx, source)? || work_tx.send((seq, item)).is_err() {
-                    break;
-                }
-                seq += 1;
-            }
-            Ok(seq)
-        };
-        let produced = produce();
-        drop(work_tx);
-        drop(tickets.rx);
-        let produced = match produced {
-            Ok(n) => n,
-            Err(e) => {
-                stop.set();
-                return Err(e);
-            }
-        };
+        drop(alive_tx);
+        // The calling thread polls until every worker has ended (within an item once stopped).
+        let mut interrupted = None;
         loop {
-            match result_rx.recv_timeout(WAIT_POLL) {
-                // Fewer results than items: a worker ended without handing one on.
-                Ok((consumed, Ok(()))) if consumed < produced => {
-                    return Err(stages.panicked(stages.worker).into())
-                }
-                Ok((_, r)) => return r,
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(e) = source.idle() {
-                        stop.set();
-                        return Err(e.into());
+            match alive_rx.recv_timeout(WAIT_POLL) {
+                Err(RecvTimeoutError::Disconnected) => break,
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {
+                    if interrupted.is_none() {
+                        if let Err(e) = hook(progress.load(Ordering::Relaxed)) {
+                            interrupted = Some(e);
+                            stop.set();
+                            room.wake_all();
+                        }
                     }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = consumer.join();
-                    return Err(stages.panicked(stages.consumer).into());
                 }
             }
         }
-    })
+        Ok(interrupted)
+    })?;
+    if let Some(e) = interrupted {
+        return Err(e.into());
+    }
+    let mut t = lock(turn);
+    if let Some(e) = t.failed.take() {
+        return Err(e);
+    }
+    let (done, read) = (t.next, lock(feed).seq);
+    drop(t);
+    if lost.load(Ordering::Relaxed) || done < read {
+        return Err(stages.panicked(stages.worker).into());
+    }
+    // The last progress (the whole input read), and a last chance to stop.
+    hook(progress.load(Ordering::Relaxed))?;
+    Ok(())
 }
 
 /// Hands every item of `source` to a worker, which folds it into its own state (`init` makes
@@ -676,6 +803,22 @@ mod tests {
         }
     }
 
+    impl Pull for Numbers {
+        type Item = usize;
+        type Error = TestError;
+        fn next(
+            &mut self,
+            poll: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
+        ) -> Result<Option<usize>, TestError> {
+            let item = Source::next(self)?;
+            poll(self.progress())?;
+            Ok(item)
+        }
+        fn progress(&self) -> u64 {
+            self.next as u64
+        }
+    }
+
     /// Some work that takes longer for some items, so they finish out of order; returns 0.
     fn busy(i: usize) -> usize {
         let x = (0..(i * 7919) % 5000).fold(i, |a, b| a.wrapping_mul(31).wrapping_add(b));
@@ -689,10 +832,19 @@ mod tests {
         consume_panics_at: usize,
     ) -> (Result<(), TestError>, Vec<usize>) {
         let mut seen = Vec::new();
+        let interrupt_after = source.interrupt_after as u64;
+        let mut hook = |n: u64| {
+            if n >= interrupt_after {
+                Err(Interrupted)
+            } else {
+                Ok(())
+            }
+        };
         let r = ordered(
             STAGES,
             threads,
             source,
+            &mut hook,
             || (),
             |_, i, stop| work(i, stop),
             |i| {

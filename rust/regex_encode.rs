@@ -22,7 +22,7 @@ use std::path::Path;
 use crate::count::{merge_all, Counts};
 use crate::encode::{Budget, Encoder, IdsFile, PieceCache, Written};
 use crate::input::{open_file, read_more, InputError, Interrupted, Panicked};
-use crate::pipeline::{self, thread_count, Batches, Halt, Source, Stages};
+use crate::pipeline::{self, thread_count, Batches, Halt, Pull, Stages};
 use crate::regex_split::{RegexSplitter, SearchFailed};
 use crate::specials::SpecialSplitter;
 
@@ -552,19 +552,16 @@ fn run_file<'e, O: Output>(
     let chunk = cutting.chunk.max(16);
     let overlap = cutting.overlap.clamp(4, chunk / 4);
     let mut file = open_file(path)?;
-    let mut source = HookedChunks {
-        reader: Reader {
-            file: &mut file,
-            buf: Vec::new(),
-            base: 0,
-            read: 0,
-            eof: false,
-            chunk,
-            overlap,
-            max_special: specials.splitter.map_or(0, |s| s.max_len()),
-            specials: specials.splitter,
-        },
-        hook,
+    let mut source = Reader {
+        file: &mut file,
+        buf: Vec::new(),
+        base: 0,
+        read: 0,
+        eof: false,
+        chunk,
+        overlap,
+        max_special: specials.splitter.map_or(0, |s| s.max_len()),
+        specials: specials.splitter,
     };
     // The splitting of the file so far: the chunk it is in, where it is (file offset) and the
     // length the chunk's output had there.
@@ -573,6 +570,7 @@ fn run_file<'e, O: Output>(
         stages,
         num_threads,
         &mut source,
+        hook,
         make_emit,
         |emit, c, _| split_chunk(re, specials, c, overlap, emit),
         |nxt| {
@@ -600,23 +598,19 @@ fn run_file<'e, O: Output>(
     Ok(())
 }
 
-/// A `Reader` as a pipeline's source: `hook(bytes_read)` after every block read and while the
-/// pipeline waits.
-struct HookedChunks<'a, 'h> {
-    reader: Reader<'a>,
-    hook: &'h mut dyn FnMut(u64) -> Result<(), Interrupted>,
-}
-
-impl Source for HookedChunks<'_, '_> {
+impl Pull for Reader<'_> {
     type Item = Chunk;
     type Error = RegexError;
 
-    fn next(&mut self) -> Result<Option<Chunk>, RegexError> {
-        self.reader.next_chunk(self.hook)
+    fn next(
+        &mut self,
+        poll: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
+    ) -> Result<Option<Chunk>, RegexError> {
+        self.next_chunk(poll)
     }
 
-    fn idle(&mut self) -> Result<(), Interrupted> {
-        (self.hook)(self.reader.read)
+    fn progress(&self) -> u64 {
+        self.read
     }
 }
 
