@@ -197,12 +197,23 @@ impl<'a> ChunkReader<'a> {
     /// The smallest chunk read towards the end of a file (`spread_over`).
     const TAIL_BLOCK: usize = 1 << 16;
 
-    /// How much to read next: `block`, or towards the end of a file spread over several
-    /// workers, a share of what is left (a file that grew, or one of unknown length, is read in
-    /// whole blocks).
+    /// How much to read next: `block`; for several workers, less at first (`TAIL_BLOCK`,
+    /// doubling as the reading goes), so that each starts within a short read of the call's
+    /// start instead of waiting for a whole block read by the one before, and towards the end
+    /// of a file a share of what is left (a file that grew, or one of unknown length, is read
+    /// in whole blocks).
     fn next_block(&self) -> usize {
+        if self.workers < 2 {
+            return self.block;
+        }
+        let ramp = usize::try_from(self.read_total)
+            .unwrap_or(usize::MAX)
+            .max(Self::TAIL_BLOCK);
+        if ramp < self.block {
+            return ramp;
+        }
         let left = self.size.map_or(0, |s| s.saturating_sub(self.read_total));
-        if self.workers < 2 || left == 0 {
+        if left == 0 {
             return self.block;
         }
         let share = left / (2 * self.workers as u64);
@@ -379,22 +390,32 @@ mod tests {
 
     #[test]
     fn chunks_shrink_towards_the_end_when_spread_over_workers() {
-        let text = "The cat sat on the mat.\n".repeat(200_000); // 4.8 MB
+        let text = "The cat sat on the mat.\n".repeat(400_000); // 9.6 MB
         let block = 1 << 20;
         let one = spread_chunks(&text, Pattern::Gpt2, &[], block, 1);
         // One worker: whole blocks, but for what the last read leaves.
         let short = one.iter().filter(|&&n| n < block - 30).count();
         assert!(short <= 2, "{one:?}");
         let two = spread_chunks(&text, Pattern::Gpt2, &[], block, 2);
-        // Whole blocks while a quarter of what is left is more, then a quarter of what is left,
-        // down to the tail block.
-        assert!(two.len() > one.len() + 4, "{two:?}");
-        assert!(two[0] > block - 30 && two[0] <= block, "{two:?}");
+        // The tail block, doubling up to whole blocks; whole blocks while a quarter of what is
+        // left is more, then a quarter of what is left, down to the tail block.
+        let tail = ChunkReader::TAIL_BLOCK;
+        assert!(two.len() > one.len() + 8, "{two:?}");
+        assert!(two[0] <= tail && two[0] > tail - 30, "{two:?}");
+        let top = two
+            .iter()
+            .position(|&n| n > block - 30)
+            .expect("whole blocks");
+        assert!(top >= 4, "{two:?}");
+        assert!(two[..top].windows(2).all(|w| w[1] + 30 >= w[0]), "{two:?}");
         assert!(
-            two.windows(2).rev().skip(1).all(|w| w[1] <= w[0] + 30),
+            two[top..]
+                .windows(2)
+                .rev()
+                .skip(1)
+                .all(|w| w[1] <= w[0] + 30),
             "{two:?}"
         );
-        let tail = ChunkReader::TAIL_BLOCK;
         assert!(two.iter().rev().skip(2).all(|&n| n + 30 > tail), "{two:?}");
         assert!(two.iter().any(|&n| n < 2 * tail), "{two:?}");
     }
