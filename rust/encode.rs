@@ -1045,9 +1045,8 @@ impl Encoder {
     /// written to `out`, chunks encoded on `num_threads` threads and written in order with at
     /// most a few chunks in memory (`pipeline::ordered`). Returns the number of tokens and the
     /// file's checksum.
-    /// `hook(bytes_read)` runs on the calling thread after every block read and every
-    /// `pipeline::WAIT_POLL` while it waits, and may stop the work, which then ends within
-    /// about that time.
+    /// `hook(bytes_read)` runs on the calling thread every `pipeline::WAIT_POLL` and at the
+    /// end, and may stop the work, which then ends within a chunk.
     pub fn encode_file(
         &self,
         path: &Path,
