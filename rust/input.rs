@@ -135,6 +135,20 @@ pub(crate) fn open_file(path: &Path) -> Result<File, InputError> {
     Ok(File::open(path)?)
 }
 
+/// Err unless a file whose length was `len` when it was opened gave `read` bytes by its end:
+/// it was truncated or written to while being read, and the ids of what was read would be those
+/// of no version of it. `len` is None where the length says nothing (not a regular file, or an
+/// empty one: files in /proc report 0).
+pub(crate) fn check_read_whole(len: Option<u64>, read: u64) -> io::Result<()> {
+    match len.filter(|&n| n > 0) {
+        Some(n) if n != read => Err(io::Error::other(format!(
+            "the file changed while it was read ({n} bytes when opened, {read} at its end); \
+             encode a copy that nothing writes to"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Reads a file in chunks of about `block` bytes cut only at safe places (`last_safe_cut`),
 /// in order.
 ///
@@ -239,6 +253,9 @@ impl<'a> ChunkReader<'a> {
             let n = read_more(&mut self.file, &mut self.buf, want)?;
             self.read_total += n as u64;
             self.eof = n == 0;
+            if self.eof {
+                check_read_whole(self.size, self.read_total)?;
+            }
             hook(self.read_total)?;
             let cut = if self.eof {
                 Some(self.buf.len())
@@ -364,6 +381,47 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(whole == text.as_bytes());
         sizes
+    }
+
+    #[test]
+    fn a_file_that_changes_while_it_is_read_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("fastbpe-changed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("text.txt");
+        let text = "The cat sat on the mat.\n".repeat(20_000); // 480 KB
+        let specials = SpecialSplitter::new::<&str>(&[]).unwrap();
+        let read_all = |change: &dyn Fn()| {
+            std::fs::write(&path, &text).unwrap();
+            let mut reader = ChunkReader::open(&path, Pattern::Gpt2, &specials, 1 << 16).unwrap();
+            change();
+            let mut total = 0;
+            loop {
+                match reader.next_chunk(&mut |_| Ok(())) {
+                    Ok(Some((_, chunk))) => total += chunk.len(),
+                    Ok(None) => return Ok(total),
+                    Err(InputError::Io(e)) => return Err(e.to_string()),
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        };
+        assert_eq!(read_all(&|| ()), Ok(text.len()));
+        let file = || std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let shorter = || file().set_len(100_000).unwrap();
+        let empty = || file().set_len(0).unwrap();
+        let longer = || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(b"more\n").unwrap();
+        };
+        let changes: [&dyn Fn(); 3] = [&shorter, &empty, &longer];
+        for change in changes {
+            let e = read_all(change).unwrap_err();
+            assert!(e.contains("changed while it was read"), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use crate::count::{merge_all, Counts};
 use crate::encode::{Budget, Encoder, IdsFile, PieceCache, Written};
-use crate::input::{open_file, read_more, InputError, Interrupted, Panicked};
+use crate::input::{check_read_whole, open_file, read_more, InputError, Interrupted, Panicked};
 use crate::pipeline::{self, thread_count, Batches, Halt, Pull, Stages};
 use crate::regex_split::{RegexSplitter, SearchFailed};
 use crate::specials::SpecialSplitter;
@@ -552,7 +552,9 @@ fn run_file<'e, O: Output>(
     let chunk = cutting.chunk.max(16);
     let overlap = cutting.overlap.clamp(4, chunk / 4);
     let mut file = open_file(path)?;
+    let meta = file.metadata().map_err(InputError::Io)?;
     let mut source = Reader {
+        len: meta.is_file().then_some(meta.len()),
         file: &mut file,
         buf: Vec::new(),
         base: 0,
@@ -664,6 +666,8 @@ fn resplit<O: Output>(
 /// Reads a file into chunks: each about `chunk` bytes, cut after a newline where there is one
 /// in its second half and never inside a special token, with up to `overlap` bytes after it.
 struct Reader<'a> {
+    /// The file's length when opened (`input::check_read_whole`).
+    len: Option<u64>,
     file: &'a mut std::fs::File,
     buf: Vec<u8>,
     base: usize,
@@ -685,6 +689,9 @@ impl Reader<'_> {
         let n = read_more(self.file, &mut self.buf, self.chunk).map_err(InputError::Io)?;
         self.read += n as u64;
         self.eof = n == 0;
+        if self.eof {
+            check_read_whole(self.len, self.read).map_err(InputError::Io)?;
+        }
         hook(self.read)?;
         Ok(())
     }
@@ -884,6 +891,50 @@ mod tests {
             };
             let got = count_file(&re, &sp, &path, 3, cutting, &mut |_| Ok(())).unwrap();
             assert_eq!(got, whole, "chunk {chunk}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_shrinks_while_it_is_read_is_an_error() {
+        let dir =
+            std::env::temp_dir().join(format!("fastbpe_regex_changed_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.txt");
+        std::fs::write(&path, "word it's  x\n\n".repeat(10_000)).unwrap();
+        let mut file = open_file(&path).unwrap();
+        let mut reader = Reader {
+            len: Some(file.metadata().unwrap().len()),
+            file: &mut file,
+            buf: Vec::new(),
+            base: 0,
+            read: 0,
+            eof: false,
+            chunk: 4096,
+            overlap: 1024,
+            max_special: 0,
+            specials: None,
+        };
+        let first = reader.next_chunk(&mut |_| Ok(()));
+        assert!(matches!(first, Ok(Some(_))));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(50_000)
+            .unwrap();
+        let end = loop {
+            match reader.next_chunk(&mut |_| Ok(())) {
+                Ok(Some(_)) => continue,
+                other => break other,
+            }
+        };
+        match end {
+            Err(RegexError::File(InputError::Io(e))) => {
+                assert!(e.to_string().contains("changed while it was read"), "{e}")
+            }
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("read to the end"),
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
