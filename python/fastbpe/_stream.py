@@ -12,8 +12,10 @@ of this in the Rust core (safe cuts, `rust/pretok.rs`).
 from __future__ import annotations
 
 import codecs
+import errno
 import itertools
 import os
+import stat
 from collections.abc import Iterable, Iterator
 
 import regex
@@ -192,9 +194,31 @@ class CustomStream:
 
 def read_text(path: str, block: int, progress=None) -> Iterator[str]:
     """The text of a UTF-8 file in parts of about `block` bytes; `progress(bytes_read)` after each.
-    Invalid UTF-8 raises ValueError naming the file and the byte offset."""
+    Invalid UTF-8 raises ValueError naming the file and the byte offset; a file that changed while
+    it was read, OSError (`check_read_whole`)."""
     with open(path, "rb") as f:
+        opened = file_length(f)
         yield from decode_utf8(read_blocks(f, block, progress), f"'{path}'")
+        check_read_whole(path, opened, f.tell())
+
+
+def file_length(f) -> int:
+    """The length of the open binary file `f` when it is a regular file, else 0 (a pipe)."""
+    st = os.fstat(f.fileno())
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+
+def check_read_whole(path: str, opened: int, read: int) -> None:
+    """OSError unless a file whose length was `opened` when it was opened gave `read` bytes by its
+    end: truncated or written to meanwhile, its text would be that of no version of it. An
+    `opened` of 0 says nothing (an empty file, a pipe, files in /proc). The Rust readers check the
+    same (`input::check_read_whole`)."""
+    if opened and read != opened:
+        raise OSError(
+            errno.EIO,
+            f"'{path}': the file changed while it was read ({opened} bytes when opened, {read} at its end); "
+            "encode a copy that nothing writes to",
+        )
 
 
 def read_blocks(f, block: int, progress=None) -> Iterator[bytes]:

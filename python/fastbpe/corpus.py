@@ -340,10 +340,13 @@ def text_parts(path: str | os.PathLike, block: int = 1 << 20, progress=None) -> 
 def _text_parts(path: str, fmt: Format, block: int, progress=None) -> Iterator[str]:
     where = " of its decompressed text" if fmt.compression else ""
     with open(path, "rb") as raw:
+        # Checked for plain text only: a decompressor need not read its file to the last byte.
+        opened = 0 if fmt.compression else _stream.file_length(raw)
         report = (lambda n: progress(raw.tell())) if progress else None
         try:
             with _decompressed(raw, fmt, path) as f:
                 yield from _stream.decode_utf8(_stream.read_blocks(f, block, report), f"'{path}'", where)
+                _stream.check_read_whole(path, opened, raw.tell())
         except _BAD_DATA as e:
             raise _corrupt(path, fmt, e) from None
 

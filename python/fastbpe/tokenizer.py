@@ -528,7 +528,9 @@ class Tokenizer:
         parallel, and streamed to disk in order with bounded memory. `out_path` and its sidecar
         `<out_path>.json` (dtype, number of tokens, size, checksum, the tokenizer, any `metadata`
         given) appear together and complete, or not at all: see `fastbpe.token_files`. An output
-        that is the input file (or a link to it) is refused with ValueError.
+        that is the input file (or a link to it) is refused with ValueError. A plain text file
+        that changes while it is read (truncated or written to) raises OSError, and nothing is
+        written.
 
         `allowed_special` and `disallowed_special` as in `encode`; with either given a plain text
         file is first searched for disallowed special tokens (ValueError naming the byte offset,

@@ -264,6 +264,31 @@ def test_compressed_text_is_the_text(tmp_path, small_batches, how, pattern):
     assert ordinary.tolist() == tok.encode_ordinary(text)
 
 
+@pytest.mark.parametrize("change", ["shorter", "empty", "longer"])
+@pytest.mark.parametrize("reader", ["text_parts", "read_text"])
+def test_a_text_file_that_changes_while_it_is_read_is_an_error(tmp_path, change, reader):
+    """Truncated or written to between two reads, a plain text file is an OSError naming it and
+    its two lengths, not the text of no version of it (the Python readers: a tokenizer.json's own
+    pre-tokenizer, custom patterns without a Rust splitter, `corpus.text_parts`)."""
+    from fastbpe import _stream
+
+    path = write(tmp_path / "t.txt", b"The cat sat on the mat.\n" * 10_000)
+    parts = corpus.text_parts(path, block=4096) if reader == "text_parts" else _stream.read_text(str(path), 4096)
+    next(parts)
+    if change == "longer":
+        with open(path, "ab") as f:
+            f.write(b"more\n")
+    else:
+        os.truncate(path, 50_000 if change == "shorter" else 0)
+    with pytest.raises(OSError, match="changed while it was read") as e:
+        for _ in parts:
+            pass
+    assert str(path) in str(e.value)
+    # Unchanged, it reads to the end as before.
+    write(tmp_path / "u.txt", b"abc\n" * 5000)
+    assert "".join(corpus.text_parts(tmp_path / "u.txt", block=4096)) == "abc\n" * 5000
+
+
 @pytest.mark.parametrize("pattern", ["gpt2", None])
 def test_training_on_documents_equals_training_on_the_texts(tmp_path, pattern, small_batches):
     path = write_jsonl(tmp_path, DOCS, "gz")
