@@ -8,26 +8,14 @@
 /// on memory.
 #[inline(always)]
 pub fn prefetch<T>(p: *const T) {
-    prefetch_at(p, true);
-}
-
-/// `prefetch` into the core's first-level cache with `near`, else into its second level
-/// (for memory wanted a while later, which should not push out what is used now).
-#[inline(always)]
-pub fn prefetch_at<T>(p: *const T, near: bool) {
     // SAFETY: a prefetch is only a hint: it reads nothing into the program and cannot fault,
     // whatever the address.
     #[cfg(target_arch = "x86_64")]
     unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
-        if near {
-            _mm_prefetch::<_MM_HINT_T0>(p.cast())
-        } else {
-            _mm_prefetch::<_MM_HINT_T1>(p.cast())
-        }
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, near);
+    let _ = p;
 }
 
 /// A packed key's hash, for tables that index by its top bits (a multiply mixes every key

@@ -81,11 +81,10 @@ impl SharedTable {
         (hash >> (64 - SLOTS.trailing_zeros())) as usize
     }
 
-    /// Starts loading the slot a lookup of the key whose hash is `hash` reads first: into the
-    /// core's first-level cache with `near`, else its second level.
+    /// Starts loading the slot a lookup of the key whose hash is `hash` reads first.
     #[inline(always)]
-    pub(crate) fn prefetch(&self, hash: u64, near: bool) {
-        packed::prefetch_at(self.slots.as_ptr().wrapping_add(Self::home(hash)), near);
+    pub(crate) fn prefetch(&self, hash: u64) {
+        packed::prefetch(self.slots.as_ptr().wrapping_add(Self::home(hash)));
     }
 
     /// Has the system back all the slots' pages now, in one pass, once: a call that will fill
