@@ -135,6 +135,12 @@ pub(crate) fn open_file(path: &Path) -> Result<File, InputError> {
     Ok(File::open(path)?)
 }
 
+/// The length of `file` where it is a regular file (None for a pipe, a device...).
+pub(crate) fn file_length(file: &File) -> io::Result<Option<u64>> {
+    let meta = file.metadata()?;
+    Ok(meta.is_file().then_some(meta.len()))
+}
+
 /// Err unless a file whose length was `len` when it was opened gave `read` bytes by its end:
 /// it was truncated or written to while being read, and the ids of what was read would be those
 /// of no version of it. `len` is None where the length says nothing (not a regular file, or an
@@ -184,13 +190,13 @@ impl<'a> ChunkReader<'a> {
     ) -> Result<Self, InputError> {
         let block = block.max(1);
         let file = open_file(path)?;
-        let meta = file.metadata()?;
+        let size = file_length(&file)?;
         Ok(ChunkReader {
             file,
             pattern,
             specials,
             block,
-            size: meta.is_file().then_some(meta.len()),
+            size,
             workers: 1,
             buf: Vec::with_capacity(block * 2),
             offset: 0,
@@ -316,10 +322,6 @@ impl Pull for ChunkReader<'_> {
         poll: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
     ) -> Result<Option<Self::Item>, InputError> {
         self.next_chunk(poll)
-    }
-
-    fn progress(&self) -> u64 {
-        self.read_total
     }
 }
 

@@ -195,14 +195,13 @@ fn guarded<T, E: From<Panicked>>(
 pub trait Pull: Send {
     type Item: Send;
     type Error;
-    /// The next item; None at the end. `poll(progress)` runs after every block read; its error
-    /// stops the reading (the work was stopped).
+    /// The next item; None at the end. `poll(bytes read so far)` runs after every block read
+    /// (the progress the calling thread reports); its error stops the reading (the work was
+    /// stopped).
     fn next(
         &mut self,
         poll: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
     ) -> Result<Option<Self::Item>, Self::Error>;
-    /// How far the reading has got (bytes read), for the progress hook.
-    fn progress(&self) -> u64;
 }
 
 /// `ordered`'s reading side: the source and the number of the next item.
@@ -344,7 +343,6 @@ where
         };
         let source = &mut *f.source;
         let r = guarded(stages, stages.producer, || source.next(&mut poll));
-        progress.store(f.source.progress(), Ordering::Relaxed);
         match r {
             Ok(Some(item)) => {
                 f.seq += 1;
@@ -811,11 +809,8 @@ mod tests {
             poll: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
         ) -> Result<Option<usize>, TestError> {
             let item = Source::next(self)?;
-            poll(self.progress())?;
+            poll(self.next as u64)?;
             Ok(item)
-        }
-        fn progress(&self) -> u64 {
-            self.next as u64
         }
     }
 

@@ -21,7 +21,9 @@ use std::path::Path;
 
 use crate::count::{merge_all, Counts};
 use crate::encode::{Budget, Encoder, IdsFile, PieceCache, Written};
-use crate::input::{check_read_whole, open_file, read_more, InputError, Interrupted, Panicked};
+use crate::input::{
+    check_read_whole, file_length, open_file, read_more, InputError, Interrupted, Panicked,
+};
 use crate::pipeline::{self, thread_count, Batches, Halt, Pull, Stages};
 use crate::regex_split::{RegexSplitter, SearchFailed};
 use crate::specials::SpecialSplitter;
@@ -552,9 +554,8 @@ fn run_file<'e, O: Output>(
     let chunk = cutting.chunk.max(16);
     let overlap = cutting.overlap.clamp(4, chunk / 4);
     let mut file = open_file(path)?;
-    let meta = file.metadata().map_err(InputError::Io)?;
     let mut source = Reader {
-        len: meta.is_file().then_some(meta.len()),
+        len: file_length(&file).map_err(InputError::Io)?,
         file: &mut file,
         buf: Vec::new(),
         base: 0,
@@ -609,10 +610,6 @@ impl Pull for Reader<'_> {
         poll: &mut dyn FnMut(u64) -> Result<(), Interrupted>,
     ) -> Result<Option<Chunk>, RegexError> {
         self.next_chunk(poll)
-    }
-
-    fn progress(&self) -> u64 {
-        self.read
     }
 }
 
