@@ -591,11 +591,13 @@ impl Encoder {
     }
 
     /// Quadratic in the worst case but branch-light: parts and their right-pair ranks in arrays.
+    /// Sized by the piece: a merge moves the `N` entries after it, and the arrays are set up
+    /// whole, so a 17-byte word in arrays for 64 bytes paid for moving 64 entries per merge.
     fn bpe_small(&self, piece: &[u8], out: &mut Vec<u32>) {
-        if piece.len() <= 16 {
-            self.bpe_small_n::<16, 32>(piece, out)
-        } else {
-            self.bpe_small_n::<SMALL, { 2 * SMALL }>(piece, out)
+        match piece.len() {
+            0..=16 => self.bpe_small_n::<16, 32>(piece, out),
+            17..=32 => self.bpe_small_n::<32, 64>(piece, out),
+            _ => self.bpe_small_n::<SMALL, { 2 * SMALL }>(piece, out),
         }
     }
 
@@ -1936,7 +1938,7 @@ mod tests {
     #[test]
     fn small_and_large_agree() {
         let e = toy();
-        for n in [1usize, 2, 3, 15, 16, 17, 32, 33, 63, 64, 65, 200, 1001] {
+        for n in [1usize, 2, 3, 15, 16, 17, 31, 32, 33, 63, 64, 65, 200, 1001] {
             let piece: Vec<u8> = b"abcaab".iter().cycle().take(n).copied().collect();
             let (mut s, mut l) = (Vec::new(), Vec::new());
             if n <= SMALL {
