@@ -847,10 +847,10 @@ impl Encoder {
         for q in &batch[..n.min(AHEAD)] {
             cache.prefetch(q.hash);
         }
-        // Room for two ids per piece, so that a hit writes its ids through a pointer and a
+        // Room for three ids per piece, so that a hit writes its ids through a pointer and a
         // length held in registers (`Vec::push` reloads and checks both every time); only the
         // pieces that miss their home slot go through `out` itself.
-        out.reserve(2 * n);
+        out.reserve(INLINE as usize * n);
         let (mut len, mut dst) = (out.len(), out.as_mut_ptr());
         for i in 0..n {
             // Past the batch's `n` pieces the entries are earlier batches' (or empty): asking
@@ -858,14 +858,15 @@ impl Encoder {
             cache.prefetch(batch[i + AHEAD].hash);
             let q = batch[i];
             if let Some(c) = cache.home_hit(q.key, q.hash) {
-                // SAFETY: `out` has room for two ids per piece left from `len` on (reserved
-                // above, and again after every piece that missed), and `len` grows by one or
-                // two (`home_hit` gives only those counts); an id written past it is dropped.
+                // SAFETY: `out` has room for three ids per piece left from `len` on (reserved
+                // above, and again after every piece that missed), and `len` grows by one to
+                // three (`home_hit` gives only those counts); an id written past it is dropped.
                 unsafe {
                     dst.add(len).write(c.a);
                     dst.add(len + 1).write(c.b);
+                    dst.add(len + 2).write(c.c);
                 }
-                len += c.n.min(2) as usize;
+                len += c.n.min(INLINE) as usize;
                 continue;
             }
             // SAFETY: the ids below `len` were all written, and `len` is within the capacity.
@@ -878,7 +879,7 @@ impl Encoder {
                 // Stopped midway, the budget says so to `encode_segment`.
                 let _ = self.encode_cached_piece(piece, key, q.hash, out, cache, budget);
             }
-            out.reserve(2 * (n - i));
+            out.reserve(INLINE as usize * (n - i));
             (len, dst) = (out.len(), out.as_mut_ptr());
         }
         // SAFETY: as above.
@@ -939,9 +940,10 @@ impl Encoder {
         // does not matter, and a fresh 2 MB page costs more to fault in than the 4 KB pages
         // malloc hands back from earlier frees (measured: a new encoder's first 20 MB encode
         // 132 MB/s against 111, median of 10 runs each).
-        // Room for the two ids per piece that `encode_pieces` asks for (a short text would
-        // otherwise grow it once); only what is written is backed by memory.
-        let mut out = Vec::with_capacity(text.len() / 2 + 2);
+        // Room for the three ids per piece that `encode_pieces` asks for (English has about
+        // a piece in 4.5 bytes; a short text would otherwise grow it once); only what is
+        // written is backed by memory.
+        let mut out = Vec::with_capacity(text.len() * 3 / 4 + 3);
         self.with_thread_cache(|cache| {
             cache.reserve_for(text.len());
             self.encode_cached(text, with_specials, &mut out, cache, budget, &mut None)
@@ -1362,13 +1364,33 @@ impl Drop for LentCache<'_> {
     }
 }
 
-/// A piece's ids: `n` of them, held in `a` and `b` when there are at most two (nearly always,
-/// so the lookup touches no other memory), else from `ids[a]` on.
+/// A piece's ids: `n` of them, held in `a`, `b` and `c` when there are at most `INLINE`
+/// (nearly always, so the lookup touches no other memory), else from `ids[a]` on.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Cached {
     pub(crate) n: u32,
     pub(crate) a: u32,
     pub(crate) b: u32,
+    pub(crate) c: u32,
+}
+
+/// The most ids a cache entry holds in itself: three fill a 32-byte slot with its 16-byte key.
+/// A piece of three ids (a rare word of English, about one piece in 60) was looked up the
+/// whole way and its ids copied from elsewhere on every occurrence (a warm 20 MB encode spent
+/// 4% of its time in that copy alone).
+pub(crate) const INLINE: u32 = 3;
+
+impl Cached {
+    /// The entry of `ids` if it holds them in itself (one to `INLINE` ids).
+    pub(crate) fn inline(ids: &[u32]) -> Option<Cached> {
+        let n = u32::try_from(ids.len()).ok()?;
+        match *ids {
+            [a] => Some(Cached { n, a, b: 0, c: 0 }),
+            [a, b] => Some(Cached { n, a, b, c: 0 }),
+            [a, b, c] => Some(Cached { n, a, b, c }),
+            _ => None,
+        }
+    }
 }
 
 impl PieceCache {
@@ -1413,7 +1435,7 @@ impl PieceCache {
         self.extend_hashed(key, key.map_or(0, packed::hash), piece, out)
     }
 
-    /// The one or two ids of the piece whose packed key is `key` (`Queued::LONG` finds
+    /// The one to `INLINE` ids of the piece whose packed key is `key` (`Queued::LONG` finds
     /// nothing) if the first slot its lookup reads holds them: nearly every piece seen before,
     /// found with no branch but this one. None sends the piece the whole way (`extend_hashed`).
     #[inline(always)]
@@ -1446,8 +1468,8 @@ impl PieceCache {
         let Some(&c) = found else {
             return false;
         };
-        if c.n <= 2 {
-            push_one_or_two(out, c.a, c.b, c.n);
+        if c.n <= INLINE {
+            push_inline(out, c);
         } else {
             out.extend_from_slice(
                 self.ids
@@ -1477,14 +1499,14 @@ impl PieceCache {
         let (Ok(at), Ok(n)) = (u32::try_from(self.ids.len()), u32::try_from(ids.len())) else {
             return;
         };
-        let entry = match *ids {
-            [a] => Cached { n, a, b: 0 },
-            [a, b] => Cached { n, a, b },
-            _ => {
-                self.ids.extend_from_slice(ids);
-                Cached { n, a: at, b: 0 }
+        let entry = Cached::inline(ids).unwrap_or_else(|| {
+            self.ids.extend_from_slice(ids);
+            Cached {
+                n,
+                a: at,
+                ..Cached::default()
             }
-        };
+        });
         match key {
             Some(k) => self.short.insert(k, entry),
             None => {
@@ -1494,19 +1516,21 @@ impl PieceCache {
     }
 }
 
-/// Appends `a`, and `b` when `n` is 2 (`n` is 1 or 2): both are written and the length moves
-/// by `n`, so there is no branch on which, which the text makes unpredictable (a piece of one
-/// token or of two; mispredicting that cost a tenth of a cached encode).
+/// Appends the first `e.n` (at most `INLINE`) of `e.a`, `e.b`, `e.c`: all three are written and
+/// the length moves by `n`, so there is no branch on how many, which the text makes
+/// unpredictable (a piece of one token or of two; mispredicting that cost a tenth of a cached
+/// encode).
 #[inline(always)]
-pub(crate) fn push_one_or_two(out: &mut Vec<u32>, a: u32, b: u32, n: u32) {
-    out.reserve(2);
+pub(crate) fn push_inline(out: &mut Vec<u32>, e: Cached) {
+    out.reserve(3);
     let len = out.len();
-    if let [x, y, ..] = out.spare_capacity_mut() {
-        x.write(a);
-        y.write(b);
-        // SAFETY: the first `n` (1 or 2) of the spare slots were just written, and `reserve`
-        // made room for two.
-        unsafe { out.set_len(len + n.min(2) as usize) };
+    if let [x, y, z, ..] = out.spare_capacity_mut() {
+        x.write(e.a);
+        y.write(e.b);
+        z.write(e.c);
+        // SAFETY: the first `n` (at most 3) of the spare slots were just written, and `reserve`
+        // made room for three.
+        unsafe { out.set_len(len + e.n.min(INLINE) as usize) };
     }
 }
 
@@ -1529,6 +1553,9 @@ struct Slot {
     key: u128,
     value: Cached,
 }
+
+/// Two slots a cache line: a lookup reads one line.
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 
 impl Default for PackedTable {
     fn default() -> Self {
@@ -1577,12 +1604,12 @@ impl PackedTable {
         self.get_hashed(key, packed::hash(key))
     }
 
-    /// The entry of `key` if it is in its home slot with one or two ids (`PieceCache::home_hit`;
-    /// an empty slot has none).
+    /// The entry of `key` if it is in its home slot with one to `INLINE` ids
+    /// (`PieceCache::home_hit`; an empty slot has none).
     #[inline(always)]
     fn home_hit(&self, key: u128, hash: u64) -> Option<Cached> {
         let slot = self.slots.get(self.home_of(hash))?;
-        let hit = (slot.key == key) & (slot.value.n.wrapping_sub(1) < 2);
+        let hit = (slot.key == key) & (slot.value.n.wrapping_sub(1) < INLINE);
         hit.then_some(slot.value)
     }
 
@@ -2114,7 +2141,7 @@ mod tests {
     }
 
     #[test]
-    fn one_or_two_ids_append_whatever_the_room() {
+    fn inline_ids_append_whatever_the_room() {
         let mut out: Vec<u32> = Vec::new();
         let mut want = Vec::new();
         for i in 0..1000u32 {
@@ -2122,14 +2149,12 @@ mod tests {
             if i % 97 == 0 {
                 out.shrink_to_fit();
             }
-            let n = 1 + i % 2;
-            push_one_or_two(&mut out, i, !i, n);
-            want.push(i);
-            if n == 2 {
-                want.push(!i);
-            }
+            let ids = [i, !i, i ^ 0x5555][..1 + i as usize % 3].to_vec();
+            push_inline(&mut out, Cached::inline(&ids).unwrap());
+            want.extend_from_slice(&ids);
             assert_eq!(out, want, "{i}");
         }
+        assert!(Cached::inline(&[]).is_none() && Cached::inline(&[1, 2, 3, 4]).is_none());
     }
 
     #[test]
@@ -2230,7 +2255,12 @@ mod tests {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let mut table = PackedTable::default();
         let mut want: std::collections::HashMap<u128, u32> = Default::default();
-        let value = |v: u32| Cached { n: 1, a: v, b: !v };
+        let value = |v: u32| Cached {
+            n: 1,
+            a: v,
+            b: !v,
+            c: v ^ 1,
+        };
         // Keys of 0 to 15 bytes from a small alphabet: many share their bytes but not their
         // length, and the table grows from its smallest size, its probes wrapping at its end.
         for step in 0..20_000u32 {

@@ -15,13 +15,13 @@ use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
-use crate::encode::{advise_huge_pages, Cached, HUGE};
+use crate::encode::{advise_huge_pages, Cached, HUGE, INLINE};
 use crate::packed;
 
 /// Entries kept (the table has twice as many slots: 16 MB).
 const LIMIT: usize = 1 << 18;
 const SLOTS: usize = 2 * LIMIT;
-/// Ids kept for pieces of more than two ids (16 MB at most).
+/// Ids kept for pieces of more than `INLINE` ids (16 MB at most).
 const MAX_IDS: usize = 1 << 22;
 /// The count of a slot that a writer has claimed and not yet published.
 const WRITING: u32 = u32::MAX;
@@ -33,9 +33,26 @@ struct Slot {
     hi: AtomicU64,
     /// Number of ids: 0 for an empty slot, `WRITING` while being filled.
     n: AtomicU32,
-    /// The ids when there are at most two, else `a` is where they start in `ids`.
+    /// The ids when there are at most `INLINE`, else `a` is where they start in `ids`.
     a: AtomicU32,
     b: AtomicU32,
+    c: AtomicU32,
+}
+
+/// Two slots a cache line: a lookup reads one line.
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
+
+impl Slot {
+    /// The entry of a slot whose count (loaded with acquire) is `n`.
+    #[inline(always)]
+    fn entry(&self, n: u32) -> Cached {
+        Cached {
+            n,
+            a: self.a.load(Relaxed),
+            b: self.b.load(Relaxed),
+            c: self.c.load(Relaxed),
+        }
+    }
 }
 
 /// A value alone in its cache lines (two of 64 bytes: cores fetch lines in pairs), so that
@@ -108,20 +125,16 @@ impl SharedTable {
         self.get_hashed(key, packed::hash(key))
     }
 
-    /// The entry of `key` if it is in its home slot with one or two ids (`PieceCache::home_hit`;
-    /// an empty slot, or one being written, has none).
+    /// The entry of `key` if it is in its home slot with one to `INLINE` ids
+    /// (`PieceCache::home_hit`; an empty slot, or one being written, has none).
     #[inline(always)]
     pub(crate) fn home_hit(&self, key: u128, hash: u64) -> Option<Cached> {
         let slot = self.slots.get(Self::home(hash))?;
         let n = slot.n.load(Acquire);
-        let hit = (n.wrapping_sub(1) < 2)
+        let hit = (n.wrapping_sub(1) < INLINE)
             & (slot.lo.load(Relaxed) == key as u64)
             & (slot.hi.load(Relaxed) == (key >> 64) as u64);
-        hit.then(|| Cached {
-            n,
-            a: slot.a.load(Relaxed),
-            b: slot.b.load(Relaxed),
-        })
+        hit.then(|| slot.entry(n))
     }
 
     /// `get` given `packed::hash(key)`.
@@ -137,11 +150,7 @@ impl SharedTable {
                 return None;
             }
             if n != WRITING && slot.lo.load(Relaxed) == lo && slot.hi.load(Relaxed) == hi {
-                return Some(Cached {
-                    n,
-                    a: slot.a.load(Relaxed),
-                    b: slot.b.load(Relaxed),
-                });
+                return Some(slot.entry(n));
             }
             i = (i + 1) & (SLOTS - 1);
         }
@@ -150,8 +159,8 @@ impl SharedTable {
     /// Appends an entry's ids to `out`.
     #[inline(always)]
     pub(crate) fn push_ids(&self, e: Cached, out: &mut Vec<u32>) {
-        if e.n <= 2 {
-            crate::encode::push_one_or_two(out, e.a, e.b, e.n);
+        if e.n <= INLINE {
+            crate::encode::push_inline(out, e);
         } else {
             let at = e.a as usize;
             let ids = self.ids.get(at..at + e.n as usize).unwrap_or_default();
@@ -167,10 +176,9 @@ impl SharedTable {
         if n == 0 || n == WRITING || self.is_full() {
             return false;
         }
-        let (a, b) = match *ids {
-            [a] => (a, 0),
-            [a, b] => (a, b),
-            _ => {
+        let e = match Cached::inline(ids) {
+            Some(e) => e,
+            None => {
                 let at = self.ids_len.0.fetch_add(ids.len(), Relaxed);
                 let (Some(room), Ok(at32)) = (self.ids.get(at..at + ids.len()), u32::try_from(at))
                 else {
@@ -179,7 +187,11 @@ impl SharedTable {
                 for (slot, &id) in room.iter().zip(ids) {
                     slot.store(id, Relaxed);
                 }
-                (at32, 0)
+                Cached {
+                    n,
+                    a: at32,
+                    ..Cached::default()
+                }
             }
         };
         if self.len.0.fetch_add(1, Relaxed) >= LIMIT {
@@ -199,8 +211,9 @@ impl SharedTable {
                     Ok(_) => {
                         slot.lo.store(lo, Relaxed);
                         slot.hi.store(hi, Relaxed);
-                        slot.a.store(a, Relaxed);
-                        slot.b.store(b, Relaxed);
+                        slot.a.store(e.a, Relaxed);
+                        slot.b.store(e.b, Relaxed);
+                        slot.c.store(e.c, Relaxed);
                         slot.n.store(n, Release);
                         return true;
                     }
@@ -449,7 +462,10 @@ mod tests {
         t.push_ids(t.get(key(fits as u64 - 1)).unwrap(), &mut out);
         assert_eq!(out, long);
         assert!(t.get(key(fits as u64)).is_none());
-        // Short entries still go in.
+        // Entries held in their slots still go in.
         assert!(t.insert(key(u64::MAX / 3), &[7, 8]));
+        assert!(t.insert(key(u64::MAX / 5), &[7, 8, 9]));
+        assert_eq!(read(&t, u64::MAX / 5), Some(vec![7, 8, 9]));
+        assert!(!t.insert(key(u64::MAX / 7), &[7, 8, 9, 10]));
     }
 }
