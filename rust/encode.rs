@@ -869,6 +869,9 @@ impl Encoder {
                 len += c.n.min(INLINE) as usize;
                 continue;
             }
+            // A piece not in its home slot is most often new: its word of the whole-token
+            // filter is asked for while the rest of the lookup runs.
+            self.whole.prefetch(q.hash);
             // SAFETY: the ids below `len` were all written, and `len` is within the capacity.
             unsafe { out.set_len(len) };
             let stop = if i + 1 < n { batch[i + 1].at } else { end };
@@ -1251,6 +1254,12 @@ impl WholeTokens {
         let word = (hash >> 32 >> (32 - self.filter_bits)) as usize;
         let rest = hash << self.filter_bits;
         (word, 1u64 << (rest >> 58) | 1u64 << ((rest >> 52) & 63))
+    }
+
+    /// Starts loading the word of the filter that `may_hold(hash)` reads.
+    #[inline(always)]
+    fn prefetch(&self, hash: u64) {
+        packed::prefetch(self.filter.as_ptr().wrapping_add(self.place(hash).0));
     }
 
     /// Whether the packed key whose hash is `hash` may be a token.
