@@ -1713,7 +1713,8 @@ fn with_huge_pages<T>(n: usize) -> Vec<T> {
 pub(crate) const HUGE: usize = 1 << 21;
 
 /// Asks for the whole 2 MB pages within `len` bytes from address `start`, memory of this
-/// process's own allocation, to be backed by huge pages (see `with_huge_pages`).
+/// process's own allocation (its own or the interpreter's objects), to be backed by huge pages
+/// (see `with_huge_pages`).
 pub(crate) fn advise_huge_pages(start: usize, len: usize) {
     #[cfg(target_os = "linux")]
     {

@@ -763,6 +763,16 @@ impl CoreEncoder {
     fn fill_bulk(&self, py: Python<'_>, list: &Bound<'_, PyList>, ids: &[u32]) -> PyResult<()> {
         let mut counts = vec![0u32; self.ints.len()];
         let items = list_items(list);
+        if let Some(items) = items {
+            // A long list's items are memory fresh from the system (35 MB for 20 MB of text,
+            // above glibc's largest size for reusing freed memory), faulted in page by page as
+            // they are written: in 2 MB pages a hundredth of the faults (20 MB of cl100k
+            // encoded to a list: the faults took 19 ms of 160 in 4 KB pages).
+            crate::encode::advise_huge_pages(
+                items as usize,
+                ids.len() * std::mem::size_of::<usize>(),
+            );
+        }
         // Every int placed is counted before an error can end the loop, so the references the
         // list holds are all added below either way.
         let placed = ids.iter().enumerate().try_for_each(|(i, &id)| {
@@ -918,6 +928,10 @@ impl CoreEncoder {
         // else can reach the new bytearray meanwhile.
         // SAFETY: `array` is a bytearray.
         let start = unsafe { pyo3::ffi::PyByteArray_AsString(array.as_ptr()) } as usize;
+        // Where the room is memory new from the system (a process's first long encode), 2 MB
+        // pages take a hundredth of the faults; memory that earlier calls freed and that is
+        // already backed is not changed by the advice.
+        crate::encode::advise_huge_pages(start, room);
         let (written, rest) = detach_polling(py, move |budget| {
             // SAFETY: the bytearray's buffer holds `room` bytes, not yet written, which only
             // this thread touches until the call is over; as `MaybeUninit` they are only
