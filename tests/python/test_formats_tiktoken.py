@@ -1,6 +1,8 @@
 """The merges tiktoken's rule derives from ranks: the Rust derivation (`Tokenizer.merges` of a
 rank-file tokenizer) equals the readable one, `fastbpe.reference.merges_from_ranks`."""
 
+import base64
+
 import pytest
 import tiktoken
 from conftest import shared_file
@@ -64,3 +66,18 @@ def test_small_vocabularies_equal_the_readable_derivation(vocab, data):
 def test_known_derivations(ranked, merges):
     vocab = {1000 - 7 * i: t for i, t in enumerate(reversed(ranked))}  # sparse ids, in rank order
     assert _merges_from_ranks(vocab, set()) == merges == reference.merges_from_ranks(vocab, set())
+
+
+def test_the_largest_rank_merges_like_any_other(tmp_path):
+    # 2**32 - 1 is an allowed id and rank; it is not taken for "no merge".
+    top = 2**32 - 1
+    vocab = {b: bytes([b]) for b in range(256)} | {300: b"ba", top: b"ab"}
+    path = tmp_path / "top.tiktoken"
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in vocab.items()))
+    tok = fastbpe.Tokenizer.from_tiktoken(path, "gpt2", {})
+    merges = reference.merges_from_ranks(vocab, set())
+    for text in ["abcab", "abab", "xabx ab ba", "ab"]:
+        want = reference.encode(text, vocab, merges)
+        assert tok.encode(text) == want
+        assert tok.encode_to_numpy(text).tolist() == want
+    assert tok.encode("abcab") == [top, 99, top]
