@@ -187,11 +187,7 @@ impl SharedTable {
                 for (slot, &id) in room.iter().zip(ids) {
                     slot.store(id, Relaxed);
                 }
-                Cached {
-                    n,
-                    a: at32,
-                    ..Cached::default()
-                }
+                Cached::stored_at(n, at32)
             }
         };
         if self.len.0.fetch_add(1, Relaxed) >= LIMIT {
